@@ -1,0 +1,1 @@
+../src/hsm/cli/templates/train.py

@@ -1,0 +1,269 @@
+"""The ``hsm`` command. Parses, calls the library, renders; errors are caught in one place."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+import traceback
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from hsm import __version__
+from hsm.cli.common import config_option, json_option, project_from
+from hsm.cli.distributed import distributed
+from hsm.cli.render import (
+    ProgressView,
+    err_console,
+    fmt_time,
+    out_console,
+    print_json,
+    setup_console_logging,
+    sources_table,
+    summary_table,
+)
+from hsm.engine.run import RunOutcome
+from hsm.engine.service import (
+    Project,
+    plan_run,
+    preview_argv,
+    request_cancel,
+    resume_run,
+    start_run,
+)
+from hsm.engine.summary import summarize
+from hsm.errors import ConfigError, ExitCode, HsmError, StateError
+from hsm.state import SweepRow
+
+log = logging.getLogger("hsm.cli")
+
+LARGE_SWEEP = 1_000_000
+
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hsm")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """hsm: run parameter sweeps on this machine, SSH hosts and clusters, and keep going."""
+    setup_console_logging(verbose)
+
+
+# -- init -------------------------------------------------------------------------------
+@cli.command()
+@click.argument("directory", type=click.Path(path_type=Path), default=Path("."))
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+def init(directory: Path, force: bool) -> None:
+    """Scaffold hsm_config.yaml, sweeps/sweep.yaml and an example train.py in DIRECTORY."""
+    templates = resources.files("hsm.cli") / "templates"
+    files = {"hsm_config.yaml": "hsm_config.yaml", "sweeps/sweep.yaml": "sweep.yaml"}
+    if not (directory / "train.py").exists():
+        files["train.py"] = "train.py"
+    existing = [p for p in files if (directory / p).exists()]
+    if existing and not force:
+        raise ConfigError(f"{directory / existing[0]}: exists already; use --force to overwrite")
+    for target, template in files.items():
+        path = directory / target
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text((templates / template).read_text())
+        click.echo(f"wrote {path}")
+    click.echo(f"next: cd {shlex.quote(str(directory))} && hsm run sweeps/sweep.yaml")
+
+
+# -- run --------------------------------------------------------------------------------
+@cli.command()
+@click.argument("sweep_file", type=click.Path(path_type=Path))
+@click.option("--distributed", is_flag=True, help="Use every enabled source.")
+@click.option("--source", "sources", multiple=True, metavar="NAME",
+              help="Run on this source (repeatable).")
+@click.option("--parallel", type=int, default=None, help="Parallel tasks on this machine.")
+@click.option("--name", default=None, help="Sweep ID (default: date-time-random).")
+@click.option("--dry-run", is_flag=True, help="Print the argv of every task; run nothing.")
+@click.option("--count-only", is_flag=True, help="Print the number of tasks; run nothing.")
+@click.option("--yes", is_flag=True, help=f"Allow sweeps of more than {LARGE_SWEEP} tasks.")
+@json_option
+@config_option
+def run(sweep_file: Path, distributed: bool, sources: tuple[str, ...], parallel: int | None,
+        name: str | None, dry_run: bool, count_only: bool, yes: bool, as_json: bool,
+        config_path: Path | None) -> None:
+    """Run the sweep in SWEEP_FILE (on this machine unless --source/--distributed)."""
+    if distributed and sources:
+        raise ConfigError("--distributed and --source: use one or the other")
+    project = project_from(config_path, quiet=as_json or dry_run or count_only)
+    if not sweep_file.exists():
+        raise ConfigError(f"{sweep_file}: no such sweep file")
+    plan = plan_run(project, sweep_file, sources=sources, distributed=distributed,
+                    parallel=parallel)
+    if count_only:
+        print_json({"total": plan.total}) if as_json else click.echo(plan.total)
+        return
+    if plan.total > LARGE_SWEEP and not yes:
+        raise ConfigError(f"{sweep_file}: sweep: {plan.total} tasks is more than {LARGE_SWEEP};"
+                          " check the grid, or pass --yes to run it")
+    if dry_run:
+        argvs = [shlex.join(a) for a in preview_argv(plan)]
+        if as_json:
+            print_json({"total": plan.total, "sources": plan.sources,
+                        "argv": list(preview_argv(plan))})
+        else:
+            for number, line in enumerate(argvs, start=1):
+                click.echo(f"[{number}] {line}")
+        return
+    command_line = shlex.join(["hsm", *sys.argv[1:]])
+    view = ProgressView(live=not as_json)
+
+    def created(sweep: SweepRow) -> None:
+        log.info("sweep %s: %d task(s); folder %s", sweep.id, plan.total, sweep.sweep_dir)
+
+    with view.active():
+        outcome = start_run(project, plan, name=name, command_line=command_line,
+                            on_progress=view.update, on_created=created)
+    _finish(project, outcome, as_json)
+
+
+def _finish(project: Project, outcome: RunOutcome, as_json: bool) -> None:
+    store = project.open_store()
+    summary = summarize(store, outcome.sweep_id)
+    if as_json:
+        print_json(summary.to_json(store))
+    else:
+        err_console.print(summary_table(summary))
+        if outcome.message:
+            err_console.print(outcome.message, markup=False)
+    sys.exit(outcome.exit_code)
+
+
+# -- status / list ----------------------------------------------------------------------
+@cli.command()
+@click.argument("sweep_id", required=False)
+@json_option
+@config_option
+def status(sweep_id: str | None, as_json: bool, config_path: Path | None) -> None:
+    """Show one sweep (the latest if no ID is given)."""
+    project = project_from(config_path, quiet=True)
+    if not project.has_state():
+        if sweep_id:
+            raise StateError(f"unknown sweep ID {sweep_id!r}: no sweep has run in "
+                             f"{project.root} yet")
+        raise StateError(f"no sweep has run in {project.root} yet; start one with: hsm run")
+    store = project.open_store()
+    if sweep_id is None:
+        latest = store.latest_sweep()
+        if latest is None:
+            raise StateError(f"no sweep has run in {project.root} yet")
+        sweep_id = latest.id
+    summary = summarize(store, sweep_id)
+    if as_json:
+        print_json(summary.to_json(store))
+        return
+    sweep = summary.sweep
+    console = out_console
+    console.print(summary_table(summary))
+    console.print(sources_table(summary))
+    if summary.causes:
+        console.print("causes: " + ", ".join(f"{k} {v}" for k, v in
+                                              sorted(summary.causes.items())), markup=False)
+    console.print(f"folder: {sweep.sweep_dir}\nstarted: {fmt_time(sweep.created)}  "
+                  f"finished: {fmt_time(sweep.finished)}", markup=False)
+    if sweep.abort_reason:
+        console.print(sweep.abort_reason, markup=False)
+    console.print(f"report: hsm report {sweep.id}", markup=False)
+
+
+@cli.command("list")
+@json_option
+@config_option
+def list_(as_json: bool, config_path: Path | None) -> None:
+    """List recent sweeps."""
+    project = project_from(config_path, quiet=True)
+    rows = []
+    if project.has_state():
+        store = project.open_store()
+        for sweep in store.sweeps(limit=50):
+            counts = {k.value: v for k, v in store.task_counts(sweep.id).items()}
+            rows.append((sweep, counts))
+    if as_json:
+        print_json({"sweeps": [
+            {"sweep_id": s.id, "state": s.state.value, "created": s.created,
+             "total": sum(c.values()), "counts": c, "sweep_dir": s.sweep_dir}
+            for s, c in rows]})
+        return
+    if not rows:
+        click.echo("no sweeps yet")
+        return
+    for sweep, counts in rows:
+        click.echo(f"{sweep.id}  {sweep.state.value:<9}  {fmt_time(sweep.created)}  "
+                   f"{counts['completed']}/{sum(counts.values())} completed, "
+                   f"{counts['failed']} failed")
+
+
+# -- resume / cancel --------------------------------------------------------------------
+@cli.command()
+@click.argument("sweep_id")
+@click.option("--retry-failed", is_flag=True, help="Run the failed tasks again.")
+@json_option
+@config_option
+def resume(sweep_id: str, retry_failed: bool, as_json: bool, config_path: Path | None) -> None:
+    """Continue a sweep: reattach running tasks, run what is left."""
+    project = project_from(config_path, quiet=True)
+    if not project.has_state():
+        raise StateError(f"unknown sweep ID {sweep_id!r}: no sweep has run in "
+                         f"{project.root} yet")
+    view = ProgressView(live=not as_json)
+    with view.active():
+        outcome = resume_run(project, sweep_id, retry_failed=retry_failed,
+                             on_progress=view.update)
+    _finish(project, outcome, as_json)
+
+
+@cli.command()
+@click.argument("sweep_id")
+@config_option
+def cancel(sweep_id: str, config_path: Path | None) -> None:
+    """Stop a running sweep: kill its tasks everywhere and record them as cancelled."""
+    project = project_from(config_path, quiet=True)
+    if not project.has_state():
+        raise StateError(f"unknown sweep ID {sweep_id!r}: no sweep has run in "
+                         f"{project.root} yet")
+    sweep = request_cancel(project, sweep_id)
+    click.echo(f"sweep {sweep.id}: {sweep.state.value}")
+
+
+cli.add_command(distributed)
+
+
+def debug_log_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "hsm" / "debug.log"
+
+
+def main() -> None:
+    """Entry point: the one place where errors become messages and exit codes."""
+    try:
+        cli.main(standalone_mode=False)
+    except HsmError as exc:
+        err_console.print(f"hsm: error: {exc.message}", markup=False, highlight=False)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(ExitCode.INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(ExitCode.BAD_INPUT)
+    except KeyboardInterrupt:
+        sys.exit(ExitCode.INTERRUPTED)
+    except SystemExit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the traceback goes to the debug log only
+        path = debug_log_path()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as f:
+                f.write(traceback.format_exc())
+        except OSError:
+            pass
+        err_console.print(f"hsm: internal error: {exc!r}; details in {path}", markup=False)
+        sys.exit(ExitCode.ABORTED)

@@ -1,0 +1,140 @@
+"""Rendering for the CLI: log handlers, progress, tables. No business logic."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from hsm.engine.service import LOG_DATEFMT, LOG_FORMAT
+from hsm.engine.summary import SweepSummary
+from hsm.states import TaskStatus
+
+err_console = Console(stderr=True, highlight=False)
+out_console = Console(highlight=False)
+
+
+class ConsoleHandler(logging.Handler):
+    """Log lines on stderr as ``YYYY-MM-DD HH:MM:SS LEVEL message`` (above a live progress)."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.console = console
+        self.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.console.print(self.format(record), markup=False, highlight=False,
+                               soft_wrap=True)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def setup_console_logging(verbose: bool = False) -> ConsoleHandler:
+    root = logging.getLogger("hsm")
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for h in list(root.handlers):
+        if isinstance(h, ConsoleHandler):
+            root.removeHandler(h)
+    handler = ConsoleHandler(err_console)
+    handler.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.addHandler(handler)
+    root.propagate = False
+    return handler
+
+
+class ProgressView:
+    """A rich progress bar on a terminal; plain periodic lines otherwise."""
+
+    def __init__(self, *, live: bool) -> None:
+        self.live = live and err_console.is_terminal
+        self._progress: Progress | None = None
+        self._task: Any = None
+        self._last_plain = 0.0
+        self._last: dict[TaskStatus, int] = {}
+
+    @contextmanager
+    def active(self) -> Iterator[ProgressView]:
+        if self.live:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
+                TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
+                transient=False, refresh_per_second=4)
+            with self._progress:
+                self._task = self._progress.add_task("sweep", total=None, detail="")
+                yield self
+        else:
+            yield self
+            self._plain(force=True)
+
+    def update(self, counts: dict[TaskStatus, int]) -> None:
+        self._last = counts
+        if self._progress is not None:
+            total = sum(counts.values())
+            done = counts.get(TaskStatus.COMPLETED, 0) + counts.get(TaskStatus.FAILED, 0) \
+                + counts.get(TaskStatus.CANCELLED, 0)
+            detail = (f"[green]{counts.get(TaskStatus.COMPLETED, 0)} done[/] "
+                      f"[red]{counts.get(TaskStatus.FAILED, 0)} failed[/] "
+                      f"[cyan]{counts.get(TaskStatus.RUNNING, 0)} running[/]")
+            self._progress.update(self._task, total=total, completed=done, detail=detail)
+        else:
+            self._plain()
+
+    def _plain(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self._last or (not force and now - self._last_plain < 10):
+            return
+        self._last_plain = now
+        c = self._last
+        logging.getLogger("hsm.progress").info(
+            "progress: %d completed, %d failed, %d running, %d pending of %d",
+            c.get(TaskStatus.COMPLETED, 0), c.get(TaskStatus.FAILED, 0),
+            c.get(TaskStatus.RUNNING, 0), c.get(TaskStatus.PENDING, 0), sum(c.values()))
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def summary_table(summary: SweepSummary) -> Table:
+    sweep = summary.sweep
+    table = Table(title=f"sweep {sweep.id} — {sweep.state.value}", show_header=True)
+    for col in ("completed", "failed", "running", "pending", "cancelled", "total"):
+        table.add_column(col, justify="right")
+    c = summary.counts
+    table.add_row(*(str(c.get(k, 0)) for k in
+                    ("completed", "failed", "running", "pending", "cancelled")),
+                  str(summary.total))
+    return table
+
+
+def sources_table(summary: SweepSummary) -> Table:
+    table = Table(title="sources")
+    for col in ("source", "enabled", "submitted", "completed", "failed", "failure rate"):
+        table.add_column(col)
+    for s in summary.sources:
+        enabled = "yes" if s.enabled else f"no ({s.disabled_reason})"
+        table.add_row(s.name, enabled, str(s.submitted), str(s.completed), str(s.failed),
+                      f"{s.failure_rate:.0%}")
+    return table
+
+
+def fmt_time(epoch: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "-"

@@ -1,0 +1,376 @@
+"""The run loop: one asyncio loop per sweep. Dispatch, polling, collection, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hsm.engine.policy import judge_attempt
+from hsm.engine.strategy import make_strategy, prefer, views
+from hsm.errors import ConfigError, ExitCode, HsmError, SourceUnavailableError
+from hsm.jobscript import read_events
+from hsm.sources.base import JobHandle, LaunchRequest, PollResult, PollState, Source, SweepContext
+from hsm.state import AttemptRow, Store
+from hsm.states import AttemptState, Cause, SweepState, TaskStatus
+
+log = logging.getLogger("hsm.sweep")
+
+CANCEL_CHECK_INTERVAL = 0.5
+CANCEL_GRACE = 15.0
+
+
+@dataclass
+class Running:
+    attempt: AttemptRow
+    handle: JobHandle | None = None
+
+
+@dataclass
+class RunOutcome:
+    sweep_id: str
+    state: SweepState
+    exit_code: int
+    message: str | None = None
+
+
+@dataclass
+class EngineOptions:
+    max_retries: int = 2
+    strategy: str = "round_robin"
+    poll_interval: Mapping[str, float] = field(default_factory=dict)
+
+
+ProgressFn = Callable[[dict[TaskStatus, int]], None]
+
+
+class Engine:
+    """Runs (or resumes) one sweep to its end."""
+
+    def __init__(self, *, store: Store, sweep_id: str, ctx: SweepContext,
+                 sources: Mapping[str, Source], options: EngineOptions,
+                 on_progress: ProgressFn | None = None) -> None:
+        self.store = store
+        self.sweep_id = sweep_id
+        self.ctx = ctx
+        self.sources = dict(sources)
+        self.order = list(self.sources)
+        self.options = options
+        self.on_progress = on_progress
+        self.strategy = make_strategy(options.strategy)
+        self.pending: deque[int] = deque()
+        self.avoid: dict[int, set[str]] = {}
+        self.running: dict[str, dict[int, Running]] = {n: {} for n in self.sources}
+        self.free_slots: dict[str, list[int]] = {}
+        self.counts: dict[TaskStatus, int] = {}
+        self.wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._interrupted = False
+        self._cancelled = False
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def run(self) -> RunOutcome:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._on_signal)
+        try:
+            await self._prepare()
+            self._load_tasks()
+            self._reattach()
+            for name in self.sources:
+                self._spawn(self._poller(name))
+            self._spawn(self._watch_cancel())
+            await self._main_loop()
+            return await self._finish()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+            self._stop.set()
+            for task in list(self._background):
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
+            await asyncio.gather(*(s.close() for s in self.sources.values()),
+                                 return_exceptions=True)
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("internal error in the run loop: %r", exc, exc_info=exc)
+            self._stop.set()
+            self.wake.set()
+
+    def _on_signal(self) -> None:
+        if not self._interrupted:
+            log.warning("interrupted: stopping running tasks (Ctrl-C again is not needed)")
+        self._interrupted = True
+        self.wake.set()
+
+    async def _prepare(self) -> None:
+        async def one(source: Source) -> None:
+            try:
+                await source.prepare(ctx=self.ctx)
+            except HsmError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any backend failure is reported
+                raise SourceUnavailableError(
+                    f"source {source.name!r} could not be prepared: {exc}") from None
+
+        await asyncio.gather(*(one(s) for s in self.sources.values()))
+        per_task = self.ctx.gpus_per_task
+        for source in self.sources.values():
+            source.configure_gpus(per_task)
+            if per_task and source.gpus and source.slots == 0:
+                raise ConfigError(
+                    f"resources.gpus: each task asks for {per_task} GPU(s), but source"
+                    f" {source.name!r} allows only {len(source.gpus)}")
+        for name, source in self.sources.items():
+            self.free_slots[name] = list(range(source.slots - 1, -1, -1))
+
+    def _load_tasks(self) -> None:
+        self.pending.extend(self.store.pending_numbers(self.sweep_id))
+        self.counts = self.store.task_counts(self.sweep_id)
+        self._cancelled = self.store.cancel_requested(self.sweep_id)
+        self._progress()
+
+    def _reattach(self) -> None:
+        """Pick up attempts that were running when a previous controller died."""
+        for attempt in self.store.attempts(self.sweep_id, active_only=True):
+            source = self.sources.get(attempt.source)
+            if source is None:
+                log.warning("task %d was running on %s, which is not part of this run;"
+                            " it is left alone", attempt.number, attempt.source)
+                continue
+            handle = (JobHandle.from_json(attempt.handle) if attempt.handle else
+                      JobHandle(source=source.name, number=attempt.number,
+                                attempt=attempt.attempt,
+                                task_dir=source.task_dir(self.ctx, attempt.number)))
+            slots = self.free_slots[source.name]
+            if attempt.slot in slots:
+                slots.remove(attempt.slot)
+            elif slots:
+                slots.pop()
+            self.running[source.name][attempt.id] = Running(attempt, handle)
+            log.info("reattached task %d (attempt %d) on %s", attempt.number, attempt.attempt,
+                     source.name)
+
+    # -- the main loop -------------------------------------------------------------------
+    async def _main_loop(self) -> None:
+        while not self._stop.is_set():
+            if self._interrupted or self._cancelled:
+                await self._stop_running()
+                return
+            self._dispatch()
+            if not self.pending and not any(self.running.values()):
+                return
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+
+    def usable(self, name: str) -> bool:
+        """Whether a source may take new tasks now. Extended by the failsafe."""
+        return True
+
+    def _dispatch(self) -> None:
+        batches: dict[str, list[LaunchRequest]] = {}
+        while self.pending:
+            busy = {n: len(r) for n, r in self.running.items()}
+            candidates = [v for v in views({n: s.slots for n, s in self.sources.items()}, busy)
+                          if self.free_slots[v.name] and self.usable(v.name)]
+            if not candidates:
+                break
+            number = self.pending.popleft()
+            choice = self.strategy.pick(prefer(candidates, self.avoid.get(number, set())),
+                                        self.order)
+            slot = self.free_slots[choice.name].pop()
+            attempt = self.store.begin_attempt(self.sweep_id, number, source=choice.name,
+                                               slot=slot)
+            self.running[choice.name][attempt.id] = Running(attempt)
+            self._count(TaskStatus.PENDING, TaskStatus.RUNNING)
+            params = self.store.task(self.sweep_id, number).params
+            batches.setdefault(choice.name, []).append(
+                LaunchRequest(number=number, attempt=attempt.attempt, params=params, slot=slot,
+                              attempt_id=attempt.id))
+        for name, requests in batches.items():
+            self._spawn(self._launch(name, requests))
+
+    async def _launch(self, name: str, requests: list[LaunchRequest]) -> None:
+        source = self.sources[name]
+        try:
+            handles = await source.launch(ctx=self.ctx, requests=requests)
+        except Exception as exc:  # noqa: BLE001 - a failed launch is retried elsewhere
+            log.error("could not launch %d task(s) on %s: %s", len(requests), name, exc)
+            for req in requests:
+                run = self.running[name].get(req.attempt_id)
+                if run is not None:
+                    self._settle(name, run, Cause.LAUNCH_FAILED, None)
+            return
+        for req, handle in zip(requests, handles, strict=True):
+            run = self.running[name].get(req.attempt_id)
+            if run is None:
+                continue
+            self.store.attempt_launched(req.attempt_id, handle.to_json(), handle.host)
+            run.handle = handle
+            log.debug("task %d started on %s (attempt %d)", req.number, name, req.attempt)
+        source.wake.set()
+
+    async def _poller(self, name: str) -> None:
+        source = self.sources[name]
+        interval = self.options.poll_interval.get(name, 1.0)
+        failed_before = False
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(source.wake.wait(), timeout=interval)
+            source.wake.clear()
+            runs = [r for r in self.running[name].values() if r.handle is not None]
+            if not runs:
+                continue
+            try:
+                results = await source.poll(handles=[r.handle for r in runs if r.handle])
+            except Exception as exc:  # noqa: BLE001 - a backend bug must not stop the sweep
+                if not failed_before:
+                    log.error("poll of %s failed: %r", name, exc, exc_info=exc)
+                failed_before = True
+                continue
+            failed_before = False
+            for run in runs:
+                assert run.handle is not None
+                result = results.get(run.handle)
+                if result is not None and result.state in (PollState.FINISHED, PollState.LOST):
+                    await self._complete(name, run, result)
+
+    async def _complete(self, name: str, run: Running, result: PollResult) -> None:
+        source = self.sources[name]
+        handle = run.handle
+        assert handle is not None
+        if result.state is PollState.LOST:
+            if run.attempt.state is AttemptState.LAUNCHING and result.status is None:
+                # Recorded but never started (the controller died mid-launch).
+                self.store.discard_attempt(run.attempt)
+                self._release(name, run)
+                self.pending.appendleft(run.attempt.number)
+                self._count(TaskStatus.RUNNING, TaskStatus.PENDING)
+                return
+            log.warning("task %d lost on %s: %s", run.attempt.number, name, result.detail)
+            self._settle(name, run, Cause.LOST, None)
+            return
+        status = result.status
+        assert status is not None
+        try:
+            await source.collect(ctx=self.ctx, handle=handle)
+        except Exception as exc:  # noqa: BLE001 - results stay on the host; retried later
+            log.warning("could not collect task %d from %s: %s", run.attempt.number, name, exc)
+            return
+        local_dir = Path(self.ctx.sweep_dir, "tasks", Path(handle.task_dir).name)
+        for line in read_events(local_dir):
+            log.warning("%s [task %d on %s]", line, run.attempt.number, name)
+        cause = Cause(result.scheduler_cause or (status.cause.value if status.cause else
+                                                 Cause.TASK_FAILED.value))
+        self._settle(name, run, cause, status.exit_code)
+
+    def _settle(self, name: str, run: Running, cause: Cause, exit_code: int | None) -> None:
+        """Record the end of an attempt and decide what happens to its task."""
+        attempt = run.attempt
+        verdict = judge_attempt(cause, attempt=attempt.attempt,
+                                max_retries=self.options.max_retries)
+        if self._interrupted and cause is Cause.CANCELLED:
+            task_status = TaskStatus.PENDING  # Ctrl-C: resume runs it again
+        else:
+            task_status = verdict.task_status
+        self.store.finish_attempt(attempt, state=verdict.attempt_state, cause=cause,
+                                  exit_code=exit_code, task_status=task_status)
+        self._release(name, run)
+        self._count(TaskStatus.RUNNING, task_status)
+        if verdict.retry and not (self._interrupted or self._cancelled):
+            self.avoid.setdefault(attempt.number, set()).add(name)
+            self.pending.append(attempt.number)
+            log.warning("task %d failed on %s (%s); retrying (attempt %d of at most %d)",
+                        attempt.number, name, cause.value, attempt.attempt + 1,
+                        self.options.max_retries + 1)
+        elif task_status is TaskStatus.FAILED:
+            log.error("task %d failed on %s: %s (exit code %s)", attempt.number, name,
+                      cause.value, exit_code)
+        self.on_settled(name, attempt, cause)
+        self.wake.set()
+
+    def on_settled(self, name: str, attempt: AttemptRow, cause: Cause) -> None:
+        """Hook for the failsafe: called after every recorded attempt end."""
+
+    def _release(self, name: str, run: Running) -> None:
+        self.running[name].pop(run.attempt.id, None)
+        if run.attempt.slot is not None and run.attempt.slot < self.sources[name].slots:
+            self.free_slots[name].append(run.attempt.slot)
+
+    # -- counts and progress -------------------------------------------------------------
+    def _count(self, old: TaskStatus, new: TaskStatus) -> None:
+        self.counts[old] = self.counts.get(old, 0) - 1
+        self.counts[new] = self.counts.get(new, 0) + 1
+        self._progress()
+
+    def _progress(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(dict(self.counts))
+
+    # -- cancel and interrupt ------------------------------------------------------------
+    async def _watch_cancel(self) -> None:
+        while not self._stop.is_set():
+            await asyncio.sleep(CANCEL_CHECK_INTERVAL)
+            if self.store.cancel_requested(self.sweep_id):
+                log.warning("cancel requested: stopping every running task")
+                self._cancelled = True
+                self.wake.set()
+                return
+
+    async def _stop_running(self) -> None:
+        """Cancel every running attempt and wait (bounded) for the wrappers to confirm."""
+        self.pending.clear()  # on Ctrl-C the tasks that never started stay pending
+        by_source = {n: [r.handle for r in runs.values() if r.handle] for n, runs in
+                     self.running.items()}
+        await asyncio.gather(*(self.sources[n].cancel(handles=h) for n, h in by_source.items()
+                               if h), return_exceptions=True)
+        deadline = time.monotonic() + CANCEL_GRACE
+        while any(self.running.values()) and time.monotonic() < deadline:
+            for name in self.sources:
+                self.sources[name].wake.set()
+            await asyncio.sleep(0.2)
+        for name, runs in self.running.items():
+            for run in list(runs.values()):
+                self._settle(name, run, Cause.CANCELLED, None)
+        if self._cancelled:
+            self.store.cancel_pending(self.sweep_id)
+
+    # -- the end -------------------------------------------------------------------------
+    async def _finish(self) -> RunOutcome:
+        counts = self.store.task_counts(self.sweep_id)
+        self.counts = counts
+        self._progress()
+        if self._cancelled:
+            state, code, message = SweepState.CANCELLED, ExitCode.INTERRUPTED, "sweep cancelled"
+        elif self._interrupted:
+            state, code = SweepState.CANCELLED, ExitCode.INTERRUPTED
+            message = f"interrupted; continue with: hsm resume {self.sweep_id}"
+        elif counts[TaskStatus.FAILED]:
+            state, code = SweepState.FAILED, ExitCode.TASKS_FAILED
+            message = (f"{counts[TaskStatus.FAILED]} task(s) failed; rerun them with:"
+                       f" hsm resume {self.sweep_id} --retry-failed")
+        else:
+            state, code, message = SweepState.COMPLETED, ExitCode.OK, None
+        self.store.set_sweep_state(self.sweep_id, state, abort_reason=message)
+        all_completed = counts[TaskStatus.COMPLETED] == sum(counts.values())
+        await asyncio.gather(*(s.finish(ctx=self.ctx, all_completed=all_completed)
+                               for s in self.sources.values()), return_exceptions=True)
+        return RunOutcome(self.sweep_id, state, code, message)

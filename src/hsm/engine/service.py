@@ -1,0 +1,250 @@
+"""Library entry points: plan, run, resume and cancel sweeps. They return results, never print."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hsm.engine.run import Engine, EngineOptions, ProgressFn, RunOutcome
+from hsm.errors import ConfigError, HsmError, StateError
+from hsm.jobscript import GuardSettings
+from hsm.sources.base import Source, SweepContext
+from hsm.sources.registry import build_sources, resolve_names
+from hsm.spec.config import LoadedConfig, load_config
+from hsm.spec.expand import count_tasks, iter_tasks
+from hsm.spec.render import task_argv
+from hsm.spec.sweep import SweepSpec, load_sweep, sweep_from_data
+from hsm.state import DB_NAME, Store, SweepRow
+from hsm.states import SweepState, TaskStatus
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
+SWEEP_LOG = "hsm.log"
+
+sweep_log = logging.getLogger("hsm.sweep")
+
+
+@dataclass(frozen=True)
+class Project:
+    loaded: LoadedConfig
+
+    @property
+    def root(self) -> Path:
+        return self.loaded.project_root
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / self.loaded.config.state_dir / DB_NAME
+
+    @property
+    def output_dir(self) -> Path:
+        return self.root / self.loaded.config.output_dir
+
+    def open_store(self, *, create: bool = False) -> Store:
+        return Store.open(self.state_path, create=create)
+
+    def has_state(self) -> bool:
+        return self.state_path.exists()
+
+
+def open_project(config: Path | None, cwd: Path | None = None) -> Project:
+    return Project(load_config(config, cwd or Path.cwd()))
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec_path: Path
+    spec: SweepSpec
+    total: int
+    sources: list[str]
+    parallel: int | None
+
+
+def plan_run(project: Project, spec_path: Path, *, sources: Sequence[str] = (),
+             distributed: bool = False, parallel: int | None = None) -> Plan:
+    """Validate everything a run needs, without writing anything."""
+    if parallel is not None and parallel < 1:
+        raise ConfigError("--parallel: must be 1 or more")
+    spec = load_sweep(spec_path, project.root)
+    names = resolve_names(project.loaded, names=sources, distributed=distributed)
+    return Plan(spec_path, spec, count_tasks(spec), names, parallel)
+
+
+def preview_argv(plan: Plan, *, sweep_id: str = "<sweep-id>") -> Iterator[list[str]]:
+    for number, params in enumerate(iter_tasks(plan.spec), start=1):
+        task_dir = f"<sweep-dir>/tasks/task_{number:04d}"
+        yield task_argv(plan.spec, params, python="python3", task_dir=task_dir,
+                        sweep_id=sweep_id)
+
+
+def stored_spec(sweep: SweepRow) -> SweepSpec:
+    """The spec as it was when the sweep started (the file may have changed since)."""
+    return sweep_from_data(sweep.spec, Path(sweep.spec_path), None)
+
+
+def new_sweep_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def guard_settings(loaded: LoadedConfig) -> GuardSettings:
+    disk = loaded.config.disk
+    return GuardSettings(project_min_free=int(disk.project_min_free),
+                         task_min_free=int(disk.task_min_free),
+                         check_interval=int(disk.check_interval),
+                         warn_below=int(disk.warn_below), kill_below=int(disk.kill_below))
+
+
+def sweep_context(project: Project, sweep: SweepRow, spec: SweepSpec) -> SweepContext:
+    def argv_for(params: dict[str, Any], task_dir: str | None, python: str) -> list[str]:
+        return task_argv(spec, params, python=python, task_dir=task_dir, sweep_id=sweep.id)
+
+    return SweepContext(sweep_id=sweep.id, sweep_dir=sweep.sweep_dir,
+                        project_root=sweep.project_root,
+                        project_name=Path(sweep.project_root).name or "project",
+                        guard=guard_settings(project.loaded), wandb_group=sweep.id,
+                        argv_for=argv_for, gpus_per_task=spec.resources.gpus)
+
+
+def start_run(project: Project, plan: Plan, *, name: str | None, command_line: str,
+              on_progress: ProgressFn | None = None,
+              on_created: Any = None) -> RunOutcome:
+    """Create the sweep (state rows + folder) and run it to its end."""
+    sweep_id = name or new_sweep_id()
+    if name is not None and (not name or "/" in name or name.startswith(".")):
+        raise ConfigError(f"--name: {name!r} is not a valid sweep ID (no '/', no leading '.')")
+    sources = build_sources(project.loaded, plan.sources, parallel=plan.parallel)
+    store = project.open_store(create=True)
+    sweep_dir = project.output_dir / sweep_id
+    if sweep_dir.exists():
+        raise ConfigError(f"--name: the sweep folder {sweep_dir} exists already")
+    try:
+        store.create_sweep(
+            sweep_id=sweep_id, spec_path=str(plan.spec_path.resolve()),
+            spec=plan.spec.raw, sweep_dir=str(sweep_dir),
+            project_root=str(project.root), sources=plan.sources, parallel=plan.parallel,
+            command_line=command_line, params=iter_tasks(plan.spec))
+        sweep_dir.mkdir(parents=True)
+        (sweep_dir / "sweep.yaml").write_bytes(plan.spec_path.read_bytes())
+    except OSError as exc:
+        raise StateError(f"{sweep_dir}: cannot create the sweep folder: {exc}") from None
+    sweep = store.sweep(sweep_id)
+    if on_created is not None:
+        on_created(sweep)
+    return _drive(project, store, sweep, sources, on_progress)
+
+
+def resume_run(project: Project, sweep_id: str, *, retry_failed: bool,
+               on_progress: ProgressFn | None = None, on_created: Any = None) -> RunOutcome:
+    store = project.open_store(create=False)
+    sweep = store.sweep(sweep_id)
+    spec = stored_spec(sweep)
+    sources = build_sources(project.loaded, sweep.sources, parallel=sweep.parallel)
+    with controller_lock(Path(sweep.sweep_dir)):
+        reset = [TaskStatus.CANCELLED]
+        if retry_failed:
+            reset.append(TaskStatus.FAILED)
+        store.reset_tasks(sweep.id, reset)
+        store.set_cancel_requested(sweep.id, False)
+        store.set_sweep_state(sweep.id, SweepState.RUNNING, controller_pid=os.getpid())
+    if on_created is not None:
+        on_created(sweep)
+    return _drive(project, store, sweep, sources, on_progress, spec=spec)
+
+
+def _drive(project: Project, store: Store, sweep: SweepRow, sources: dict[str, Source],
+           on_progress: ProgressFn | None, spec: SweepSpec | None = None) -> RunOutcome:
+    spec = spec or stored_spec(sweep)
+    ctx = sweep_context(project, sweep, spec)
+    dist = project.loaded.config.distributed
+    options = EngineOptions(max_retries=dist.max_retries, strategy=dist.strategy)
+    with controller_lock(Path(sweep.sweep_dir)), sweep_log_file(Path(sweep.sweep_dir)):
+        store.set_sweep_state(sweep.id, SweepState.RUNNING, controller_pid=os.getpid())
+        sweep_log.info("sweep %s: %d task(s) on %s", sweep.id, sum(
+            store.task_counts(sweep.id).values()), ", ".join(sources))
+        engine = Engine(store=store, sweep_id=sweep.id, ctx=ctx, sources=sources,
+                        options=options, on_progress=on_progress)
+        try:
+            outcome = asyncio.run(engine.run())
+        except HsmError as exc:
+            store.set_sweep_state(sweep.id, SweepState.ABORTED, abort_reason=exc.message)
+            raise
+        if outcome.message:
+            level = logging.INFO if outcome.exit_code == 0 else logging.WARNING
+            sweep_log.log(level, "sweep %s %s: %s", sweep.id, outcome.state.value,
+                          outcome.message)
+        else:
+            sweep_log.info("sweep %s %s", sweep.id, outcome.state.value)
+        return outcome
+
+
+@contextmanager
+def controller_lock(sweep_dir: Path) -> Iterator[None]:
+    """Only one controller drives a sweep at a time (flock, released when the process dies)."""
+    lock_dir = sweep_dir / ".hsm"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_dir / "controller.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StateError(
+                f"sweep {sweep_dir.name} is being driven by another hsm process right now;"
+                " wait for it, or stop it with: hsm cancel " + sweep_dir.name) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def controller_running(sweep_dir: Path) -> bool:
+    try:
+        with controller_lock(sweep_dir):
+            return False
+    except StateError:
+        return True
+
+
+@contextmanager
+def sweep_log_file(sweep_dir: Path) -> Iterator[None]:
+    handler = logging.FileHandler(sweep_dir / SWEEP_LOG, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
+    root = logging.getLogger("hsm")
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def request_cancel(project: Project, sweep_id: str, *, wait: float = 30.0) -> SweepRow:
+    """Ask the running controller to cancel; with no controller alive, cancel here."""
+    store = project.open_store(create=False)
+    sweep = store.sweep(sweep_id)
+    if sweep.state is not SweepState.RUNNING and not store.attempts(sweep_id, active_only=True):
+        store.cancel_pending(sweep_id)
+        store.set_sweep_state(sweep_id, SweepState.CANCELLED, abort_reason="sweep cancelled")
+        return store.sweep(sweep_id)
+    store.set_cancel_requested(sweep_id, True)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and controller_running(Path(sweep.sweep_dir)):
+        time.sleep(0.2)
+    if controller_running(Path(sweep.sweep_dir)):
+        raise StateError(f"the controller of sweep {sweep_id} did not stop within {wait:.0f} s")
+    if store.sweep(sweep_id).state is not SweepState.CANCELLED:
+        # No controller was alive: drive the cancel ourselves (it reattaches and stops).
+        spec = stored_spec(sweep)
+        sources = build_sources(project.loaded, sweep.sources, parallel=sweep.parallel)
+        store.set_cancel_requested(sweep_id, True)
+        _drive(project, store, sweep, sources, None, spec=spec)
+    return store.sweep(sweep_id)

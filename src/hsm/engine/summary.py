@@ -1,0 +1,81 @@
+"""The sweep summary behind ``hsm status``, ``hsm run --json`` and ``hsm resume --json``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hsm.sources.base import task_folder_name
+from hsm.state import Store, SweepRow
+from hsm.states import TaskStatus
+
+JSON_COUNT_KEYS = ("completed", "failed", "pending", "running", "cancelled")
+
+
+@dataclass(frozen=True)
+class SourceSummary:
+    name: str
+    enabled: bool
+    disabled_reason: str | None
+    submitted: int
+    completed: int
+    failed: int
+    failure_rate: float
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    sweep: SweepRow
+    total: int
+    counts: dict[str, int]
+    causes: dict[str, int]
+    sources: list[SourceSummary]
+
+    def to_json(self, store: Store | None = None, *, with_tasks: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "sweep_id": self.sweep.id,
+            "sweep_dir": self.sweep.sweep_dir,
+            "state": self.sweep.state.value,
+            "total": self.total,
+            "counts": {k: self.counts.get(k, 0) for k in JSON_COUNT_KEYS},
+            "sources": {
+                s.name: {"enabled": s.enabled, "disabled_reason": s.disabled_reason,
+                         "submitted": s.submitted, "completed": s.completed,
+                         "failed": s.failed, "failure_rate": round(s.failure_rate, 4)}
+                for s in self.sources
+            },
+        }
+        if self.sweep.abort_reason:
+            out["message"] = self.sweep.abort_reason
+        if with_tasks and store is not None:
+            out["tasks"] = task_list(store, self.sweep)
+        return out
+
+
+def task_list(store: Store, sweep: SweepRow) -> list[dict[str, Any]]:
+    tasks_dir = Path(sweep.sweep_dir, "tasks")
+    return [
+        {"number": t.number, "params": t.params, "status": t.status.value, "cause": t.cause,
+         "source": t.source, "attempts": t.attempts,
+         "task_dir": str(tasks_dir / task_folder_name(t.number)), "exit_code": t.exit_code}
+        for t in store.tasks(sweep.id)
+    ]
+
+
+def summarize(store: Store, sweep_id: str) -> SweepSummary:
+    sweep = store.sweep(sweep_id)
+    counts = {k.value: v for k, v in store.task_counts(sweep_id).items()}
+    sources = []
+    for name in sweep.sources:
+        row = store.source(name)
+        c = store.source_counts(name, sweep_id=sweep_id)
+        sources.append(SourceSummary(name, row.enabled, row.disabled_reason, c.submitted,
+                                     c.completed, c.failed, c.failure_rate))
+    return SweepSummary(sweep, sum(counts.values()), counts, store.cause_counts(sweep_id),
+                        sources)
+
+
+def is_done(counts: dict[str, int]) -> bool:
+    return counts.get(TaskStatus.PENDING.value, 0) == 0 and \
+        counts.get(TaskStatus.RUNNING.value, 0) == 0

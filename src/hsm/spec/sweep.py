@@ -1,0 +1,365 @@
+"""The sweep spec, ``sweep.yaml``: what to run and over which parameters.
+
+```yaml
+script: train.py            # or: command: [python, -m, pkg.train]  (or one string)
+sweep:
+  grid:                     # Cartesian product; nested maps flatten to dotted keys
+    seed: [1, 2, 3]
+    optimizer: {lr: [0.001, 0.01]}
+  paired:                   # each group is zipped (equal lengths), then crossed with grid
+    - {model.name: [small, large], model.width: [128, 1024]}
+defaults: {batch_size: 32}  # applied to every task; grid/paired win
+resources: {gpus: 1, cpus: 4, mem: 16G, walltime: "04:00:00"}
+max_runs: 100
+output_dir_arg: output.dir  # null switches the argument off
+wandb_group_arg: wandb.group
+hydra_append: false         # true: pass every argument as ++key=value
+```
+
+Each grid entry is a list of values; a single value that is itself a list is written
+as a list of lists (``layers: [[64, 64]]``). Parameter keys may carry Hydra's ``+``
+or ``++`` prefix (see :mod:`hsm.spec.render`).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
+
+from hsm.spec.errors import describe_value, from_validation_error, problem
+from hsm.spec.render import hydra_value, key_problem
+from hsm.spec.yamlload import Loc, YamlDocument, load_yaml
+
+_WALLTIME_HMS = re.compile(r"(?:(\d+)-)?(\d+):([0-5]\d):([0-5]\d)")
+_MEM = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:I?B)?)?", re.I)
+_MEM_FACTOR_MB = {"K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0**2}
+
+
+def _minutes_as_text(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def walltime_seconds(text: str) -> int:
+    """Seconds in a walltime: ``"HH:MM:SS"``, ``"D-HH:MM:SS"`` or minutes (``"90"``).
+
+    Raises ``ValueError`` for any other form.
+    """
+    text = text.strip()
+    if text.isdigit():
+        if int(text) <= 0:
+            raise ValueError(f"a walltime must be positive, found {text!r}")
+        return int(text) * 60
+    match = _WALLTIME_HMS.fullmatch(text)
+    if match is None:
+        raise ValueError(
+            f"expected a walltime as 'HH:MM:SS', 'D-HH:MM:SS' or a number of minutes, "
+            f"found {text!r}"
+        )
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    if match.group(1) is not None and hours >= 24:
+        raise ValueError(f"hours must be below 24 in 'D-HH:MM:SS', found {text!r}")
+    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    if total <= 0:
+        raise ValueError(f"a walltime must be positive, found {text!r}")
+    return total
+
+
+def _check_walltime(text: str) -> str:
+    walltime_seconds(text)
+    return text.strip()
+
+
+def mem_megabytes(text: str) -> int:
+    """Megabytes (2^20 bytes, rounded up) in a memory request such as ``16G``,
+    ``500M``, ``16GB`` or ``16000`` (a bare number is megabytes, as in Slurm)."""
+    match = _MEM.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(
+            f"expected memory such as '16G', '500M' or a number of megabytes, found {text!r}"
+        )
+    number = float(match.group(1))
+    unit = (match.group(2) or "M").upper()
+    megabytes = number * _MEM_FACTOR_MB[unit]
+    if megabytes <= 0:
+        raise ValueError(f"memory must be positive, found {text!r}")
+    return max(1, -int(-megabytes // 1))
+
+
+def _check_mem(text: str) -> str:
+    mem_megabytes(text)
+    return text.strip()
+
+
+def _split_command(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split the command {value!r}: {exc}") from None
+    return value
+
+
+def _check_key(key: str) -> str:
+    why = key_problem(key)
+    if why is not None:
+        raise ValueError(why)
+    return key
+
+
+Walltime = Annotated[str, BeforeValidator(_minutes_as_text), AfterValidator(_check_walltime)]
+Mem = Annotated[str, BeforeValidator(_minutes_as_text), AfterValidator(_check_mem)]
+Command = Annotated[list[str], BeforeValidator(_split_command), Field(min_length=1)]
+ArgKey = Annotated[str, AfterValidator(_check_key)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Resources(_Model):
+    """``resources:`` what each task needs (used by Slurm and PBS, and for local GPUs)."""
+
+    gpus: Annotated[int, Field(ge=0)] = 0
+    cpus: Annotated[int, Field(ge=1)] | None = None
+    mem: Mem | None = None
+    walltime: Walltime | None = None
+    partition: str | None = None
+    qos: str | None = None
+    account: str | None = None
+    gpu_type: str | None = None
+
+    @property
+    def walltime_seconds(self) -> int | None:
+        return None if self.walltime is None else walltime_seconds(self.walltime)
+
+    @property
+    def mem_megabytes(self) -> int | None:
+        return None if self.mem is None else mem_megabytes(self.mem)
+
+
+class _SweepBlock(_Model):
+    grid: dict[str, Any] | None = None
+    paired: list[dict[str, Any]] | None = None
+
+
+class _SweepFile(_Model):
+    """The shape of the file, before the parameters are checked."""
+
+    script: str | None = None
+    command: Command | None = None
+    sweep: _SweepBlock | None = None
+    defaults: dict[str, Any] | None = None
+    resources: Resources = Field(default_factory=Resources)
+    max_runs: Annotated[int, Field(ge=1)] | None = None
+    output_dir_arg: ArgKey | None = "output.dir"
+    wandb_group_arg: ArgKey | None = "wandb.group"
+    hydra_append: bool = False
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep.
+
+    ``grid`` maps each dotted key to its values, in file order; ``paired`` holds the
+    groups, each mapping its keys to equally long value lists; ``defaults`` maps dotted
+    keys to single values. Expansion is in :mod:`hsm.spec.expand`.
+    """
+
+    script: str | None = None
+    command: tuple[str, ...] | None = None
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    paired: list[dict[str, list[Any]]] = field(default_factory=list)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+    max_runs: int | None = None
+    output_dir_arg: str | None = "output.dir"
+    wandb_group_arg: str | None = "wandb.group"
+    hydra_append: bool = False
+    path: Path | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+    """The file's content as loaded, e.g. to store a copy with the sweep."""
+
+
+def param_name(key: str) -> str:
+    """A parameter key without Hydra's ``+``/``++`` prefix."""
+    return key.lstrip("+")
+
+
+class _Params:
+    """Flattens and checks grid, paired and defaults, keeping each key's location."""
+
+    def __init__(self, doc: YamlDocument) -> None:
+        self.doc = doc
+        self.seen: dict[str, Loc] = {}
+
+    def flatten(self, data: dict[str, Any], loc: Loc, prefix: str = "") -> list[tuple[str, Loc]]:
+        """(dotted key, location of its value) for every leaf under ``data``, in order."""
+        out: list[tuple[str, Loc]] = []
+        for key, value in data.items():
+            full = f"{prefix}{key}"
+            if isinstance(value, dict) and value:
+                out.extend(self.flatten(value, loc + (key,), f"{full}."))
+            else:
+                out.append((full, loc + (key,)))
+        return out
+
+    def claim(self, key: str, loc: Loc) -> None:
+        """Check the key and that no other grid or paired entry sets it."""
+        why = key_problem(key)
+        if why is not None:
+            raise problem(self.doc, loc, why)
+        name = param_name(key)
+        if name in self.seen:
+            other = self.doc.line_of(self.seen[name])
+            also = f" (also set at line {other})" if other is not None else ""
+            raise problem(self.doc, loc, f"parameter {name!r} is swept twice{also}")
+        self.seen[name] = loc
+
+    def value(self, value: Any, loc: Loc) -> Any:
+        try:
+            hydra_value(value)
+        except ValueError as exc:
+            raise problem(self.doc, loc, str(exc)) from None
+        return value
+
+    def values(self, value: Any, loc: Loc) -> list[Any]:
+        if value == {}:
+            raise problem(self.doc, loc, "expected a list of values, found an empty mapping")
+        if not isinstance(value, list):
+            try:
+                shown = hydra_value(value)
+            except ValueError:
+                shown = "..."
+            raise problem(
+                self.doc,
+                loc,
+                f"expected a list of values, found {describe_value(value)}; "
+                f"write [{shown}] for a single value",
+            )
+        if not value:
+            raise problem(self.doc, loc, "expected a list of values, found an empty list")
+        return [self.value(item, loc + (index,)) for index, item in enumerate(value)]
+
+
+def _get(data: dict[str, Any], loc: Loc) -> Any:
+    current: Any = data
+    for part in loc:
+        current = current[part]
+    return current
+
+
+def _check_params(
+    doc: YamlDocument, parsed: _SweepFile
+) -> tuple[dict[str, list[Any]], list[dict[str, list[Any]]], dict[str, Any]]:
+    params = _Params(doc)
+    block = parsed.sweep or _SweepBlock()
+    grid: dict[str, list[Any]] = {}
+    for key, loc in params.flatten(block.grid or {}, ("sweep", "grid")):
+        params.claim(key, loc)
+        grid[key] = params.values(_get(doc.data, loc), loc)
+    paired: list[dict[str, list[Any]]] = []
+    for index, group_data in enumerate(block.paired or []):
+        group_loc: Loc = ("sweep", "paired", index)
+        group: dict[str, list[Any]] = {}
+        for key, loc in params.flatten(group_data, group_loc):
+            params.claim(key, loc)
+            group[key] = params.values(_get(doc.data, loc), loc)
+        if not group:
+            raise problem(doc, group_loc, "a paired group needs at least one list of values")
+        lengths = {key: len(values) for key, values in group.items()}
+        if len(set(lengths.values())) > 1:
+            shown = ", ".join(f"{key} has {n}" for key, n in lengths.items())
+            raise problem(
+                doc,
+                group_loc,
+                f"the lists in paired group {index} must have equal lengths: {shown}",
+            )
+        paired.append(group)
+    if not grid and not paired:
+        raise problem(
+            doc,
+            ("sweep",),
+            "the sweep has no parameters: add lists of values under sweep.grid or sweep.paired",
+        )
+    defaults: dict[str, Any] = {}
+    default_locs: dict[str, Loc] = {}
+    for key, loc in params.flatten(parsed.defaults or {}, ("defaults",)):
+        why = key_problem(key)
+        if why is not None:
+            raise problem(doc, loc, why)
+        name = param_name(key)
+        if name in default_locs:
+            other = doc.line_of(default_locs[name])
+            also = f" (also set at line {other})" if other is not None else ""
+            raise problem(doc, loc, f"default {name!r} is given twice{also}")
+        default_locs[name] = loc
+        defaults[key] = params.value(_get(doc.data, loc), loc)
+    return grid, paired, defaults
+
+
+def _check_program(doc: YamlDocument, parsed: _SweepFile, project_root: Path | None) -> None:
+    if parsed.script is not None and parsed.command is not None:
+        raise problem(doc, ("command",), "give either 'script' or 'command', not both")
+    if parsed.script is None and parsed.command is None:
+        raise problem(doc, (), "missing 'script' (a Python file) or 'command' (the program to run)")
+    if parsed.script is not None:
+        if not parsed.script.strip():
+            raise problem(doc, ("script",), "must not be empty")
+        if project_root is not None:
+            looked = Path(parsed.script).expanduser()
+            if not looked.is_absolute():
+                looked = project_root / looked
+            if not looked.is_file():
+                raise problem(doc, ("script",), f"{parsed.script!r} not found (looked at {looked})")
+
+
+def parse_sweep(doc: YamlDocument, project_root: Path | None) -> SweepSpec:
+    """Validate a loaded sweep file. ``project_root=None`` skips the script check."""
+    try:
+        parsed = _SweepFile.model_validate(doc.data)
+    except ValidationError as exc:
+        raise from_validation_error(exc, doc, _SweepFile) from None
+    _check_program(doc, parsed, project_root)
+    grid, paired, defaults = _check_params(doc, parsed)
+    return SweepSpec(
+        script=parsed.script,
+        command=tuple(parsed.command) if parsed.command is not None else None,
+        grid=grid,
+        paired=paired,
+        defaults=defaults,
+        resources=parsed.resources,
+        max_runs=parsed.max_runs,
+        output_dir_arg=parsed.output_dir_arg,
+        wandb_group_arg=parsed.wandb_group_arg,
+        hydra_append=parsed.hydra_append,
+        path=doc.path,
+        raw=doc.data,
+    )
+
+
+def sweep_from_data(data: dict[str, Any], path: Path, project_root: Path | None) -> SweepSpec:
+    """Validate sweep data that did not come from a file (e.g. a stored copy)."""
+    return parse_sweep(YamlDocument(path=path, data=data), project_root)
+
+
+def load_sweep(path: Path, project_root: Path) -> SweepSpec:
+    """Load and validate a sweep file; a ``script`` is looked for under ``project_root``.
+
+    Every problem raises :class:`~hsm.errors.ConfigError` naming the file, the key
+    and the line.
+    """
+    return parse_sweep(load_yaml(path, allow_empty=False), project_root)

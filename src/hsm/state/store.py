@@ -1,0 +1,506 @@
+"""The SQLite store: the single source of truth. Every state change is one transaction."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hsm.errors import StateError, UnknownSweepError
+from hsm.state.schema import migrate
+from hsm.states import AttemptState, Cause, SweepState, TaskStatus
+
+DB_NAME = "hsm.db"
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    id: str
+    created: float
+    updated: float
+    finished: float | None
+    state: SweepState
+    spec_path: str
+    spec: dict[str, Any]
+    sweep_dir: str
+    project_root: str
+    sources: list[str]
+    parallel: int | None
+    command_line: str
+    controller_pid: int | None
+    abort_reason: str | None
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    number: int
+    params: dict[str, Any]
+    status: TaskStatus
+    cause: str | None
+    source: str | None
+    attempts: int
+    exit_code: int | None
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    id: int
+    sweep_id: str
+    number: int
+    attempt: int
+    source: str
+    slot: int | None
+    state: AttemptState
+    cause: str | None
+    exit_code: int | None
+    handle: dict[str, Any] | None
+    host: str | None
+    started: float
+    finished: float | None
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    name: str
+    enabled: bool
+    disabled_reason: str | None
+    disabled_at: float | None
+    consecutive_health_failures: int
+    last_status: str | None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    time: float
+    source: str
+    kind: str
+    message: str
+    sweep_id: str | None
+
+
+@dataclass(frozen=True)
+class HealthRow:
+    time: float
+    source: str
+    reachable: bool
+    disk_path: str | None
+    free_bytes: int | None
+    total_bytes: int | None
+    load1: float | None
+    cores: int | None
+    memory_percent: float | None
+    disk_status: str | None
+    status: str
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class SourceCounts:
+    submitted: int = 0
+    completed: int = 0
+    failed: int = 0  # failures that count against the source
+    failed_by_cause: Mapping[str, int] | None = None
+
+    @property
+    def finished(self) -> int:
+        return self.completed + self.failed
+
+    @property
+    def failure_rate(self) -> float:
+        return self.failed / self.finished if self.finished else 0.0
+
+
+def _sweep(row: sqlite3.Row) -> SweepRow:
+    return SweepRow(
+        id=row["id"], created=row["created"], updated=row["updated"], finished=row["finished"],
+        state=SweepState(row["state"]), spec_path=row["spec_path"],
+        spec=json.loads(row["spec_json"]), sweep_dir=row["sweep_dir"],
+        project_root=row["project_root"], sources=json.loads(row["sources_json"]),
+        parallel=row["parallel"], command_line=row["command_line"],
+        controller_pid=row["controller_pid"], abort_reason=row["abort_reason"],
+        cancel_requested=bool(row["cancel_requested"]),
+    )
+
+
+def _task(row: sqlite3.Row) -> TaskRow:
+    return TaskRow(
+        number=row["number"], params=json.loads(row["params_json"]),
+        status=TaskStatus(row["status"]), cause=row["cause"], source=row["source"],
+        attempts=row["attempts"], exit_code=row["exit_code"],
+    )
+
+
+def _attempt(row: sqlite3.Row) -> AttemptRow:
+    handle = row["handle_json"]
+    return AttemptRow(
+        id=row["id"], sweep_id=row["sweep_id"], number=row["number"], attempt=row["attempt"],
+        source=row["source"], slot=row["slot"], state=AttemptState(row["state"]),
+        cause=row["cause"], exit_code=row["exit_code"],
+        handle=json.loads(handle) if handle else None, host=row["host"],
+        started=row["started"], finished=row["finished"],
+    )
+
+
+class Store:
+    """One project's state database (``<project>/.hsm/hsm.db``)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    # -- opening -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: Path, *, create: bool = True) -> Store:
+        if not create and not path.exists():
+            raise StateError(f"{path}: no hsm state database here (no sweep has run yet)")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            migrate(conn)
+        except (sqlite3.DatabaseError, OSError, RuntimeError) as exc:
+            raise StateError(
+                f"{path}: cannot use the state database: {exc}. If it is corrupt, move it "
+                "aside (sweep folders and results are kept) and run again."
+            ) from None
+        return cls(conn, path)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StateError(f"{self.path}: cannot write the state database: {exc}") from None
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            conn.execute("ROLLBACK")
+            raise StateError(f"{self.path}: cannot write the state database: {exc}") from None
+
+    def _one(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self._conn.execute(sql, tuple(args)).fetchone()
+        return row
+
+    # -- sweeps --------------------------------------------------------------------------
+    def create_sweep(
+        self, *, sweep_id: str, spec_path: str, spec: Mapping[str, Any], sweep_dir: str,
+        project_root: str, sources: list[str], parallel: int | None, command_line: str,
+        params: Iterable[Mapping[str, Any]],
+    ) -> int:
+        now = time.time()
+        with self.transaction() as tx:
+            if tx.execute("SELECT 1 FROM sweeps WHERE id = ?", (sweep_id,)).fetchone():
+                raise StateError(f"a sweep named {sweep_id!r} exists already; pick another --name")
+            tx.execute(
+                "INSERT INTO sweeps (id, created, updated, state, spec_path, spec_json,"
+                " sweep_dir, project_root, sources_json, parallel, command_line)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (sweep_id, now, now, SweepState.RUNNING.value, spec_path, json.dumps(spec),
+                 sweep_dir, project_root, json.dumps(sources), parallel, command_line),
+            )
+            cur = tx.executemany(
+                "INSERT INTO tasks (sweep_id, number, params_json, status) VALUES (?, ?, ?, ?)",
+                (
+                    (sweep_id, n, json.dumps(p, separators=(",", ":")), TaskStatus.PENDING.value)
+                    for n, p in enumerate(params, start=1)
+                ),
+            )
+            return cur.rowcount
+
+    def sweep(self, sweep_id: str) -> SweepRow:
+        row = self._one("SELECT * FROM sweeps WHERE id = ?", (sweep_id,))
+        if row is None:
+            known = [r["id"] for r in self._conn.execute(
+                "SELECT id FROM sweeps ORDER BY created DESC LIMIT 5")]
+            hint = f" Recent sweeps: {', '.join(known)}." if known else " No sweep has run yet."
+            raise UnknownSweepError(f"unknown sweep ID {sweep_id!r} in {self.path}.{hint}")
+        return _sweep(row)
+
+    def latest_sweep(self) -> SweepRow | None:
+        row = self._one("SELECT * FROM sweeps ORDER BY created DESC, rowid DESC LIMIT 1")
+        return _sweep(row) if row else None
+
+    def sweeps(self, limit: int = 20) -> list[SweepRow]:
+        rows = self._conn.execute(
+            "SELECT * FROM sweeps ORDER BY created DESC, rowid DESC LIMIT ?", (limit,))
+        return [_sweep(r) for r in rows]
+
+    def set_sweep_state(
+        self, sweep_id: str, state: SweepState, *, abort_reason: str | None = None,
+        controller_pid: int | None = None,
+    ) -> None:
+        now = time.time()
+        finished = None if state is SweepState.RUNNING else now
+        with self.transaction() as tx:
+            tx.execute(
+                "UPDATE sweeps SET state = ?, updated = ?, finished = ?, abort_reason = ?,"
+                " controller_pid = ? WHERE id = ?",
+                (state.value, now, finished, abort_reason, controller_pid, sweep_id),
+            )
+
+    def set_cancel_requested(self, sweep_id: str, value: bool) -> None:
+        with self.transaction() as tx:
+            tx.execute("UPDATE sweeps SET cancel_requested = ? WHERE id = ?",
+                       (int(value), sweep_id))
+
+    def cancel_requested(self, sweep_id: str) -> bool:
+        row = self._one("SELECT cancel_requested FROM sweeps WHERE id = ?", (sweep_id,))
+        return bool(row and row[0])
+
+    # -- tasks ---------------------------------------------------------------------------
+    def task_counts(self, sweep_id: str) -> dict[TaskStatus, int]:
+        counts = dict.fromkeys(TaskStatus, 0)
+        for row in self._conn.execute(
+            "SELECT status, count(*) FROM tasks WHERE sweep_id = ? GROUP BY status", (sweep_id,)
+        ):
+            counts[TaskStatus(row[0])] = row[1]
+        return counts
+
+    def cause_counts(self, sweep_id: str) -> dict[str, int]:
+        rows = self._conn.execute(
+            "SELECT cause, count(*) FROM tasks WHERE sweep_id = ? AND cause IS NOT NULL"
+            " GROUP BY cause", (sweep_id,))
+        return {r[0]: r[1] for r in rows}
+
+    def tasks(self, sweep_id: str, *, status: TaskStatus | None = None) -> list[TaskRow]:
+        if status is None:
+            rows = self._conn.execute(
+                "SELECT * FROM tasks WHERE sweep_id = ? ORDER BY number", (sweep_id,))
+        else:
+            rows = self._conn.execute(
+                "SELECT * FROM tasks WHERE sweep_id = ? AND status = ? ORDER BY number",
+                (sweep_id, status.value))
+        return [_task(r) for r in rows]
+
+    def task(self, sweep_id: str, number: int) -> TaskRow:
+        row = self._one("SELECT * FROM tasks WHERE sweep_id = ? AND number = ?",
+                        (sweep_id, number))
+        if row is None:
+            raise UnknownSweepError(f"sweep {sweep_id!r} has no task {number}")
+        return _task(row)
+
+    def pending_numbers(self, sweep_id: str) -> list[int]:
+        rows = self._conn.execute(
+            "SELECT number FROM tasks WHERE sweep_id = ? AND status = ? ORDER BY number",
+            (sweep_id, TaskStatus.PENDING.value))
+        return [r[0] for r in rows]
+
+    def reset_tasks(self, sweep_id: str, statuses: Iterable[TaskStatus]) -> int:
+        """Put tasks back to pending (resume --retry-failed, resume after cancel)."""
+        values = [s.value for s in statuses]
+        marks = ",".join("?" * len(values))
+        with self.transaction() as tx:
+            cur = tx.execute(
+                f"UPDATE tasks SET status = ?, cause = NULL, exit_code = NULL"
+                f" WHERE sweep_id = ? AND status IN ({marks})",
+                (TaskStatus.PENDING.value, sweep_id, *values))
+            return cur.rowcount
+
+    # -- attempts ------------------------------------------------------------------------
+    def begin_attempt(
+        self, sweep_id: str, number: int, *, source: str, slot: int | None,
+    ) -> AttemptRow:
+        """Record that the task is about to be launched on ``source`` (state ``launching``)."""
+        now = time.time()
+        with self.transaction() as tx:
+            row = tx.execute("SELECT attempts FROM tasks WHERE sweep_id = ? AND number = ?",
+                             (sweep_id, number)).fetchone()
+            attempt = row[0] + 1
+            cur = tx.execute(
+                "INSERT INTO attempts (sweep_id, number, attempt, source, slot, state, started)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (sweep_id, number, attempt, source, slot, AttemptState.LAUNCHING.value, now))
+            tx.execute(
+                "UPDATE tasks SET status = ?, source = ?, attempts = ?, cause = NULL,"
+                " exit_code = NULL WHERE sweep_id = ? AND number = ?",
+                (TaskStatus.RUNNING.value, source, attempt, sweep_id, number))
+            attempt_id = cur.lastrowid
+        assert attempt_id is not None
+        return AttemptRow(attempt_id, sweep_id, number, attempt, source, slot,
+                          AttemptState.LAUNCHING, None, None, None, None, now, None)
+
+    def attempt_launched(
+        self, attempt_id: int, handle: Mapping[str, Any], host: str | None = None
+    ) -> None:
+        with self.transaction() as tx:
+            tx.execute(
+                "UPDATE attempts SET state = ?, handle_json = ?, host = ? WHERE id = ?",
+                (AttemptState.RUNNING.value, json.dumps(handle), host, attempt_id))
+
+    def finish_attempt(
+        self, attempt: AttemptRow, *, state: AttemptState, cause: Cause | None,
+        exit_code: int | None, task_status: TaskStatus,
+    ) -> None:
+        """Close an attempt and set its task's status, in one transaction.
+
+        ``task_status`` is PENDING when the task goes back to the queue for a retry.
+        """
+        now = time.time()
+        cause_value = cause.value if cause else None
+        with self.transaction() as tx:
+            tx.execute(
+                "UPDATE attempts SET state = ?, cause = ?, exit_code = ?, finished = ?"
+                " WHERE id = ?", (state.value, cause_value, exit_code, now, attempt.id))
+            tx.execute(
+                "UPDATE tasks SET status = ?, cause = ?, exit_code = ?"
+                " WHERE sweep_id = ? AND number = ? AND attempts = ?",
+                (task_status.value, cause_value, exit_code, attempt.sweep_id, attempt.number,
+                 attempt.attempt))
+
+    def discard_attempt(self, attempt: AttemptRow) -> None:
+        """Forget an attempt that was recorded but never started; its task is pending again."""
+        with self.transaction() as tx:
+            tx.execute("DELETE FROM attempts WHERE id = ?", (attempt.id,))
+            tx.execute(
+                "UPDATE tasks SET status = ?, attempts = attempts - 1"
+                " WHERE sweep_id = ? AND number = ? AND attempts = ?",
+                (TaskStatus.PENDING.value, attempt.sweep_id, attempt.number, attempt.attempt))
+
+    def cancel_pending(self, sweep_id: str) -> int:
+        with self.transaction() as tx:
+            cur = tx.execute(
+                "UPDATE tasks SET status = ?, cause = ? WHERE sweep_id = ? AND status = ?",
+                (TaskStatus.CANCELLED.value, Cause.CANCELLED.value, sweep_id,
+                 TaskStatus.PENDING.value))
+            return cur.rowcount
+
+    def attempts(self, sweep_id: str, *, active_only: bool = False) -> list[AttemptRow]:
+        sql = "SELECT * FROM attempts WHERE sweep_id = ?"
+        if active_only:
+            sql += " AND state IN ('launching', 'running')"
+        rows = self._conn.execute(sql + " ORDER BY id", (sweep_id,))
+        return [_attempt(r) for r in rows]
+
+    def failed_sources_of_task(self, sweep_id: str, number: int) -> list[str]:
+        rows = self._conn.execute(
+            "SELECT DISTINCT source FROM attempts WHERE sweep_id = ? AND number = ?"
+            " AND state IN ('failed', 'lost')", (sweep_id, number))
+        return [r[0] for r in rows]
+
+    def source_counts(self, source: str, *, sweep_id: str | None = None,
+                      since: float | None = None,
+                      task_fault: Iterable[str] = ()) -> SourceCounts:
+        """Attempt counts of one source. Causes in ``task_fault`` do not count as failures."""
+        sql = "SELECT state, cause, count(*) FROM attempts WHERE source = ?"
+        args: list[Any] = [source]
+        if sweep_id is not None:
+            sql += " AND sweep_id = ?"
+            args.append(sweep_id)
+        if since is not None:
+            sql += " AND started >= ?"
+            args.append(since)
+        excused = set(task_fault)
+        submitted = completed = failed = 0
+        by_cause: dict[str, int] = {}
+        for state, cause, n in self._conn.execute(sql + " GROUP BY state, cause", args):
+            submitted += n
+            if state == AttemptState.COMPLETED.value:
+                completed += n
+            elif state in (AttemptState.FAILED.value, AttemptState.LOST.value):
+                key = cause or state
+                by_cause[key] = by_cause.get(key, 0) + n
+                if key not in excused:
+                    failed += n
+        return SourceCounts(submitted, completed, failed, by_cause)
+
+    # -- sources -------------------------------------------------------------------------
+    def source(self, name: str) -> SourceRow:
+        row = self._one("SELECT * FROM sources WHERE name = ?", (name,))
+        if row is None:
+            return SourceRow(name, True, None, None, 0, None)
+        return SourceRow(row["name"], bool(row["enabled"]), row["disabled_reason"],
+                         row["disabled_at"], row["consecutive_health_failures"],
+                         row["last_status"])
+
+    def _upsert_source(self, tx: sqlite3.Connection, name: str) -> None:
+        tx.execute("INSERT OR IGNORE INTO sources (name, updated) VALUES (?, ?)",
+                   (name, time.time()))
+
+    def set_source_enabled(self, name: str, enabled: bool, *, reason: str | None,
+                           sweep_id: str | None = None) -> None:
+        now = time.time()
+        with self.transaction() as tx:
+            self._upsert_source(tx, name)
+            tx.execute(
+                "UPDATE sources SET enabled = ?, disabled_reason = ?, disabled_at = ?,"
+                " consecutive_health_failures = CASE WHEN ? THEN 0"
+                " ELSE consecutive_health_failures END, updated = ? WHERE name = ?",
+                (int(enabled), None if enabled else reason, None if enabled else now,
+                 int(enabled), now, name))
+            kind = "enabled" if enabled else "disabled"
+            message = reason or kind
+            tx.execute(
+                "INSERT INTO source_events (time, source, kind, message, sweep_id)"
+                " VALUES (?, ?, ?, ?, ?)", (now, name, kind, message, sweep_id))
+
+    def record_health(self, *, source: str, reachable: bool, disk_path: str | None,
+                      free_bytes: int | None, total_bytes: int | None, load1: float | None,
+                      cores: int | None, memory_percent: float | None,
+                      disk_status: str | None, status: str, detail: str | None,
+                      consecutive_failures: int) -> None:
+        now = time.time()
+        with self.transaction() as tx:
+            self._upsert_source(tx, source)
+            tx.execute(
+                "INSERT INTO health_samples (time, source, reachable, disk_path, free_bytes,"
+                " total_bytes, load1, cores, memory_percent, disk_status, status, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (now, source, int(reachable), disk_path, free_bytes, total_bytes, load1, cores,
+                 memory_percent, disk_status, status, detail))
+            tx.execute(
+                "UPDATE sources SET consecutive_health_failures = ?, last_status = ?,"
+                " updated = ? WHERE name = ?", (consecutive_failures, status, now, source))
+
+    def health_samples(self, source: str, *, limit: int = 20,
+                       since: float | None = None) -> list[HealthRow]:
+        sql = "SELECT * FROM health_samples WHERE source = ?"
+        args: list[Any] = [source]
+        if since is not None:
+            sql += " AND time >= ?"
+            args.append(since)
+        rows = self._conn.execute(sql + " ORDER BY time DESC LIMIT ?", (*args, limit))
+        out = [HealthRow(r["time"], r["source"], bool(r["reachable"]), r["disk_path"],
+                         r["free_bytes"], r["total_bytes"], r["load1"], r["cores"],
+                         r["memory_percent"], r["disk_status"], r["status"], r["detail"])
+               for r in rows]
+        out.reverse()
+        return out
+
+    def add_event(self, source: str, kind: str, message: str,
+                  sweep_id: str | None = None) -> None:
+        with self.transaction() as tx:
+            tx.execute(
+                "INSERT INTO source_events (time, source, kind, message, sweep_id)"
+                " VALUES (?, ?, ?, ?, ?)", (time.time(), source, kind, message, sweep_id))
+
+    def events(self, *, source: str | None = None, since: float | None = None,
+               limit: int = 1000) -> list[EventRow]:
+        sql = "SELECT * FROM source_events WHERE 1 = 1"
+        args: list[Any] = []
+        if source is not None:
+            sql += " AND source = ?"
+            args.append(source)
+        if since is not None:
+            sql += " AND time >= ?"
+            args.append(since)
+        rows = self._conn.execute(sql + " ORDER BY id LIMIT ?", (*args, limit))
+        return [EventRow(r["time"], r["source"], r["kind"], r["message"], r["sweep_id"])
+                for r in rows]

@@ -1,0 +1,59 @@
+"""The states of sweeps, tasks and attempts. The only place their string values live."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class SweepState(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    ABORTED = "aborted"
+    CANCELLED = "cancelled"
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class AttemptState(StrEnum):
+    LAUNCHING = "launching"  # recorded, the backend may or may not have started it
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    LOST = "lost"  # the host or the job vanished; the task goes back to the queue
+    CANCELLED = "cancelled"
+
+
+ACTIVE_ATTEMPT = frozenset({AttemptState.LAUNCHING, AttemptState.RUNNING})
+TERMINAL_TASK = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+class Cause(StrEnum):
+    """Why an attempt ended. Written by the job wrapper or decided by the engine."""
+
+    COMPLETED = "completed"
+    TASK_FAILED = "task_failed"
+    DISK_PRECHECK = "disk_precheck"
+    DISK_KILL = "disk_kill"
+    CANCELLED = "cancelled"
+    SIGNAL = "signal"
+    LOST = "lost"  # host unreachable or job vanished
+    TIMEOUT = "timeout"  # scheduler walltime
+    OUT_OF_MEMORY = "out_of_memory"
+    NODE_FAIL = "node_fail"
+    PREEMPTED = "preempted"
+    LAUNCH_FAILED = "launch_failed"
+
+
+# Causes that are the machine's fault, not the task's: retried on another source.
+INFRASTRUCTURE_CAUSES = frozenset(
+    {Cause.LOST, Cause.DISK_PRECHECK, Cause.DISK_KILL, Cause.TIMEOUT, Cause.NODE_FAIL,
+     Cause.PREEMPTED, Cause.LAUNCH_FAILED}
+)
+DISK_CAUSES = frozenset({Cause.DISK_PRECHECK, Cause.DISK_KILL})

@@ -1,0 +1,114 @@
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from hsm.errors import StateError, UnknownSweepError
+from hsm.state import Store
+from hsm.states import AttemptState, Cause, SweepState, TaskStatus
+
+
+def make(tmp_path: Path, n: int = 3) -> Store:
+    store = Store.open(tmp_path / "hsm.db")
+    store.create_sweep(sweep_id="s1", spec_path="sweep.yaml", spec={"script": "t.py"},
+                       sweep_dir=str(tmp_path / "s1"), project_root=str(tmp_path),
+                       sources=["local"], parallel=2, command_line="hsm run",
+                       params=({"seed": i} for i in range(n)))
+    return store
+
+
+def test_create_and_count(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    assert store.task_counts("s1")[TaskStatus.PENDING] == 3
+    assert [t.params for t in store.tasks("s1")] == [{"seed": 0}, {"seed": 1}, {"seed": 2}]
+    assert store.sweep("s1").state is SweepState.RUNNING
+    assert store.path.exists()
+    mode = sqlite3.connect(store.path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_duplicate_sweep_id_is_refused(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    with pytest.raises(StateError):
+        make(tmp_path)
+    assert store.task_counts("s1")[TaskStatus.PENDING] == 3
+
+
+def test_attempt_lifecycle_and_retry(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    a = store.begin_attempt("s1", 1, source="local", slot=0)
+    assert a.attempt == 1 and store.task("s1", 1).status is TaskStatus.RUNNING
+    store.attempt_launched(a.id, {"task_dir": "x"}, "host")
+    store.finish_attempt(a, state=AttemptState.LOST, cause=Cause.LOST, exit_code=None,
+                         task_status=TaskStatus.PENDING)
+    assert store.task("s1", 1).status is TaskStatus.PENDING
+    b = store.begin_attempt("s1", 1, source="other", slot=0)
+    assert b.attempt == 2
+    store.finish_attempt(b, state=AttemptState.COMPLETED, cause=Cause.COMPLETED, exit_code=0,
+                         task_status=TaskStatus.COMPLETED)
+    t = store.task("s1", 1)
+    assert (t.status, t.attempts, t.source, t.exit_code) == (
+        TaskStatus.COMPLETED, 2, "other", 0)
+    assert store.failed_sources_of_task("s1", 1) == ["local"]
+    counts = store.source_counts("local", sweep_id="s1")
+    assert (counts.submitted, counts.failed, counts.completed) == (1, 1, 0)
+
+
+def test_stale_attempt_cannot_overwrite_newer_task_state(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    a = store.begin_attempt("s1", 1, source="local", slot=0)
+    store.finish_attempt(a, state=AttemptState.LOST, cause=Cause.LOST, exit_code=None,
+                         task_status=TaskStatus.PENDING)
+    b = store.begin_attempt("s1", 1, source="local", slot=0)
+    # A late report about attempt 1 must not touch the task, which is on attempt 2 now.
+    store.finish_attempt(a, state=AttemptState.FAILED, cause=Cause.TASK_FAILED, exit_code=1,
+                         task_status=TaskStatus.FAILED)
+    assert store.task("s1", 1).status is TaskStatus.RUNNING
+    assert b.attempt == 2
+
+
+def test_discard_attempt_restores_pending(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    a = store.begin_attempt("s1", 2, source="local", slot=1)
+    store.discard_attempt(a)
+    t = store.task("s1", 2)
+    assert (t.status, t.attempts) == (TaskStatus.PENDING, 0)
+    assert store.attempts("s1") == []
+
+
+def test_excused_causes_do_not_count(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    a = store.begin_attempt("s1", 1, source="h", slot=0)
+    store.finish_attempt(a, state=AttemptState.FAILED, cause=Cause.TASK_FAILED, exit_code=1,
+                         task_status=TaskStatus.FAILED)
+    assert store.source_counts("h").failed == 1
+    assert store.source_counts("h", task_fault=["task_failed"]).failed == 0
+
+
+def test_unknown_sweep(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    with pytest.raises(UnknownSweepError, match="s1"):
+        store.sweep("nope")
+
+
+def test_corrupt_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "hsm.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StateError, match="cannot use the state database"):
+        Store.open(path)
+
+
+def test_missing_database_is_not_created_when_reading(tmp_path: Path) -> None:
+    with pytest.raises(StateError):
+        Store.open(tmp_path / "none" / "hsm.db", create=False)
+    assert not (tmp_path / "none").exists()
+
+
+def test_source_enable_disable_events(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    store.set_source_enabled("h", False, reason="broken")
+    assert store.source("h").enabled is False
+    assert store.source("h").disabled_reason == "broken"
+    store.set_source_enabled("h", True, reason="fixed")
+    assert store.source("h").enabled and store.source("h").disabled_reason is None
+    assert [e.kind for e in store.events(source="h")] == ["disabled", "enabled"]
