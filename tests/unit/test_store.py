@@ -40,7 +40,7 @@ def test_attempt_lifecycle_and_retry(tmp_path: Path) -> None:
     assert a.attempt == 1 and store.task("s1", 1).status is TaskStatus.RUNNING
     store.attempt_launched(a.id, {"task_dir": "x"}, "host")
     store.finish_attempt(a, state=AttemptState.LOST, cause=Cause.LOST, exit_code=None,
-                         task_status=TaskStatus.PENDING)
+                         task_status=TaskStatus.PENDING, counted=True)
     assert store.task("s1", 1).status is TaskStatus.PENDING
     b = store.begin_attempt("s1", 1, source="other", slot=0)
     assert b.attempt == 2
@@ -76,13 +76,30 @@ def test_discard_attempt_restores_pending(tmp_path: Path) -> None:
     assert store.attempts("s1") == []
 
 
-def test_excused_causes_do_not_count(tmp_path: Path) -> None:
+def test_task_failures_count_only_once_judged(tmp_path: Path) -> None:
     store = make(tmp_path)
     a = store.begin_attempt("s1", 1, source="h", slot=0)
     store.finish_attempt(a, state=AttemptState.FAILED, cause=Cause.TASK_FAILED, exit_code=1,
-                         task_status=TaskStatus.FAILED)
-    assert store.source_counts("h").failed == 1
-    assert store.source_counts("h", task_fault=["task_failed"]).failed == 0
+                         task_status=TaskStatus.PENDING)
+    counts = store.source_counts("h")
+    assert (counts.failed, counts.unjudged, counts.finished) == (0, 1, 0)
+    # The task then succeeds elsewhere: the failure was the host's.
+    assert store.judge_task_failures("s1", 1, counted=True, causes=["task_failed"],
+                                     other_than="g") == 1
+    counts = store.source_counts("h")
+    assert (counts.failed, counts.unjudged, counts.finished) == (1, 0, 1)
+    assert counts.failure_rate == 1.0
+
+
+def test_sweep_failure_facts(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    for number, source in ((1, "a"), (2, "b")):
+        a = store.begin_attempt("s1", number, source=source, slot=0)
+        store.finish_attempt(a, state=AttemptState.FAILED, cause=Cause.TASK_FAILED,
+                             exit_code=1, task_status=TaskStatus.FAILED)
+    assert store.sweep_failure_facts("s1", ["task_failed"]) == (0, 2, 2)
+    first = store.first_failed_attempt("s1", ["task_failed"])
+    assert first is not None and first.number == 1
 
 
 def test_unknown_sweep(tmp_path: Path) -> None:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import sys
+import time
 from pathlib import Path
 
 import click
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
 
 from hsm.cli.common import config_option, json_option, project_from
 from hsm.cli.render import out_console, print_json
+from hsm.engine.health import percent_free
+from hsm.engine.healthcheck import SourceHealth, check_health
 from hsm.errors import UnknownSourceError
 from hsm.sources.registry import known_sources
 
@@ -75,3 +83,98 @@ def disable(name: str, reason: str, config_path: Path | None) -> None:
     store = project.open_store(create=True)
     store.set_source_enabled(name, False, reason=reason)
     click.echo(f"source {name!r} disabled: {reason}")
+
+
+SPARKS = "▁▂▃▄▅▆▇█"
+STATUS_STYLE = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}
+DISK_STYLE = {"healthy": "green", "warning": "yellow", "critical": "red"}
+
+
+def sparkline(values: list[int]) -> str:
+    if not values:
+        return ""
+    lo, hi = min(values), max(values)
+    span = hi - lo
+    return "".join(SPARKS[0 if span == 0 else int((v - lo) / span * (len(SPARKS) - 1))]
+                   for v in values)
+
+
+def health_table(rows: list[SourceHealth]) -> Table:
+    table = Table(title=f"source health — {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    for col in ("Source", "Status", "Disk Space", "System", "Failure Rate", "Disk trend",
+                "Notes"):
+        table.add_column(col)
+    for r in rows:
+        s, v = r.sample, r.verdict
+        status = f"[{STATUS_STYLE[v.status.value]}]{v.status.value}[/]"
+        if not r.enabled:
+            status += "\n[red]disabled[/]"
+        if s.free_bytes is not None and s.total_bytes is not None and v.disk_status:
+            disk = (f"{s.free_bytes / 1e9:.1f} GB free "
+                    f"({percent_free(s.free_bytes, s.total_bytes):.0f}%)\n"
+                    f"[{DISK_STYLE[v.disk_status.value]}]{v.disk_status.value}[/]")
+        else:
+            disk = "-"
+        system = "-"
+        if s.load1 is not None:
+            system = f"load {s.load1:.2f} / {s.cores} cores"
+            if s.memory_percent is not None:
+                system += f"\nmemory {s.memory_percent:.0f}%"
+        rate = f"{r.failure_rate:.0%} ({r.failed}/{r.finished})" if r.finished else "-"
+        notes = [escape(x) for x in v.reasons]
+        if not r.enabled and r.disabled_reason:
+            notes.append(escape(f"disabled: {r.disabled_reason}"))
+        if r.consecutive_failures:
+            notes.append(f"{r.consecutive_failures} failed check(s) in a row")
+        if r.running:
+            notes.append(f"{r.running} task(s) running")
+        table.add_row(r.name, status, disk, system, rate, sparkline(r.trend),
+                      "\n".join(notes))
+    return table
+
+
+@distributed.command()
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_sources", is_flag=True, help="Every source (the default).")
+@click.option("--watch", is_flag=True, help="Redraw every --refresh seconds until Ctrl-C.")
+@click.option("--refresh", type=click.FloatRange(min=0.2), default=10.0, show_default=True,
+              help="Seconds between redraws with --watch.")
+@json_option
+@config_option
+def health(names: tuple[str, ...], all_sources: bool, watch: bool, refresh: float,
+           as_json: bool, config_path: Path | None) -> None:
+    """Probe sources now: disk, load, memory, failure rate and overall status.
+
+    Exits 1 when any source asked for is unhealthy, so it can gate a sweep.
+    """
+    project = project_from(config_path, quiet=True)
+    known = known_sources(project.loaded)
+    _check_names(known, names)
+    chosen = list(dict.fromkeys(names)) if names and not all_sources else known
+
+    def render(rows: list[SourceHealth]) -> Table:
+        return health_table(rows)
+
+    if not watch:
+        rows = check_health(project, chosen)
+        if as_json:
+            print_json({"sources": [r.to_json() for r in rows]})
+        else:
+            out_console.print(render(rows))
+        unhealthy = any(r.verdict.status.value == "unhealthy" for r in rows)
+        sys.exit(1 if unhealthy else 0)
+    try:
+        if as_json:
+            while True:
+                rows = check_health(project, chosen)
+                sys.stdout.write(json.dumps({"time": time.time(), "sources":
+                                             [r.to_json() for r in rows]}) + "\n")
+                sys.stdout.flush()
+                time.sleep(refresh)
+        with Live(render(check_health(project, chosen)), console=out_console,
+                  auto_refresh=False, screen=False) as live:
+            while True:
+                time.sleep(refresh)
+                live.update(render(check_health(project, chosen)), refresh=True)
+    except KeyboardInterrupt:
+        sys.exit(0)

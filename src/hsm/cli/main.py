@@ -36,7 +36,6 @@ from hsm.engine.service import (
 )
 from hsm.engine.summary import summarize
 from hsm.errors import ConfigError, ExitCode, HsmError, StateError
-from hsm.state import SweepRow
 
 log = logging.getLogger("hsm.cli")
 
@@ -116,12 +115,9 @@ def run(sweep_file: Path, distributed: bool, sources: tuple[str, ...], parallel:
     command_line = shlex.join(["hsm", *sys.argv[1:]])
     view = ProgressView(live=not as_json)
 
-    def created(sweep: SweepRow) -> None:
-        log.info("sweep %s: %d task(s); folder %s", sweep.id, plan.total, sweep.sweep_dir)
-
     with view.active():
         outcome = start_run(project, plan, name=name, command_line=command_line,
-                            on_progress=view.update, on_created=created)
+                            on_progress=view.update)
     _finish(project, outcome, as_json)
 
 

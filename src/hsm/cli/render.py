@@ -25,8 +25,8 @@ from hsm.engine.service import LOG_DATEFMT, LOG_FORMAT
 from hsm.engine.summary import SweepSummary
 from hsm.states import TaskStatus
 
-err_console = Console(stderr=True, highlight=False)
-out_console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+out_console = Console(highlight=False, soft_wrap=True)
 
 
 class ConsoleHandler(logging.Handler):

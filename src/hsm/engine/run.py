@@ -12,13 +12,30 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hsm.engine.failsafe import TASK_LEVEL_CAUSES, FailsafeConfig
+from hsm.engine.monitor import SourceMonitor
 from hsm.engine.policy import judge_attempt
 from hsm.engine.strategy import make_strategy, prefer, views
 from hsm.errors import ConfigError, ExitCode, HsmError, SourceUnavailableError
 from hsm.jobscript import read_events
-from hsm.sources.base import JobHandle, LaunchRequest, PollResult, PollState, Source, SweepContext
+from hsm.sources.base import (
+    JobHandle,
+    LaunchRequest,
+    PollResult,
+    PollState,
+    Source,
+    SweepContext,
+    task_folder_name,
+)
+from hsm.spec.config import HealthConfig
 from hsm.state import AttemptRow, Store
-from hsm.states import AttemptState, Cause, SweepState, TaskStatus
+from hsm.states import (
+    INFRASTRUCTURE_CAUSES,
+    AttemptState,
+    Cause,
+    SweepState,
+    TaskStatus,
+)
 
 log = logging.getLogger("hsm.sweep")
 
@@ -45,6 +62,9 @@ class EngineOptions:
     max_retries: int = 2
     strategy: str = "round_robin"
     poll_interval: Mapping[str, float] = field(default_factory=dict)
+    failsafe: FailsafeConfig = field(default_factory=FailsafeConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    health_interval: float = 60.0
 
 
 ProgressFn = Callable[[dict[TaskStatus, int]], None]
@@ -73,6 +93,11 @@ class Engine:
         self._stop = asyncio.Event()
         self._interrupted = False
         self._cancelled = False
+        self._aborted: str | None = None
+        self.monitor = SourceMonitor(
+            store=store, sweep_id=sweep_id, sources=self.sources, health=options.health,
+            failsafe=options.failsafe, interval=options.health_interval,
+            running=lambda name: len(self.running.get(name, ())))
         self._background: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -85,9 +110,11 @@ class Engine:
             await self._prepare()
             self._load_tasks()
             self._reattach()
+            await self.monitor.check_all()
             for name in self.sources:
                 self._spawn(self._poller(name))
             self._spawn(self._watch_cancel())
+            self._spawn(self.monitor.run(self._stop, self.wake))
             await self._main_loop()
             return await self._finish()
         finally:
@@ -171,7 +198,9 @@ class Engine:
     # -- the main loop -------------------------------------------------------------------
     async def _main_loop(self) -> None:
         while not self._stop.is_set():
-            if self._interrupted or self._cancelled:
+            self.monitor.refresh()
+            self._check_abort()
+            if self._interrupted or self._cancelled or self._aborted:
                 await self._stop_running()
                 return
             self._dispatch()
@@ -182,8 +211,49 @@ class Engine:
                 await asyncio.wait_for(self.wake.wait(), timeout=1.0)
 
     def usable(self, name: str) -> bool:
-        """Whether a source may take new tasks now. Extended by the failsafe."""
-        return True
+        """Whether a source may take new tasks now (enabled, healthy)."""
+        return self.monitor.usable(name)
+
+    def _check_abort(self) -> None:
+        """Stop early when the script fails everywhere, or no usable source is left."""
+        if self._aborted:
+            return
+        if self.monitor.broken_script():
+            self._aborted = self._broken_script_message()
+            return
+        if not self.pending or any(self.running.values()):
+            return
+        if any(self._recoverable(n) for n in self.sources):
+            return
+        self._aborted = (
+            f"no usable source is left: {self.monitor.describe_unusable()}. Re-enable a "
+            f"source with: hsm distributed enable NAME (after fixing it), then continue with: "
+            f"hsm resume {self.sweep_id}")
+
+    def _recoverable(self, name: str) -> bool:
+        st = self.monitor.state[name]
+        if not st.enabled:
+            return False
+        v = st.verdict
+        return v is None or v.passed or st.consecutive < self.options.failsafe.health_failures
+
+    def _broken_script_message(self) -> str:
+        first = self.store.first_failed_attempt(self.sweep_id, [c.value for c in
+                                                                TASK_LEVEL_CAUSES])
+        tail = ""
+        if first is not None:
+            log_path = Path(self.ctx.sweep_dir, "tasks", task_folder_name(first.number),
+                            "stderr.log")
+            try:
+                lines = log_path.read_text(errors="replace").splitlines()[-10:]
+            except OSError:
+                lines = []
+            tail = (f"\nThe first failure (task {first.number} on {first.source}, exit code "
+                    f"{first.exit_code}) ended with, in {log_path}:\n" + "\n".join(
+                        f"  {line}" for line in lines))
+        return (f"the script itself fails: every task failed on every source and none "
+                f"completed, so the sources are not to blame. Fix the script, then continue "
+                f"with: hsm resume {self.sweep_id} --retry-failed{tail}")
 
     def _dispatch(self) -> None:
         batches: dict[str, list[LaunchRequest]] = {}
@@ -285,17 +355,25 @@ class Engine:
     def _settle(self, name: str, run: Running, cause: Cause, exit_code: int | None) -> None:
         """Record the end of an attempt and decide what happens to its task."""
         attempt = run.attempt
+        verify = cause in TASK_LEVEL_CAUSES and self._can_verify(name, attempt.number)
         verdict = judge_attempt(cause, attempt=attempt.attempt,
-                                max_retries=self.options.max_retries)
-        if self._interrupted and cause is Cause.CANCELLED:
+                                max_retries=self.options.max_retries,
+                                retry_task_failures=verify)
+        if (self._interrupted or self._aborted) and cause is Cause.CANCELLED:
             task_status = TaskStatus.PENDING  # Ctrl-C: resume runs it again
         else:
             task_status = verdict.task_status
+        counted: bool | None = None
+        if cause in INFRASTRUCTURE_CAUSES:
+            counted = True
+        elif cause is Cause.CANCELLED:
+            counted = False
         self.store.finish_attempt(attempt, state=verdict.attempt_state, cause=cause,
-                                  exit_code=exit_code, task_status=task_status)
+                                  exit_code=exit_code, task_status=task_status,
+                                  counted=counted)
         self._release(name, run)
         self._count(TaskStatus.RUNNING, task_status)
-        if verdict.retry and not (self._interrupted or self._cancelled):
+        if verdict.retry and not (self._interrupted or self._cancelled or self._aborted):
             self.avoid.setdefault(attempt.number, set()).add(name)
             self.pending.append(attempt.number)
             log.warning("task %d failed on %s (%s); retrying (attempt %d of at most %d)",
@@ -304,11 +382,18 @@ class Engine:
         elif task_status is TaskStatus.FAILED:
             log.error("task %d failed on %s: %s (exit code %s)", attempt.number, name,
                       cause.value, exit_code)
-        self.on_settled(name, attempt, cause)
+        if cause is not Cause.CANCELLED:
+            self.monitor.after_attempt(name, attempt.number, cause)
         self.wake.set()
 
-    def on_settled(self, name: str, attempt: AttemptRow, cause: Cause) -> None:
-        """Hook for the failsafe: called after every recorded attempt end."""
+    def _can_verify(self, name: str, number: int) -> bool:
+        """Whether a task failure can be retried on another source to learn whose fault it
+        is (the failsafe's rule: a failure counts against a source only if the task
+        succeeds elsewhere)."""
+        if not self.options.failsafe.enabled:
+            return False
+        tried = self.avoid.get(number, set()) | {name}
+        return any(n not in tried and self.monitor.state[n].enabled for n in self.sources)
 
     def _release(self, name: str, run: Running) -> None:
         self.running[name].pop(run.attempt.id, None)
@@ -358,7 +443,9 @@ class Engine:
         counts = self.store.task_counts(self.sweep_id)
         self.counts = counts
         self._progress()
-        if self._cancelled:
+        if self._aborted:
+            state, code, message = SweepState.ABORTED, ExitCode.ABORTED, self._aborted
+        elif self._cancelled:
             state, code, message = SweepState.CANCELLED, ExitCode.INTERRUPTED, "sweep cancelled"
         elif self._interrupted:
             state, code = SweepState.CANCELLED, ExitCode.INTERRUPTED

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hsm.engine.failsafe import FailsafeConfig
 from hsm.engine.run import Engine, EngineOptions, ProgressFn, RunOutcome
-from hsm.errors import ConfigError, HsmError, StateError
+from hsm.errors import ConfigError, HsmError, StateError, SweepAborted
 from hsm.jobscript import GuardSettings
 from hsm.sources.base import Source, SweepContext
 from hsm.sources.registry import build_sources, resolve_names
@@ -76,7 +77,36 @@ def plan_run(project: Project, spec_path: Path, *, sources: Sequence[str] = (),
         raise ConfigError("--parallel: must be 1 or more")
     spec = load_sweep(spec_path, project.root)
     names = resolve_names(project.loaded, names=sources, distributed=distributed)
+    names = drop_disabled(project, names, explicit=bool(sources))
     return Plan(spec_path, spec, count_tasks(spec), names, parallel)
+
+
+def drop_disabled(project: Project, names: list[str], *, explicit: bool) -> list[str]:
+    """Sources in the disabled set are not used; naming one explicitly is an error."""
+    if not project.has_state():
+        return names
+    store = project.open_store()
+    try:
+        states = store.enabled_states()
+    finally:
+        store.close()
+    disabled = [n for n in names if n in states and not states[n].enabled]
+    if explicit and disabled:
+        name = disabled[0]
+        raise ConfigError(
+            f"source {name!r} is disabled ({states[name].disabled_reason}); re-enable it with:"
+            f" hsm distributed enable {name}")
+    kept = [n for n in names if n not in disabled]
+    for name in disabled:
+        logging.getLogger("hsm.cli").warning(
+            "source %s is disabled (%s); not using it. Re-enable: hsm distributed enable %s",
+            name, states[name].disabled_reason, name)
+    if not kept:
+        raise SweepAborted(
+            "every source is disabled: " + "; ".join(
+                f"{n} ({states[n].disabled_reason})" for n in disabled)
+            + ". Re-enable one with: hsm distributed enable NAME")
+    return kept
 
 
 def preview_argv(plan: Plan, *, sweep_id: str = "<sweep-id>") -> Iterator[list[str]]:
@@ -165,11 +195,14 @@ def _drive(project: Project, store: Store, sweep: SweepRow, sources: dict[str, S
     spec = spec or stored_spec(sweep)
     ctx = sweep_context(project, sweep, spec)
     dist = project.loaded.config.distributed
-    options = EngineOptions(max_retries=dist.max_retries, strategy=dist.strategy)
+    options = EngineOptions(max_retries=dist.max_retries, strategy=dist.strategy,
+                            failsafe=FailsafeConfig.from_config(dist),
+                            health=project.loaded.config.health,
+                            health_interval=float(dist.health_check_interval))
     with controller_lock(Path(sweep.sweep_dir)), sweep_log_file(Path(sweep.sweep_dir)):
         store.set_sweep_state(sweep.id, SweepState.RUNNING, controller_pid=os.getpid())
-        sweep_log.info("sweep %s: %d task(s) on %s", sweep.id, sum(
-            store.task_counts(sweep.id).values()), ", ".join(sources))
+        sweep_log.info("sweep %s: %d task(s) on %s; folder %s", sweep.id, sum(
+            store.task_counts(sweep.id).values()), ", ".join(sources), sweep.sweep_dir)
         engine = Engine(store=store, sweep_id=sweep.id, ctx=ctx, sources=sources,
                         options=options, on_progress=on_progress)
         try:

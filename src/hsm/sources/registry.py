@@ -65,7 +65,8 @@ def build_sources(loaded: LoadedConfig, names: Sequence[str], *,
     for name in names:
         if name == LOCAL:
             sources[name] = LocalSource(slots=local_slots(loaded, parallel),
-                                        gpus=local_gpus(loaded))
+                                        gpus=local_gpus(loaded),
+                                        disk_path=str(loaded.project_root))
         else:
             sources[name] = build_remote(loaded, name)
     return sources

@@ -119,6 +119,9 @@ class HealthConfig(_Model):
     disk_warning_percent: Percent = 10.0
     max_load_per_core: Annotated[float, Field(gt=0)] = 2.0
     max_memory_percent: Percent = 95.0
+    # Degraded when this share of a source's recent jobs failed on disk space while its
+    # disk is low (warning or critical).
+    disk_failure_rate: Annotated[float, Field(gt=0, le=1)] = 0.2
 
 
 class RemoteConfig(_Model):

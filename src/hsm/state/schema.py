@@ -91,6 +91,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX health_samples_source ON health_samples(source, time);
     """,
+    # 1 -> 2: whether a failed attempt counts against its source (NULL: not judged yet).
+    """
+    ALTER TABLE attempts ADD COLUMN counted INTEGER;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -63,6 +63,7 @@ class AttemptRow:
     host: str | None
     started: float
     finished: float | None
+    counted: bool | None = None  # failure judged against the source (None: not judged)
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,10 @@ class HealthRow:
 class SourceCounts:
     submitted: int = 0
     completed: int = 0
-    failed: int = 0  # failures that count against the source
+    failed: int = 0  # failures judged to be the source's fault
     failed_by_cause: Mapping[str, int] | None = None
+    unjudged: int = 0  # task failures not (yet) known to be the source's or the task's
+    disk_failures: int = 0  # attempts refused or killed by the disk guard
 
     @property
     def finished(self) -> int:
@@ -144,6 +147,7 @@ def _attempt(row: sqlite3.Row) -> AttemptRow:
         cause=row["cause"], exit_code=row["exit_code"],
         handle=json.loads(handle) if handle else None, host=row["host"],
         started=row["started"], finished=row["finished"],
+        counted=None if row["counted"] is None else bool(row["counted"]),
     )
 
 
@@ -347,7 +351,7 @@ class Store:
 
     def finish_attempt(
         self, attempt: AttemptRow, *, state: AttemptState, cause: Cause | None,
-        exit_code: int | None, task_status: TaskStatus,
+        exit_code: int | None, task_status: TaskStatus, counted: bool | None = None,
     ) -> None:
         """Close an attempt and set its task's status, in one transaction.
 
@@ -357,8 +361,10 @@ class Store:
         cause_value = cause.value if cause else None
         with self.transaction() as tx:
             tx.execute(
-                "UPDATE attempts SET state = ?, cause = ?, exit_code = ?, finished = ?"
-                " WHERE id = ?", (state.value, cause_value, exit_code, now, attempt.id))
+                "UPDATE attempts SET state = ?, cause = ?, exit_code = ?, finished = ?,"
+                " counted = ? WHERE id = ?",
+                (state.value, cause_value, exit_code, now,
+                 None if counted is None else int(counted), attempt.id))
             tx.execute(
                 "UPDATE tasks SET status = ?, cause = ?, exit_code = ?"
                 " WHERE sweep_id = ? AND number = ? AND attempts = ?",
@@ -389,6 +395,11 @@ class Store:
         rows = self._conn.execute(sql + " ORDER BY id", (sweep_id,))
         return [_attempt(r) for r in rows]
 
+    def running_attempts(self, source: str) -> int:
+        row = self._one("SELECT count(*) FROM attempts WHERE source = ?"
+                        " AND state IN ('launching', 'running')", (source,))
+        return row[0] if row else 0
+
     def failed_sources_of_task(self, sweep_id: str, number: int) -> list[str]:
         rows = self._conn.execute(
             "SELECT DISTINCT source FROM attempts WHERE sweep_id = ? AND number = ?"
@@ -396,10 +407,10 @@ class Store:
         return [r[0] for r in rows]
 
     def source_counts(self, source: str, *, sweep_id: str | None = None,
-                      since: float | None = None,
-                      task_fault: Iterable[str] = ()) -> SourceCounts:
-        """Attempt counts of one source. Causes in ``task_fault`` do not count as failures."""
-        sql = "SELECT state, cause, count(*) FROM attempts WHERE source = ?"
+                      since: float | None = None) -> SourceCounts:
+        """Attempt counts of one source. Only failures judged against it count as failed."""
+        sql = ("SELECT state, cause, counted, count(*) FROM attempts WHERE source = ?"
+               " AND state NOT IN ('launching', 'running')")
         args: list[Any] = [source]
         if sweep_id is not None:
             sql += " AND sweep_id = ?"
@@ -407,19 +418,62 @@ class Store:
         if since is not None:
             sql += " AND started >= ?"
             args.append(since)
-        excused = set(task_fault)
-        submitted = completed = failed = 0
+        submitted = completed = failed = unjudged = disk = 0
         by_cause: dict[str, int] = {}
-        for state, cause, n in self._conn.execute(sql + " GROUP BY state, cause", args):
+        for state, cause, counted, n in self._conn.execute(
+                sql + " GROUP BY state, cause, counted", args):
             submitted += n
             if state == AttemptState.COMPLETED.value:
                 completed += n
             elif state in (AttemptState.FAILED.value, AttemptState.LOST.value):
                 key = cause or state
                 by_cause[key] = by_cause.get(key, 0) + n
-                if key not in excused:
+                if key in (Cause.DISK_KILL.value, Cause.DISK_PRECHECK.value):
+                    disk += n
+                if counted == 1:
                     failed += n
-        return SourceCounts(submitted, completed, failed, by_cause)
+                elif counted is None:
+                    unjudged += n
+        active = self._one(
+            "SELECT count(*) FROM attempts WHERE source = ? AND state IN ('launching', 'running')"
+            + (" AND sweep_id = ?" if sweep_id is not None else ""),
+            [source] + ([sweep_id] if sweep_id is not None else []))
+        submitted += active[0] if active else 0
+        return SourceCounts(submitted, completed, failed, by_cause, unjudged, disk)
+
+    def judge_task_failures(self, sweep_id: str, number: int, *, counted: bool,
+                            causes: Iterable[str], other_than: str | None = None) -> int:
+        """Settle whether earlier failures of a task count against their sources."""
+        values = list(causes)
+        marks = ",".join("?" * len(values))
+        sql = (f"UPDATE attempts SET counted = ? WHERE sweep_id = ? AND number = ?"
+               f" AND state = 'failed' AND counted IS NULL AND cause IN ({marks})")
+        args: list[Any] = [int(counted), sweep_id, number, *values]
+        if other_than is not None:
+            sql += " AND source != ?"
+            args.append(other_than)
+        with self.transaction() as tx:
+            return tx.execute(sql, args).rowcount
+
+    def sweep_failure_facts(self, sweep_id: str, causes: Iterable[str]) -> tuple[int, int, int]:
+        """(completed attempts, attempts failed with these causes, sources they failed on)."""
+        values = list(causes)
+        marks = ",".join("?" * len(values))
+        row = self._one(
+            f"SELECT sum(state = 'completed'),"
+            f" sum(state = 'failed' AND cause IN ({marks})),"
+            f" count(DISTINCT CASE WHEN state = 'failed' AND cause IN ({marks}) THEN source END)"
+            f" FROM attempts WHERE sweep_id = ?", [*values, *values, sweep_id])
+        assert row is not None
+        return (row[0] or 0, row[1] or 0, row[2] or 0)
+
+    def first_failed_attempt(self, sweep_id: str, causes: Iterable[str]) -> AttemptRow | None:
+        values = list(causes)
+        marks = ",".join("?" * len(values))
+        row = self._one(
+            f"SELECT * FROM attempts WHERE sweep_id = ? AND state = 'failed'"
+            f" AND cause IN ({marks}) ORDER BY finished, id LIMIT 1", [sweep_id, *values])
+        return _attempt(row) if row else None
 
     # -- sources -------------------------------------------------------------------------
     def source(self, name: str) -> SourceRow:
@@ -490,6 +544,17 @@ class Store:
             tx.execute(
                 "INSERT INTO source_events (time, source, kind, message, sweep_id)"
                 " VALUES (?, ?, ?, ?, ?)", (time.time(), source, kind, message, sweep_id))
+
+    def last_event_time(self, source: str, kind: str) -> float | None:
+        row = self._one("SELECT max(time) FROM source_events WHERE source = ? AND kind = ?",
+                        (source, kind))
+        return row[0] if row else None
+
+    def enabled_states(self) -> dict[str, SourceRow]:
+        rows = self._conn.execute("SELECT * FROM sources")
+        return {r["name"]: SourceRow(r["name"], bool(r["enabled"]), r["disabled_reason"],
+                                     r["disabled_at"], r["consecutive_health_failures"],
+                                     r["last_status"]) for r in rows}
 
     def events(self, *, source: str | None = None, since: float | None = None,
                limit: int = 1000) -> list[EventRow]:

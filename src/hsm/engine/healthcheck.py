@@ -1,0 +1,100 @@
+"""``hsm distributed health``: probe sources now and classify them with recorded facts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hsm.engine.health import HealthVerdict, classify, percent_free
+from hsm.engine.monitor import RECENT, probe_all, recent_counts
+from hsm.engine.service import Project
+from hsm.sources.base import HealthSample
+from hsm.sources.registry import build_sources
+from hsm.state import Store
+
+TREND_POINTS = 12
+
+
+@dataclass(frozen=True)
+class SourceHealth:
+    name: str
+    enabled: bool
+    disabled_reason: str | None
+    sample: HealthSample
+    verdict: HealthVerdict
+    failure_rate: float
+    failed: int
+    finished: int
+    consecutive_failures: int
+    trend: list[int]  # disk free bytes, oldest first
+    running: int  # tasks hsm runs there now
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.sample
+        disk: dict[str, Any] | None = None
+        if s.free_bytes is not None and s.total_bytes is not None:
+            disk = {"path": s.disk_path, "free_bytes": s.free_bytes,
+                    "total_bytes": s.total_bytes,
+                    "percent_free": round(percent_free(s.free_bytes, s.total_bytes), 2),
+                    "status": self.verdict.disk_status.value if self.verdict.disk_status
+                    else None}
+        return {
+            "name": self.name, "enabled": self.enabled,
+            "disabled_reason": self.disabled_reason, "reachable": s.reachable,
+            "status": self.verdict.status.value, "reasons": list(self.verdict.reasons),
+            "disk": disk, "load": {"1m": s.load1, "cores": s.cores},
+            "memory_percent": s.memory_percent, "failure_rate": round(self.failure_rate, 4),
+            "consecutive_health_failures": self.consecutive_failures,
+            "error": s.error, "extra": dict(s.extra),
+        }
+
+
+def check_health(project: Project, names: Sequence[str]) -> list[SourceHealth]:
+    """Probe every named source at once, record the samples, and classify them."""
+    sources = build_sources(project.loaded, names, parallel=None)
+
+    async def probe() -> dict[str, HealthSample]:
+        try:
+            return await probe_all(sources)
+        finally:
+            await asyncio.gather(*(s.close() for s in sources.values()),
+                                 return_exceptions=True)
+
+    samples = asyncio.run(probe())
+    store = project.open_store(create=True)
+    try:
+        return [_row(store, project, name, samples[name]) for name in names]
+    finally:
+        store.close()
+
+
+def _row(store: Store, project: Project, name: str, sample: HealthSample) -> SourceHealth:
+    cfg = project.loaded.config.health
+    row = store.source(name)
+    counts = recent_counts(store, name, since=time.time() - RECENT)
+    running = store.running_attempts(name)
+    disk_rate = counts.disk_failures / counts.submitted if counts.submitted else 0.0
+    verdict = classify(sample, cfg, own_tasks=running if name == "local" else 0,
+                       disk_failure_rate=disk_rate)
+    store.record_health(
+        source=name, reachable=sample.reachable, disk_path=sample.disk_path,
+        free_bytes=sample.free_bytes, total_bytes=sample.total_bytes, load1=sample.load1,
+        cores=sample.cores, memory_percent=sample.memory_percent,
+        disk_status=verdict.disk_status.value if verdict.disk_status else None,
+        status=verdict.status.value, detail="; ".join(verdict.reasons) or None,
+        consecutive_failures=row.consecutive_health_failures)
+    trend = [h.free_bytes for h in store.health_samples(name, limit=TREND_POINTS)
+             if h.free_bytes is not None]
+    configured = True
+    remote = project.loaded.config.distributed.remotes.get(name)
+    if remote is not None:
+        configured = remote.enabled
+    enabled = configured and row.enabled
+    reason = row.disabled_reason if not row.enabled else (
+        None if configured else "enabled: false in the config")
+    return SourceHealth(name, enabled, reason, sample, verdict, counts.failure_rate,
+                        counts.failed, counts.finished, row.consecutive_health_failures,
+                        trend, running)
