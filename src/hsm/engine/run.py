@@ -295,7 +295,7 @@ class Engine:
                 continue
             self.store.attempt_launched(req.attempt_id, handle.to_json(), handle.host)
             run.handle = handle
-            log.debug("task %d started on %s (attempt %d)", req.number, name, req.attempt)
+            log.info("task %d started on %s (attempt %d)", req.number, name, req.attempt)
         source.wake.set()
 
     async def _poller(self, name: str) -> None:
@@ -379,6 +379,8 @@ class Engine:
             log.warning("task %d failed on %s (%s); retrying (attempt %d of at most %d)",
                         attempt.number, name, cause.value, attempt.attempt + 1,
                         self.options.max_retries + 1)
+        elif task_status is TaskStatus.COMPLETED:
+            log.info("task %d completed on %s", attempt.number, name)
         elif task_status is TaskStatus.FAILED:
             log.error("task %d failed on %s: %s (exit code %s)", attempt.number, name,
                       cause.value, exit_code)

@@ -18,8 +18,8 @@ from hsm.engine.failsafe import FailsafeConfig
 from hsm.engine.run import Engine, EngineOptions, ProgressFn, RunOutcome
 from hsm.errors import ConfigError, HsmError, StateError, SweepAborted
 from hsm.jobscript import GuardSettings
-from hsm.sources.base import Source, SweepContext
-from hsm.sources.registry import build_sources, resolve_names
+from hsm.sources.base import Source, SweepContext, task_folder_name
+from hsm.sources.registry import build_sources, local_gpus, resolve_names
 from hsm.spec.config import LoadedConfig, load_config
 from hsm.spec.expand import count_tasks, iter_tasks
 from hsm.spec.render import task_argv
@@ -44,11 +44,11 @@ class Project:
 
     @property
     def state_path(self) -> Path:
-        return self.root / self.loaded.config.state_dir / DB_NAME
+        return self.loaded.state_dir / DB_NAME
 
     @property
     def output_dir(self) -> Path:
-        return self.root / self.loaded.config.output_dir
+        return self.loaded.output_dir
 
     def open_store(self, *, create: bool = False) -> Store:
         return Store.open(self.state_path, create=create)
@@ -78,7 +78,28 @@ def plan_run(project: Project, spec_path: Path, *, sources: Sequence[str] = (),
     spec = load_sweep(spec_path, project.root)
     names = resolve_names(project.loaded, names=sources, distributed=distributed)
     names = drop_disabled(project, names, explicit=bool(sources))
+    check_gpus(project, spec_path, spec, names)
     return Plan(spec_path, spec, count_tasks(spec), names, parallel)
+
+
+def check_gpus(project: Project, spec_path: Path, spec: SweepSpec, names: Sequence[str]) -> None:
+    """Each source with a GPU allowlist must have room for one task's GPUs."""
+    per_task = spec.resources.gpus
+    if not per_task:
+        return
+    remotes = project.loaded.config.distributed.remotes
+    for name in names:
+        if name == "local":
+            allowed, key = local_gpus(project.loaded), "local.gpus"
+        else:
+            listed = remotes[name].gpus
+            allowed = listed if isinstance(listed, list) else []
+            key = f"distributed.remotes.{name}.gpus"
+        if allowed and len(allowed) < per_task:
+            where = project.loaded.path or "hsm_config.yaml"
+            raise ConfigError(
+                f"{spec_path}: resources.gpus: each task asks for {per_task} GPU(s), but source"
+                f" {name!r} allows only {len(allowed)} ({key} in {where}: {allowed})")
 
 
 def drop_disabled(project: Project, names: list[str], *, explicit: bool) -> list[str]:
@@ -109,9 +130,14 @@ def drop_disabled(project: Project, names: list[str], *, explicit: bool) -> list
     return kept
 
 
-def preview_argv(plan: Plan, *, sweep_id: str = "<sweep-id>") -> Iterator[list[str]]:
+def preview_argv(plan: Plan, *, project: Project | None = None,
+                 sweep_id: str | None = None) -> Iterator[list[str]]:
+    """The argv each task gets on this machine. Without a sweep ID (``--name``), the ID
+    and the folder that depends on it are shown as ``<sweep-id>``."""
+    sweep_id = sweep_id or "<sweep-id>"
+    sweep_dir = str(project.output_dir / sweep_id) if project else f"<sweep-dir>/{sweep_id}"
     for number, params in enumerate(iter_tasks(plan.spec), start=1):
-        task_dir = f"<sweep-dir>/tasks/task_{number:04d}"
+        task_dir = f"{sweep_dir}/tasks/{task_folder_name(number)}"
         yield task_argv(plan.spec, params, python="python3", task_dir=task_dir,
                         sweep_id=sweep_id)
 
@@ -149,13 +175,14 @@ def start_run(project: Project, plan: Plan, *, name: str | None, command_line: s
               on_created: Any = None) -> RunOutcome:
     """Create the sweep (state rows + folder) and run it to its end."""
     sweep_id = name or new_sweep_id()
-    if name is not None and (not name or "/" in name or name.startswith(".")):
-        raise ConfigError(f"--name: {name!r} is not a valid sweep ID (no '/', no leading '.')")
-    sources = build_sources(project.loaded, plan.sources, parallel=plan.parallel)
-    store = project.open_store(create=True)
+    check_sweep_name(name)
     sweep_dir = project.output_dir / sweep_id
     if sweep_dir.exists():
         raise ConfigError(f"--name: the sweep folder {sweep_dir} exists already")
+    # Sources hold asyncio objects bound to one event loop: the check gets its own set.
+    preflight(build_sources(project.loaded, plan.sources, parallel=plan.parallel))
+    sources = build_sources(project.loaded, plan.sources, parallel=plan.parallel)
+    store = project.open_store(create=True)
     try:
         store.create_sweep(
             sweep_id=sweep_id, spec_path=str(plan.spec_path.resolve()),
@@ -170,6 +197,12 @@ def start_run(project: Project, plan: Plan, *, name: str | None, command_line: s
     if on_created is not None:
         on_created(sweep)
     return _drive(project, store, sweep, sources, on_progress)
+
+
+def check_sweep_name(name: str | None) -> None:
+    if name is not None and (not name or "/" in name or name.startswith(".")
+                             or "\0" in name):
+        raise ConfigError(f"--name: {name!r} is not a valid sweep ID (no '/', no leading '.')")
 
 
 def resume_run(project: Project, sweep_id: str, *, retry_failed: bool,
@@ -188,6 +221,18 @@ def resume_run(project: Project, sweep_id: str, *, retry_failed: bool,
     if on_created is not None:
         on_created(sweep)
     return _drive(project, store, sweep, sources, on_progress, spec=spec)
+
+
+def preflight(sources: dict[str, Source]) -> None:
+    """Fail before anything is written when a source cannot be used at all."""
+    async def check() -> None:
+        try:
+            await asyncio.gather(*(s.preflight() for s in sources.values()))
+        finally:
+            await asyncio.gather(*(s.close() for s in sources.values()),
+                                 return_exceptions=True)
+
+    asyncio.run(check())
 
 
 def _drive(project: Project, store: Store, sweep: SweepRow, sources: dict[str, Source],

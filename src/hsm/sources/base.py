@@ -115,6 +115,10 @@ class Source(ABC):
         self.wake = asyncio.Event()
 
     # -- the contract --------------------------------------------------------------------
+    async def preflight(self) -> None:  # noqa: B027 - optional hook
+        """Check, before a sweep is created, that the source can be used at all (reachable,
+        trusted, writable). Raises SourceUnavailableError. Default: nothing to check."""
+
     @abstractmethod
     async def prepare(self, *, ctx: SweepContext) -> None:
         """Make the source ready for this sweep (folders, code push, wrapper)."""
