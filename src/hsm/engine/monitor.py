@@ -96,6 +96,8 @@ class SourceMonitor:
                 disabled_reason=row.disabled_reason if row else None,
                 consecutive=row.consecutive_health_failures if row else 0)
         self._last_refresh = 0.0
+        self._any_completed = False
+        self._new_task_failure = True  # look once at start (a resumed sweep has a past)
 
     # -- dispatch decisions --------------------------------------------------------------
     def usable(self, name: str) -> bool:
@@ -140,14 +142,16 @@ class SourceMonitor:
         """Judge earlier task failures by this outcome, then apply the failure-rate rule."""
         touched = {name}
         if cause is Cause.COMPLETED:
+            self._any_completed = True
             # Failures of this task elsewhere were those sources' fault.
-            for row in self.store.attempts(self.sweep_id):
-                if (row.number == number and row.source != name and row.counted is None
+            for row in self.store.task_attempts(self.sweep_id, number):
+                if (row.source != name and row.counted is None and row.state == "failed"
                         and row.cause in TASK_LEVEL):
                     touched.add(row.source)
             self.store.judge_task_failures(self.sweep_id, number, counted=True,
                                            causes=TASK_LEVEL, other_than=name)
         elif cause in TASK_LEVEL_CAUSES:
+            self._new_task_failure = True
             failed_on = set(self.store.failed_sources_of_task(self.sweep_id, number))
             if failed_on - {name}:
                 # It fails on more than one source: the task's own fault, excused everywhere.
@@ -166,7 +170,13 @@ class SourceMonitor:
             self.disable(name, reason)
 
     def broken_script(self) -> bool:
+        """Whether the script fails everywhere (asks the database only after a new task
+        failure, and never again once any attempt has completed)."""
+        if self._any_completed or not self._new_task_failure:
+            return False
+        self._new_task_failure = False
         completed, failures, spread = self.store.sweep_failure_facts(self.sweep_id, TASK_LEVEL)
+        self._any_completed = completed > 0
         return script_broken(completed=completed, task_failures=failures,
                              failed_sources=spread, sources=len(self.sources),
                              cfg=self.failsafe)

@@ -1,0 +1,127 @@
+"""Distributed dispatch benchmarks on the SSH test bed (needs root).
+
+- makespan efficiency with sources of unequal speed: the ideal for the given slots
+  (N / sum(slots_i / duration_i)) over the measured span from first start to last end;
+- failover time: from a host's link being cut to its tasks running again elsewhere, with
+  default settings and with ``health_check_interval: 5``.
+
+Run: .venv/bin/python bench/failsafe.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.hsmcli import HSM, hsm_env, write  # noqa: E402
+from tests.integration.bedproject import bed_project  # noqa: E402
+from tests.testbed import TestBed, pick_free_subnet  # noqa: E402
+
+DURATIONS = {"h1": 0.3, "h2": 0.3, "h3": 0.9}  # h3 is three times slower
+SLOTS = 2
+
+
+def attempts(root: Path) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(root / ".hsm" / "hsm.db")
+    conn.row_factory = sqlite3.Row
+    return list(conn.execute("SELECT * FROM attempts ORDER BY id"))
+
+
+def makespan(bed: TestBed, work: Path, n: int) -> tuple[float, float]:
+    root = bed_project(work / "makespan", bed.hosts, slots=SLOTS)
+    durations = repr(DURATIONS)
+    write(root / "task.py", f"""
+        import os, time
+        time.sleep({durations}[os.environ["HSM_SOURCE"]])
+    """)
+    write(root / "sweep.yaml", f"""
+        script: task.py
+        sweep:
+          grid:
+            i: [{", ".join(map(str, range(n)))}]
+    """)
+    subprocess.run([*HSM, "run", "sweep.yaml", "--distributed"], cwd=root, check=True,
+                   env=hsm_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows = [r for r in attempts(root) if r["state"] == "completed"]
+    span = max(r["finished"] for r in rows) - min(r["started"] for r in rows)
+    ideal = n / sum(SLOTS / d for d in DURATIONS.values())
+    return ideal, span
+
+
+def failover(bed: TestBed, work: Path, interval: float | None) -> float:
+    for host in bed.hosts:
+        host.reset()
+    extra = {} if interval is None else {"health_check_interval": interval}
+    name = f"failover-{interval or 'default'}"
+    root = bed_project(work / name, bed.hosts, slots=SLOTS, distributed=extra)
+    write(root / "task.py", "import time\ntime.sleep(4)\n")
+    write(root / "sweep.yaml", """
+        script: task.py
+        sweep:
+          grid:
+            i: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    """)
+    proc = subprocess.Popen([*HSM, "run", "sweep.yaml", "--distributed"], cwd=root,
+                            env=hsm_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        victim = bed.hosts[0]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if (root / ".hsm" / "hsm.db").exists():
+                running = [r for r in attempts(root)
+                           if r["source"] == "h1" and r["state"] == "running"]
+                if len(running) == SLOTS:
+                    break
+            time.sleep(0.05)
+        numbers = {r["number"] for r in attempts(root)
+                   if r["source"] == "h1" and r["state"] == "running"}
+        victim.cut_link()
+        cut_at = time.time()
+        while time.monotonic() < deadline + 60:
+            moved = {r["number"] for r in attempts(root)
+                     if r["number"] in numbers and r["source"] != "h1"
+                     and r["started"] >= cut_at}
+            if moved == numbers:
+                return max(r["started"] for r in attempts(root)
+                           if r["number"] in numbers and r["source"] != "h1") - cut_at
+            time.sleep(0.05)
+        raise RuntimeError("the tasks of the cut host were not restarted elsewhere")
+    finally:
+        proc.kill()
+        proc.wait()
+        bed.hosts[0].restore_link()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tasks", type=int, default=120)
+    args = parser.parse_args()
+    bed = TestBed(prefix="hsmbf", subnet=pick_free_subnet())
+    bed.up(3)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            ideal, span = makespan(bed, work, args.tasks)
+            fo_default = failover(bed, work, None)
+            fo_5 = failover(bed, work, 5)
+    finally:
+        bed.down()
+    print(f"{'benchmark':<48} {'figure':>10} {'target':>10}")
+    print(f"{'makespan, unequal sources: ideal (s)':<48} {ideal:>10.2f}")
+    print(f"{'makespan, unequal sources: measured (s)':<48} {span:>10.2f}")
+    print(f"{'makespan efficiency (ideal / measured)':<48} {ideal / span:>10.2f} {'>= 0.90':>10}")
+    print(f"{'failover, default settings (s)':<48} {fo_default:>10.2f} {'<= 10':>10}")
+    print(f"{'failover, health_check_interval: 5 (s)':<48} {fo_5:>10.2f} {'<= 10':>10}")
+
+
+if __name__ == "__main__":
+    main()

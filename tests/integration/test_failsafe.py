@@ -1,0 +1,173 @@
+"""The failsafe on the real SSH test bed: failure rate, broken scripts, health checks, disk,
+lost hosts, overload, re-enable and resume."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from tests.hsmcli import hsm, hsm_background, outputs, wait_for
+from tests.integration.bedproject import bed_project, status_json, sweep_file, sweep_log
+from tests.testbed import Host
+
+# Fails on a host that carries /srv/hsm/FAIL_HERE; otherwise sleeps a little and succeeds.
+FLAKY_HOST = """
+import os, sys, time
+time.sleep(0.2)
+if os.path.exists("/srv/hsm/FAIL_HERE"):
+    print("this host is broken", file=sys.stderr)
+    sys.exit(1)
+"""
+
+def test_failing_host_is_disabled_by_failure_rate(tmp_path: Path,
+                                                  testbed_hosts: list[Host]) -> None:
+    root = bed_project(tmp_path, testbed_hosts)
+    testbed_hosts[0].run(["touch", "/srv/hsm/FAIL_HERE"])
+    sweep = sweep_file(root, FLAKY_HOST, 24)
+    result = hsm("run", sweep, "--distributed", "--json", cwd=root, timeout=180)
+    assert result.returncode == 0, result
+    data = result.json()
+    assert data["counts"]["completed"] == 24
+    line = re.search(r"ERROR Disabling source 'h1' due to high failure rate: "
+                     r"(\d+)/(\d+) \((\d+)%\) >= 40%", result.stderr)
+    assert line, result.stderr
+    failed, finished, pct = map(int, line.groups())
+    assert finished >= 5 and failed / finished >= 0.4 and pct == round(100 * failed / finished)
+    assert data["sources"]["h1"]["enabled"] is False
+    assert "high failure rate" in data["sources"]["h1"]["disabled_reason"]
+    assert data["sources"]["h2"]["enabled"] and data["sources"]["h3"]["enabled"]
+    assert data["sources"]["h2"]["failed"] == 0 and data["sources"]["h3"]["failed"] == 0
+    listed = hsm("distributed", "list", "--json", cwd=root).json()["sources"]
+    assert [s["enabled"] for s in listed if s["name"] == "h1"] == [False]
+    # Re-enable: the disabled set shrinks, and it is logged and persisted.
+    assert hsm("distributed", "enable", "h1", cwd=root).returncode == 0
+    listed = hsm("distributed", "list", "--json", cwd=root).json()["sources"]
+    assert [s["enabled"] for s in listed if s["name"] == "h1"] == [True]
+
+
+def test_script_failing_everywhere_stops_early(tmp_path: Path,
+                                               testbed_hosts: list[Host]) -> None:
+    root = bed_project(tmp_path, testbed_hosts)
+    sweep = sweep_file(root, "import sys\nprint('NameError: name lr is not defined',"
+                             " file=sys.stderr)\nsys.exit(2)\n", 40)
+    started = time.monotonic()
+    result = hsm("run", sweep, "--distributed", cwd=root, timeout=120)
+    assert result.returncode == 3, result
+    assert "the script itself fails" in result.stderr
+    assert "NameError: name lr is not defined" in result.stderr
+    assert "Disabling source" not in result.stderr
+    data = status_json(root)
+    assert data["state"] == "aborted"
+    assert data["counts"]["pending"] > 0  # it stopped early instead of running all 40
+    assert all(s["enabled"] for s in data["sources"].values())
+    assert time.monotonic() - started < 60
+
+
+def test_unreachable_hosts_are_disabled_and_work_moves(tmp_path: Path,
+                                                       testbed_hosts: list[Host]) -> None:
+    root = bed_project(tmp_path, testbed_hosts)
+    sweep = sweep_file(root, "import time\ntime.sleep(1.5)\n", 18)
+    h1, h2, _ = testbed_hosts
+    with hsm_background("run", sweep, "--distributed", cwd=root) as proc:
+        wait_for(lambda: (root / "runs").exists() and list((root / "runs").glob("*/hsm.log")),
+                 what="the sweep to start")
+        log_path = next((root / "runs").glob("*/hsm.log"))
+        wait_for(lambda: "Health check passed for h1" in log_path.read_text(), timeout=30)
+        h1.cut_link()
+        h2.freeze_sshd(sessions=True)
+        assert proc.wait(timeout=150) == 0, outputs(root)
+    _, err = outputs(root)
+    for name in ("h1", "h2"):
+        assert f"ERROR Disabling source '{name}' due to 3 consecutive health check failures" \
+            in err, err
+    data = status_json(root)
+    assert data["counts"]["completed"] == 18
+    assert not data["sources"]["h1"]["enabled"] and not data["sources"]["h2"]["enabled"]
+    # Every task completed exactly once: one completed attempt each.
+    assert all(t["status"] == "completed" for t in data["tasks"])
+
+
+def test_disk_exhaustion_kills_flags_and_moves_work(tmp_path: Path,
+                                                    testbed_hosts: list[Host]) -> None:
+    root = bed_project(tmp_path, testbed_hosts)
+    sweep = sweep_file(root, "import time\ntime.sleep(2.0)\n", 14)
+    h2 = testbed_hosts[1]
+    with hsm_background("run", sweep, "--distributed", cwd=root) as proc:
+        wait_for(lambda: list(h2.disk_dir.glob("*/sweeps/*/*/task_*/status.json")),
+                 what="a task running on h2", timeout=30)
+        h2.fill_disk(leave_bytes=2_000_000)
+        assert proc.wait(timeout=150) == 0, outputs(root)
+    _, err = outputs(root)
+    assert re.search(r"CRITICAL CRITICAL: h2 has critical disk space shortage: "
+                     r"Critical: \d+\.\dGB \(\d+%\) free", err), err
+    data = status_json(root)
+    assert data["counts"]["completed"] == 14
+    killed = [t for t in data["tasks"] if t["attempts"] > 1]
+    assert killed, "a task on h2 should have been killed by the disk guard and retried"
+    log = sweep_log(root, data["sweep_id"])
+    assert "disk_kill" in log or "disk_precheck" in log
+    # After the critical check, h2 got no new task.
+    critical_at = log.index("CRITICAL: h2 has critical disk space shortage")
+    assert "started on h2" not in log[critical_at:]
+
+
+def test_overloaded_host_is_degraded_and_gets_no_tasks(tmp_path: Path,
+                                                       testbed_hosts: list[Host]) -> None:
+    root = bed_project(tmp_path, testbed_hosts)
+    h1 = testbed_hosts[0]
+    h1.set_load(50.0)
+    sweep = sweep_file(root, "import time\ntime.sleep(0.2)\n", 10)
+    result = hsm("run", sweep, "--distributed", "--json", cwd=root, timeout=120)
+    assert result.returncode == 0, result
+    assert re.search(r"Source h1 is degraded: System overload: load [\d.]+ per core > 2",
+                     result.stderr), result.stderr
+    data = result.json()
+    assert data["sources"]["h1"]["submitted"] == 0
+    assert data["sources"]["h1"]["enabled"] is True  # degraded is not disabled
+    assert data["counts"]["completed"] == 10
+
+
+def test_no_source_left_exits_3_then_reenable_and_resume(tmp_path: Path,
+                                                         testbed_hosts: list[Host]) -> None:
+    root = bed_project(tmp_path, testbed_hosts[:2])
+    sweep = sweep_file(root, "import time\ntime.sleep(1.0)\n", 12)
+    h1, h2 = testbed_hosts[:2]
+    with hsm_background("run", sweep, "--distributed", cwd=root) as proc:
+        wait_for(lambda: list((root / "runs").glob("*/tasks/*/status.json"))
+                 if (root / "runs").exists() else None, what="a finished task", timeout=40)
+        h1.cut_link()
+        h2.cut_link()
+        assert proc.wait(timeout=90) == 3, outputs(root)
+    _, err = outputs(root)
+    assert "no usable source is left" in err
+    assert "h1: disabled" in err and "h2: disabled" in err
+    assert "hsm distributed enable" in err and "hsm resume" in err
+    data = status_json(root)
+    assert data["state"] == "aborted"
+    h1.restore_link()
+    h2.restore_link()
+    for name in ("h1", "h2"):
+        assert hsm("distributed", "enable", name, cwd=root).returncode == 0
+    resumed = hsm("resume", data["sweep_id"], "--json", cwd=root, timeout=120)
+    assert resumed.returncode == 0, resumed
+    assert resumed.json()["counts"]["completed"] == 12
+
+
+def test_disable_and_enable_take_effect_in_a_running_sweep(tmp_path: Path,
+                                                           testbed_hosts: list[Host]) -> None:
+    root = bed_project(tmp_path, testbed_hosts[:2], slots=1)
+    sweep = sweep_file(root, "import time\ntime.sleep(0.5)\n", 16)
+    with hsm_background("run", sweep, "--distributed", cwd=root) as proc:
+        wait_for(lambda: list((root / "runs").glob("*/hsm.log"))
+                 if (root / "runs").exists() else None, what="the sweep to start")
+        assert hsm("distributed", "disable", "h2", "--reason", "maintenance",
+                   cwd=root).returncode == 0
+        disabled_at = time.time()
+        assert proc.wait(timeout=120) == 0, outputs(root)
+    _, err = outputs(root)
+    assert "Source h2 disabled: maintenance" in err
+    data = status_json(root)
+    assert data["counts"]["completed"] == 16
+    assert data["sources"]["h1"]["completed"] > data["sources"]["h2"]["completed"]
+    assert disabled_at > 0
