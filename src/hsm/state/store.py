@@ -294,6 +294,13 @@ class Store:
                 (sweep_id, status.value))
         return [_task(r) for r in rows]
 
+    def iter_tasks(self, sweep_id: str) -> Iterator[TaskRow]:
+        """Every task of a sweep in number order, read as it goes (for very large sweeps)."""
+        cursor = self._conn.execute(
+            "SELECT * FROM tasks WHERE sweep_id = ? ORDER BY number", (sweep_id,))
+        while rows := cursor.fetchmany(1000):
+            yield from (_task(r) for r in rows)
+
     def task(self, sweep_id: str, number: int) -> TaskRow:
         row = self._one("SELECT * FROM tasks WHERE sweep_id = ? AND number = ?",
                         (sweep_id, number))
@@ -393,6 +400,12 @@ class Store:
         if active_only:
             sql += " AND state IN ('launching', 'running')"
         rows = self._conn.execute(sql + " ORDER BY id", (sweep_id,))
+        return [_attempt(r) for r in rows]
+
+    def task_attempts(self, sweep_id: str, number: int) -> list[AttemptRow]:
+        rows = self._conn.execute(
+            "SELECT * FROM attempts WHERE sweep_id = ? AND number = ? ORDER BY id",
+            (sweep_id, number))
         return [_attempt(r) for r in rows]
 
     def running_attempts(self, source: str) -> int:
