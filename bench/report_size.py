@@ -192,6 +192,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--keep", type=Path, default=None, help="Keep the files here.")
+    parser.add_argument("--json", type=Path, metavar="FILE",
+                        help="also write the figures as JSON to FILE")
     args = parser.parse_args()
     need_chromium()
     work = Path(tempfile.mkdtemp(prefix="hsm-bench-report-"))
@@ -230,6 +232,11 @@ def main() -> int:
         ("  of which in the page (performance.now)", f"{in_page:.2f} s"),
         ("result", "ok" if ok else "FAILED" + (f": {problems}" if problems else "")),
     ]
+    if args.json:
+        args.json.write_text(json.dumps({
+            "tasks": args.tasks, "size_bytes": size, "built_s": built, "chromium_s": seconds,
+            "in_page_s": in_page, "max_bytes": MAX_BYTES, "max_seconds": MAX_SECONDS,
+            "ok": ok, "problems": problems}))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")

@@ -36,13 +36,10 @@ class Result:
         return f"exit {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
 
 
-def hsm_env(extra: Mapping[str, str] | None = None, home: Path | None = None) -> dict[str, str]:
+def hsm_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env.pop("HSM_VENV", None)
     env["COLUMNS"] = "200"
     env["PYTHONUNBUFFERED"] = "1"
-    if home is not None:
-        env["XDG_CACHE_HOME"] = str(home / ".cache")
     if extra:
         env.update(extra)
     return env

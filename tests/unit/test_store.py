@@ -129,3 +129,24 @@ def test_source_enable_disable_events(tmp_path: Path) -> None:
     store.set_source_enabled("h", True, reason="fixed")
     assert store.source("h").enabled and store.source("h").disabled_reason is None
     assert [e.kind for e in store.events(source="h")] == ["disabled", "enabled"]
+
+
+def test_concurrent_first_opens_migrate_once(tmp_path: Path) -> None:
+    import threading
+
+    errors: list[BaseException] = []
+
+    def open_db() -> None:
+        try:
+            Store.open(tmp_path / "race.db").close()
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_db) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    conn = sqlite3.connect(tmp_path / "race.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] >= 2

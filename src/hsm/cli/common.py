@@ -19,6 +19,12 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 
 def project_from(config_path: Path | None, *, quiet: bool = False) -> Project:
     project = open_project(config_path)
-    if project.loaded.path is None and not quiet:
-        log.info("no hsm_config.yaml found in %s or above; using the defaults", Path.cwd())
+    if not quiet:
+        announce_defaults(project)
     return project
+
+
+def announce_defaults(project: Project) -> None:
+    """Say so when no project config was found and the defaults apply."""
+    if project.loaded.path is None:
+        log.info("no hsm_config.yaml found in %s or above; using the defaults", Path.cwd())

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from hsm import __version__
-from hsm.cli.common import config_option, json_option, project_from
+from hsm.cli.common import announce_defaults, config_option, json_option, project_from
 from hsm.cli.distributed import distributed
 from hsm.cli.render import (
     ProgressView,
@@ -21,13 +21,17 @@ from hsm.cli.render import (
     fmt_time,
     out_console,
     print_json,
+    print_summary_json,
     setup_console_logging,
     sources_table,
     summary_table,
 )
+from hsm.cli.report import report
 from hsm.engine.run import RunOutcome
 from hsm.engine.service import (
     Project,
+    check_sweep_name,
+    controller_alive,
     plan_run,
     preview_argv,
     request_cancel,
@@ -36,6 +40,7 @@ from hsm.engine.service import (
 )
 from hsm.engine.summary import summarize
 from hsm.errors import ConfigError, ExitCode, HsmError, StateError
+from hsm.states import SweepState
 
 log = logging.getLogger("hsm.cli")
 
@@ -70,7 +75,8 @@ def init(directory: Path, force: bool) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text((templates / template).read_text())
         click.echo(f"wrote {path}")
-    click.echo(f"next: cd {shlex.quote(str(directory))} && hsm run sweeps/sweep.yaml")
+    cd = "" if directory == Path(".") else f"cd {shlex.quote(str(directory))} && "
+    click.echo(f"next: {cd}hsm run sweeps/sweep.yaml")
 
 
 # -- run --------------------------------------------------------------------------------
@@ -92,7 +98,8 @@ def run(sweep_file: Path, distributed: bool, sources: tuple[str, ...], parallel:
     """Run the sweep in SWEEP_FILE (on this machine unless --source/--distributed)."""
     if distributed and sources:
         raise ConfigError("--distributed and --source: use one or the other")
-    project = project_from(config_path, quiet=as_json or dry_run or count_only)
+    check_sweep_name(name)
+    project = project_from(config_path, quiet=True)
     if not sweep_file.exists():
         raise ConfigError(f"{sweep_file}: no such sweep file")
     plan = plan_run(project, sweep_file, sources=sources, distributed=distributed,
@@ -104,14 +111,14 @@ def run(sweep_file: Path, distributed: bool, sources: tuple[str, ...], parallel:
         raise ConfigError(f"{sweep_file}: sweep: {plan.total} tasks is more than {LARGE_SWEEP};"
                           " check the grid, or pass --yes to run it")
     if dry_run:
-        argvs = [shlex.join(a) for a in preview_argv(plan)]
+        argvs = list(preview_argv(plan, project=project, sweep_id=name))
         if as_json:
-            print_json({"total": plan.total, "sources": plan.sources,
-                        "argv": list(preview_argv(plan))})
+            print_json({"total": plan.total, "sources": plan.sources, "argv": argvs})
         else:
-            for number, line in enumerate(argvs, start=1):
-                click.echo(f"[{number}] {line}")
+            for number, argv in enumerate(argvs, start=1):
+                click.echo(f"[{number}] {shlex.join(argv)}")
         return
+    announce_defaults(project)
     command_line = shlex.join(["hsm", *sys.argv[1:]])
     view = ProgressView(live=not as_json)
 
@@ -125,11 +132,11 @@ def _finish(project: Project, outcome: RunOutcome, as_json: bool) -> None:
     store = project.open_store()
     summary = summarize(store, outcome.sweep_id)
     if as_json:
-        print_json(summary.to_json(store))
+        print_summary_json(summary, store)
     else:
         err_console.print(summary_table(summary))
-        if outcome.message:
-            err_console.print(outcome.message, markup=False)
+    if outcome.message:
+        err_console.print(outcome.message, markup=False)
     sys.exit(outcome.exit_code)
 
 
@@ -154,7 +161,7 @@ def status(sweep_id: str | None, as_json: bool, config_path: Path | None) -> Non
         sweep_id = latest.id
     summary = summarize(store, sweep_id)
     if as_json:
-        print_json(summary.to_json(store))
+        print_summary_json(summary, store)
         return
     sweep = summary.sweep
     console = out_console
@@ -167,6 +174,9 @@ def status(sweep_id: str | None, as_json: bool, config_path: Path | None) -> Non
                   f"finished: {fmt_time(sweep.finished)}", markup=False)
     if sweep.abort_reason:
         console.print(sweep.abort_reason, markup=False)
+    if sweep.state is SweepState.RUNNING and not controller_alive(sweep):
+        console.print(f"no hsm process drives this sweep now (it was stopped or killed);"
+                      f" continue it with: hsm resume {sweep.id}", markup=False)
     console.print(f"report: hsm report {sweep.id}", markup=False)
 
 
@@ -230,6 +240,7 @@ def cancel(sweep_id: str, config_path: Path | None) -> None:
 
 
 cli.add_command(distributed)
+cli.add_command(report)
 
 
 def debug_log_path() -> Path:
@@ -237,17 +248,26 @@ def debug_log_path() -> Path:
     return Path(base) / "hsm" / "debug.log"
 
 
+def usage_message(exc: click.ClickException) -> str:
+    """A usage error on one line, with where to find help."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        message += f" (see: {ctx.command_path} --help)"
+    return message
+
+
 def main() -> None:
     """Entry point: the one place where errors become messages and exit codes."""
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="hsm", standalone_mode=False)
     except HsmError as exc:
         err_console.print(f"hsm: error: {exc.message}", markup=False, highlight=False)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         sys.exit(ExitCode.INTERRUPTED)
     except click.ClickException as exc:
-        exc.show()
+        err_console.print(f"hsm: error: {usage_message(exc)}", markup=False, highlight=False)
         sys.exit(ExitCode.BAD_INPUT)
     except KeyboardInterrupt:
         sys.exit(ExitCode.INTERRUPTED)

@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -22,7 +22,8 @@ from rich.progress import (
 from rich.table import Table
 
 from hsm.engine.service import LOG_DATEFMT, LOG_FORMAT
-from hsm.engine.summary import SweepSummary
+from hsm.engine.summary import SweepSummary, iter_task_json
+from hsm.state import Store
 from hsm.states import TaskStatus
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -39,15 +40,22 @@ class ConsoleHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.console.print(self.format(record), markup=False, highlight=False,
-                               soft_wrap=True)
+            line = self.format(record)
+            if self.console.is_terminal:  # a live progress may be drawn below the logs
+                self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            else:  # a file or a pipe: plain lines, cheaply (thousands of tasks)
+                self.console.file.write(line + "\n")
+                self.console.file.flush()
         except Exception:  # noqa: BLE001 - logging must never raise
             self.handleError(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        """A log line that cannot be written (e.g. a closed pipe) is dropped quietly."""
 
 
 def setup_console_logging(verbose: bool = False) -> ConsoleHandler:
     root = logging.getLogger("hsm")
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.setLevel(logging.DEBUG)  # the sweep log file keeps per-task lines
     for h in list(root.handlers):
         if isinstance(h, ConsoleHandler):
             root.removeHandler(h)
@@ -111,6 +119,24 @@ class ProgressView:
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
     sys.stdout.flush()
+
+
+def print_summary_json(summary: SweepSummary, store: Store) -> None:
+    """The JSON object of a sweep, with its tasks written as they are read: the same text
+    as ``print_json(summary.to_json(store))``, without holding every task in memory."""
+    write_summary_json(summary, store, sys.stdout)
+    sys.stdout.flush()
+
+
+def write_summary_json(summary: SweepSummary, store: Store, out: TextIO) -> None:
+    head = json.dumps(summary.to_json(with_tasks=False), indent=2, ensure_ascii=False)
+    out.write(head[:-2] + ',\n  "tasks": [')  # head ends with "\n}"
+    count = 0
+    for task in iter_task_json(store, summary.sweep):
+        text = json.dumps(task, indent=2, ensure_ascii=False).replace("\n", "\n    ")
+        out.write(("\n    " if count == 0 else ",\n    ") + text)
+        count += 1
+    out.write("\n  ]\n}\n" if count else "]\n}\n")
 
 
 def summary_table(summary: SweepSummary) -> Table:

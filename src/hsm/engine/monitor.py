@@ -101,8 +101,15 @@ class SourceMonitor:
 
     # -- dispatch decisions --------------------------------------------------------------
     def usable(self, name: str) -> bool:
+        """Enabled, and (when there is another source to use instead) healthy. A sweep on a
+        single source is not held back by a degraded or critical verdict: its job wrapper's
+        disk guard still protects every task."""
         st = self.state[name]
-        return st.enabled and (st.verdict is None or st.verdict.takes_tasks)
+        if not st.enabled:
+            return False
+        if len(self.sources) == 1:
+            return st.verdict is None or st.verdict.disk_status is not None
+        return st.verdict is None or st.verdict.takes_tasks
 
     def reachable_or_unknown(self, name: str) -> bool:
         st = self.state[name]
@@ -138,11 +145,16 @@ class SourceMonitor:
         self.store.set_source_enabled(name, False, reason=message, sweep_id=self.sweep_id)
 
     # -- failure accounting --------------------------------------------------------------
-    def after_attempt(self, name: str, number: int, cause: Cause) -> None:
-        """Judge earlier task failures by this outcome, then apply the failure-rate rule."""
+    def after_attempt(self, name: str, number: int, attempt: int, cause: Cause) -> None:
+        """Judge earlier task failures by this outcome, then apply the failure-rate rule.
+
+        A first attempt that completed changes no failure rate: that common case costs no
+        query, so large sweeps stay linear."""
         touched = {name}
         if cause is Cause.COMPLETED:
             self._any_completed = True
+            if attempt == 1:
+                return
             # Failures of this task elsewhere were those sources' fault.
             for row in self.store.task_attempts(self.sweep_id, number):
                 if (row.source != name and row.counted is None and row.state == "failed"

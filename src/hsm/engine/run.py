@@ -9,7 +9,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hsm.engine.failsafe import TASK_LEVEL_CAUSES, FailsafeConfig
@@ -99,6 +99,10 @@ class Engine:
             failsafe=options.failsafe, interval=options.health_interval,
             running=lambda name: len(self.running.get(name, ())))
         self._background: set[asyncio.Task[None]] = set()
+        # Attempts recorded as lost while their host was unreachable: they may still run
+        # there. Settled when the host is back (see _resolve_orphans).
+        self.orphans: dict[str, list[Running]] = {n: [] for n in self.sources}
+        self._orphans_lock = asyncio.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------
     async def run(self) -> RunOutcome:
@@ -138,6 +142,11 @@ class Engine:
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             log.error("internal error in the run loop: %r", exc, exc_info=exc)
+            # Stop here, without stopping the tasks (they go on, and resume reattaches
+            # them), and never report the sweep as completed.
+            self._aborted = self._aborted or (
+                f"internal error in the run loop: {exc!r}; the running tasks go on;"
+                f" continue with: hsm resume {self.sweep_id}")
             self._stop.set()
             self.wake.set()
 
@@ -194,6 +203,14 @@ class Engine:
             self.running[source.name][attempt.id] = Running(attempt, handle)
             log.info("reattached task %d (attempt %d) on %s", attempt.number, attempt.attempt,
                      source.name)
+        # The last lost attempt of each task on each source may still be running there.
+        lost = {(a.number, a.source): a for a in self.store.attempts(self.sweep_id)
+                if a.state is AttemptState.LOST and a.handle and a.source in self.sources}
+        for attempt in lost.values():
+            assert attempt.handle is not None
+            self.orphans[attempt.source].append(
+                Running(attempt, JobHandle.from_json(attempt.handle)))
+            self.sources[attempt.source].wake.set()
 
     # -- the main loop -------------------------------------------------------------------
     async def _main_loop(self) -> None:
@@ -260,7 +277,8 @@ class Engine:
         while self.pending:
             busy = {n: len(r) for n, r in self.running.items()}
             candidates = [v for v in views({n: s.slots for n, s in self.sources.items()}, busy)
-                          if self.free_slots[v.name] and self.usable(v.name)]
+                          if self.free_slots[v.name] and self.usable(v.name)
+                          and self.sources[v.name].reachable and not self.orphans[v.name]]
             if not candidates:
                 break
             number = self.pending.popleft()
@@ -295,7 +313,8 @@ class Engine:
                 continue
             self.store.attempt_launched(req.attempt_id, handle.to_json(), handle.host)
             run.handle = handle
-            log.info("task %d started on %s (attempt %d)", req.number, name, req.attempt)
+            run.attempt = replace(run.attempt, state=AttemptState.RUNNING)
+            log.debug("task %d started on %s (attempt %d)", req.number, name, req.attempt)
         source.wake.set()
 
     async def _poller(self, name: str) -> None:
@@ -306,6 +325,8 @@ class Engine:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(source.wake.wait(), timeout=interval)
             source.wake.clear()
+            if self.orphans[name] and source.reachable:
+                await self._resolve_orphans(name)
             runs = [r for r in self.running[name].values() if r.handle is not None]
             if not runs:
                 continue
@@ -323,20 +344,80 @@ class Engine:
                 if result is not None and result.state in (PollState.FINISHED, PollState.LOST):
                     await self._complete(name, run, result)
 
+    async def _resolve_orphans(self, name: str) -> None:
+        """The host of lost attempts is reachable again. An attempt that still runs (or
+        finished) is reattached if its task waits in the queue; if the task was started
+        again elsewhere (or is done), a running one is stopped. So no task runs twice."""
+        async with self._orphans_lock:  # the poller and the end of the run both call this
+            await self._resolve_orphans_of(name)
+
+    async def _resolve_orphans_of(self, name: str) -> None:
+        source, orphans = self.sources[name], self.orphans[name]
+        if not orphans:
+            return
+        try:
+            results = await source.poll(handles=[r.handle for r in orphans if r.handle])
+        except Exception as exc:  # noqa: BLE001 - asked again on the next round
+            log.warning("could not check the lost tasks on %s: %s", name, exc)
+            return
+        stop: list[Running] = []
+        stopping = self._interrupted or self._cancelled or bool(self._aborted)
+        for run in list(orphans):
+            result = results.get(run.handle) if run.handle else None
+            if run.handle is None or result is None or result.state is PollState.UNKNOWN:
+                continue
+            number, slots = run.attempt.number, self.free_slots[name]
+            if (result.state in (PollState.RUNNING, PollState.FINISHED) and not stopping
+                    and number in self.pending and slots):
+                self.pending.remove(number)
+                slot = run.attempt.slot if run.attempt.slot in slots else slots[-1]
+                slots.remove(slot)
+                if self.store.task(self.sweep_id, number).attempts == run.attempt.attempt:
+                    # It was not lost after all: record it as the attempt that runs.
+                    self.store.discard_attempt(run.attempt)
+                attempt = self.store.begin_attempt(self.sweep_id, number, source=name, slot=slot)
+                self.store.attempt_launched(attempt.id, run.handle.to_json(), run.handle.host)
+                self.running[name][attempt.id] = Running(
+                    replace(attempt, state=AttemptState.RUNNING), run.handle)
+                self._count(TaskStatus.PENDING, TaskStatus.RUNNING)
+                log.warning("task %d (attempt %d) still runs on %s, which is back: reattached",
+                            number, run.handle.attempt, name)
+            elif result.state is PollState.RUNNING:
+                stop.append(run)
+                continue
+            orphans.remove(run)
+        if stop:
+            try:
+                await source.cancel(handles=[r.handle for r in stop if r.handle])
+            except Exception as exc:  # noqa: BLE001 - tried again on the next round
+                log.warning("could not stop old attempts on %s: %s", name, exc)
+                return
+            for run in stop:
+                orphans.remove(run)
+                log.warning("task %d had been started again elsewhere: stopped its old attempt"
+                            " %d on %s", run.attempt.number, run.attempt.attempt, name)
+        source.wake.set()
+
     async def _complete(self, name: str, run: Running, result: PollResult) -> None:
         source = self.sources[name]
         handle = run.handle
         assert handle is not None
         if result.state is PollState.LOST:
-            if run.attempt.state is AttemptState.LAUNCHING and result.status is None:
+            if (run.attempt.state is AttemptState.LAUNCHING and result.status is None
+                    and result.scheduler_cause is None):
                 # Recorded but never started (the controller died mid-launch).
                 self.store.discard_attempt(run.attempt)
                 self._release(name, run)
                 self.pending.appendleft(run.attempt.number)
                 self._count(TaskStatus.RUNNING, TaskStatus.PENDING)
                 return
+            # A scheduler may end an attempt before its wrapper could record it (e.g. a
+            # timeout or a node failure): its cause then comes from the scheduler.
+            lost_cause = Cause(result.scheduler_cause) if result.scheduler_cause else Cause.LOST
             log.warning("task %d lost on %s: %s", run.attempt.number, name, result.detail)
-            self._settle(name, run, Cause.LOST, None)
+            self._settle(name, run, lost_cause, None)
+            if not source.reachable:
+                self.orphans[name].append(run)
             return
         status = result.status
         assert status is not None
@@ -380,12 +461,12 @@ class Engine:
                         attempt.number, name, cause.value, attempt.attempt + 1,
                         self.options.max_retries + 1)
         elif task_status is TaskStatus.COMPLETED:
-            log.info("task %d completed on %s", attempt.number, name)
+            log.debug("task %d completed on %s", attempt.number, name)
         elif task_status is TaskStatus.FAILED:
             log.error("task %d failed on %s: %s (exit code %s)", attempt.number, name,
                       cause.value, exit_code)
         if cause is not Cause.CANCELLED:
-            self.monitor.after_attempt(name, attempt.number, cause)
+            self.monitor.after_attempt(name, attempt.number, attempt.attempt, cause)
         self.wake.set()
 
     def _can_verify(self, name: str, number: int) -> bool:
@@ -442,6 +523,9 @@ class Engine:
 
     # -- the end -------------------------------------------------------------------------
     async def _finish(self) -> RunOutcome:
+        for name, source in self.sources.items():  # old runs on hosts that are back: stop
+            if self.orphans[name] and source.reachable:
+                await self._resolve_orphans(name)
         counts = self.store.task_counts(self.sweep_id)
         self.counts = counts
         self._progress()

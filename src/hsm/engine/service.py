@@ -6,9 +6,10 @@ import asyncio
 import fcntl
 import logging
 import os
+import re
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,9 @@ def plan_run(project: Project, spec_path: Path, *, sources: Sequence[str] = (),
     """Validate everything a run needs, without writing anything."""
     if parallel is not None and parallel < 1:
         raise ConfigError("--parallel: must be 1 or more")
+    if distributed and not project.loaded.config.distributed.enabled:
+        raise ConfigError(f"{project.loaded.path}: distributed.enabled: false, so --distributed"
+                          " is off; set it to true, or name sources with --source")
     spec = load_sweep(spec_path, project.root)
     names = resolve_names(project.loaded, names=sources, distributed=distributed)
     names = drop_disabled(project, names, explicit=bool(sources))
@@ -132,10 +136,10 @@ def drop_disabled(project: Project, names: list[str], *, explicit: bool) -> list
 
 def preview_argv(plan: Plan, *, project: Project | None = None,
                  sweep_id: str | None = None) -> Iterator[list[str]]:
-    """The argv each task gets on this machine. Without a sweep ID (``--name``), the ID
-    and the folder that depends on it are shown as ``<sweep-id>``."""
-    sweep_id = sweep_id or "<sweep-id>"
-    sweep_dir = str(project.output_dir / sweep_id) if project else f"<sweep-dir>/{sweep_id}"
+    """The argv each task gets on this machine. Without a sweep ID (``--name``), the ID is
+    shown as ``SWEEP_ID`` (a placeholder that needs no quoting)."""
+    sweep_id = sweep_id or "SWEEP_ID"
+    sweep_dir = str(project.output_dir / sweep_id) if project else f"OUTPUT_DIR/{sweep_id}"
     for number, params in enumerate(iter_tasks(plan.spec), start=1):
         task_dir = f"{sweep_dir}/tasks/{task_folder_name(number)}"
         yield task_argv(plan.spec, params, python="python3", task_dir=task_dir,
@@ -160,14 +164,15 @@ def guard_settings(loaded: LoadedConfig) -> GuardSettings:
 
 
 def sweep_context(project: Project, sweep: SweepRow, spec: SweepSpec) -> SweepContext:
-    def argv_for(params: dict[str, Any], task_dir: str | None, python: str) -> list[str]:
+    def argv_for(params: Mapping[str, Any], task_dir: str | None, python: str) -> list[str]:
         return task_argv(spec, params, python=python, task_dir=task_dir, sweep_id=sweep.id)
 
     return SweepContext(sweep_id=sweep.id, sweep_dir=sweep.sweep_dir,
                         project_root=sweep.project_root,
                         project_name=Path(sweep.project_root).name or "project",
                         guard=guard_settings(project.loaded), wandb_group=sweep.id,
-                        argv_for=argv_for, gpus_per_task=spec.resources.gpus)
+                        argv_for=argv_for, gpus_per_task=spec.resources.gpus,
+                        resources=spec.resources)
 
 
 def start_run(project: Project, plan: Plan, *, name: str | None, command_line: str,
@@ -180,8 +185,19 @@ def start_run(project: Project, plan: Plan, *, name: str | None, command_line: s
     if sweep_dir.exists():
         raise ConfigError(f"--name: the sweep folder {sweep_dir} exists already")
     # Sources hold asyncio objects bound to one event loop: the check gets its own set.
-    preflight(build_sources(project.loaded, plan.sources, parallel=plan.parallel))
+    preflight(build_sources(project.loaded, plan.sources, parallel=plan.parallel,
+                            resources=plan.spec.resources))
     sources = build_sources(project.loaded, plan.sources, parallel=plan.parallel)
+    store, sweep = create_sweep(project, plan, sweep_id=sweep_id, command_line=command_line)
+    if on_created is not None:
+        on_created(sweep)
+    return _drive(project, store, sweep, sources, on_progress)
+
+
+def create_sweep(project: Project, plan: Plan, *, sweep_id: str,
+                 command_line: str) -> tuple[Store, SweepRow]:
+    """Record the sweep and all its tasks (one transaction), and make its folder."""
+    sweep_dir = project.output_dir / sweep_id
     store = project.open_store(create=True)
     try:
         store.create_sweep(
@@ -193,16 +209,18 @@ def start_run(project: Project, plan: Plan, *, name: str | None, command_line: s
         (sweep_dir / "sweep.yaml").write_bytes(plan.spec_path.read_bytes())
     except OSError as exc:
         raise StateError(f"{sweep_dir}: cannot create the sweep folder: {exc}") from None
-    sweep = store.sweep(sweep_id)
-    if on_created is not None:
-        on_created(sweep)
-    return _drive(project, store, sweep, sources, on_progress)
+    return store, store.sweep(sweep_id)
+
+
+SWEEP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
 
 
 def check_sweep_name(name: str | None) -> None:
-    if name is not None and (not name or "/" in name or name.startswith(".")
-                             or "\0" in name):
-        raise ConfigError(f"--name: {name!r} is not a valid sweep ID (no '/', no leading '.')")
+    """A sweep ID names a folder and appears in log lines: letters, digits and ``_.+-``."""
+    if name is not None and not SWEEP_NAME.fullmatch(name):
+        raise ConfigError(
+            f"--name: {name!r} is not a valid sweep ID: use up to 128 letters, digits and"
+            " '_.+-', not starting with '.', '+' or '-'")
 
 
 def resume_run(project: Project, sweep_id: str, *, retry_failed: bool,
@@ -282,6 +300,20 @@ def controller_lock(sweep_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def controller_alive(sweep: SweepRow) -> bool:
+    """Whether the hsm process recorded as driving the sweep still runs. Read-only (no lock
+    is taken), so it is safe to ask while a controller starts."""
+    pid = sweep.controller_pid
+    if pid is None:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX" and b"hsm" in cmdline
+
+
 def controller_running(sweep_dir: Path) -> bool:
     try:
         with controller_lock(sweep_dir):
@@ -290,14 +322,20 @@ def controller_running(sweep_dir: Path) -> bool:
         return True
 
 
+def _sweep_record(record: logging.LogRecord) -> bool:
+    """The sweep log keeps INFO and above, plus the per-task DEBUG lines of the run loop."""
+    return record.levelno >= logging.INFO or record.name == "hsm.sweep"
+
+
 @contextmanager
 def sweep_log_file(sweep_dir: Path) -> Iterator[None]:
     handler = logging.FileHandler(sweep_dir / SWEEP_LOG, encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
     root = logging.getLogger("hsm")
     root.addHandler(handler)
-    if root.level == logging.NOTSET or root.level > logging.INFO:
-        root.setLevel(logging.INFO)
+    handler.addFilter(_sweep_record)
+    if root.level == logging.NOTSET or root.level > logging.DEBUG:
+        root.setLevel(logging.DEBUG)
     try:
         yield
     finally:
@@ -310,6 +348,8 @@ def request_cancel(project: Project, sweep_id: str, *, wait: float = 30.0) -> Sw
     store = project.open_store(create=False)
     sweep = store.sweep(sweep_id)
     if sweep.state is not SweepState.RUNNING and not store.attempts(sweep_id, active_only=True):
+        if not store.task_counts(sweep_id)[TaskStatus.PENDING]:
+            return sweep  # it has ended: nothing to cancel, and its state stays as it is
         store.cancel_pending(sweep_id)
         store.set_sweep_state(sweep_id, SweepState.CANCELLED, abort_reason="sweep cancelled")
         return store.sweep(sweep_id)

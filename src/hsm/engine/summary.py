@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from hsm.sources.base import task_folder_name
@@ -46,21 +47,23 @@ class SweepSummary:
                 for s in self.sources
             },
         }
-        if self.sweep.abort_reason:
-            out["message"] = self.sweep.abort_reason
         if with_tasks and store is not None:
             out["tasks"] = task_list(store, self.sweep)
         return out
 
 
 def task_list(store: Store, sweep: SweepRow) -> list[dict[str, Any]]:
-    tasks_dir = Path(sweep.sweep_dir, "tasks")
-    return [
-        {"number": t.number, "params": t.params, "status": t.status.value, "cause": t.cause,
-         "source": t.source, "attempts": t.attempts,
-         "task_dir": str(tasks_dir / task_folder_name(t.number)), "exit_code": t.exit_code}
-        for t in store.tasks(sweep.id)
-    ]
+    return list(iter_task_json(store, sweep))
+
+
+def iter_task_json(store: Store, sweep: SweepRow) -> Iterator[dict[str, Any]]:
+    """The ``tasks`` entries of the JSON object, one at a time."""
+    tasks_dir = os.path.join(sweep.sweep_dir, "tasks")
+    for t in store.iter_tasks(sweep.id):
+        yield {"number": t.number, "params": t.params, "status": t.status.value,
+               "cause": t.cause, "source": t.source, "attempts": t.attempts,
+               "task_dir": os.path.join(tasks_dir, task_folder_name(t.number)),
+               "exit_code": t.exit_code}
 
 
 def summarize(store: Store, sweep_id: str) -> SweepSummary:

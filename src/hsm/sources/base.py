@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from hsm.jobscript import GuardSettings, TaskSpec, WrapperStatus
+from hsm.spec.sweep import Resources
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class SweepContext:
     # argv_for(params, task_dir, python) -> the task's argv on that source
     argv_for: Callable[[Mapping[str, Any], str | None, str], list[str]]
     gpus_per_task: int = 0
+    resources: Resources = field(default_factory=Resources)  # the sweep's `resources:`
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class JobHandle:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> JobHandle:
-        return cls(**{k: v for k, v in data.items()})  # type: ignore[arg-type]
+        return cls(**dict(data))
 
 
 class PollState(StrEnum):
@@ -113,6 +115,8 @@ class Source(ABC):
         self.gpu_slots: list[list[int]] = []
         # Set by the backend when something may have finished, so the engine polls now.
         self.wake = asyncio.Event()
+        # False while the backend cannot reach its host: the engine gives it no new tasks.
+        self.reachable = True
 
     # -- the contract --------------------------------------------------------------------
     async def preflight(self) -> None:  # noqa: B027 - optional hook

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 # A wrapper writes its first status within milliseconds; past this an attempt that never
 # reported is taken as never started.
 START_GRACE = 10.0
+# An attempt recorded as launching, without a handle (the controller died between recording
+# it and starting its wrapper, or right after): how long a resumed controller waits for a
+# status before it takes the attempt as never started.
+UNKNOWN_START_GRACE = 2.0
 
 
 def pid_alive(pid: int) -> bool:
@@ -42,15 +47,31 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def wrapper_alive(pid: int, task_dir: str) -> bool:
+    """Whether the job wrapper of ``task_dir`` still runs as ``pid``: a zombie, or another
+    program that got the same pid since, does not count."""
+    if not pid_alive(pid):
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return pid_alive(pid)  # no /proc: trust the signal check
+    if stat[stat.rindex(")") + 2] in "ZX":
+        return False
+    return os.fsencode(task_dir) in cmdline
+
+
 class LocalSource(Source):
     capabilities = Capabilities(detached=True, remote=False, queue=False)
 
     def __init__(self, name: str = "local", *, slots: int, gpus: Sequence[int] = (),
                  disk_path: str | None = None) -> None:
         super().__init__(name, slots=slots, gpus=gpus, python="python3")
-        self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._launched_at: dict[str, float] = {}
-        self._watchers: set[asyncio.Task[None]] = set()
+        # pidfd -> (task folder, wrapper process), for the wrappers started here
+        self._exit_fds: dict[int, tuple[str, subprocess.Popen[bytes]]] = {}
         self._disk_path = disk_path or os.getcwd()
         self.own_running = 0  # tasks of this sweep running here (for the load judgement)
 
@@ -64,28 +85,37 @@ class LocalSource(Source):
     async def launch(self, *, ctx: SweepContext,
                      requests: Sequence[LaunchRequest]) -> list[JobHandle]:
         handles = []
+        host = self.host_label()
         for req in requests:
             task_dir = self.task_dir(ctx, req.number)
             spec = self.task_spec(ctx, req, self.gpu_ids(req.slot))
             write_spec(Path(task_dir), spec)
-            proc = await asyncio.create_subprocess_exec(
-                "bash", str(WRAPPER_PATH), task_dir,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
-            )
+            proc = spawn_wrapper(task_dir)
             handle = JobHandle(source=self.name, number=req.number, attempt=req.attempt,
-                               task_dir=task_dir, job_id=str(proc.pid),
-                               host=self.host_label())
+                               task_dir=task_dir, job_id=str(proc.pid), host=host)
             self._procs[task_dir] = proc
             self._launched_at[task_dir] = time.monotonic()
-            watcher = asyncio.create_task(self._watch(proc))
-            self._watchers.add(watcher)
-            watcher.add_done_callback(self._watchers.discard)
+            self._notify_exit(task_dir, proc)
             handles.append(handle)
         return handles
 
-    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
-        await proc.wait()
+    def _notify_exit(self, task_dir: str, proc: subprocess.Popen[bytes]) -> None:
+        """Wake the engine as soon as the wrapper exits (a pidfd in the event loop: no
+        thread per process). Without pidfds, the engine's regular polling finds it."""
+        try:
+            fd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            return
+        self._exit_fds[fd] = (task_dir, proc)
+        asyncio.get_running_loop().add_reader(fd, self._exited, fd)
+
+    def _exited(self, fd: int) -> None:
+        entry = self._exit_fds.pop(fd, None)
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(fd)
+        os.close(fd)
+        if entry is not None:
+            entry[1].poll()  # reap it
         self.wake.set()
 
     async def poll(self, *, handles: Sequence[JobHandle]) -> dict[JobHandle, PollResult]:
@@ -99,20 +129,21 @@ class LocalSource(Source):
             return PollResult(PollState.FINISHED, status)
         proc = self._procs.get(handle.task_dir)
         if proc is not None:
-            if proc.returncode is None:
+            if proc.poll() is None:
                 return PollResult(state or PollState.STARTING, status)
             # The wrapper exited without a final status: it was killed outright.
             self._forget(handle)
             return PollResult(PollState.LOST, status, "the job wrapper died without a status")
         # Reattached after a controller restart: judge by the wrapper's pid.
         if state is PollState.RUNNING and status is not None:
-            if pid_alive(status.pid):
+            if wrapper_alive(status.pid, handle.task_dir):
                 return PollResult(PollState.RUNNING, status)
             return PollResult(PollState.LOST, status, f"wrapper pid {status.pid} is gone")
         started = self._launched_at.setdefault(handle.task_dir, time.monotonic())
-        if handle.job_id and pid_alive(int(handle.job_id)):
+        if handle.job_id and wrapper_alive(int(handle.job_id), handle.task_dir):
             return PollResult(PollState.STARTING)
-        if time.monotonic() - started > START_GRACE or not handle.job_id:
+        grace = START_GRACE if handle.job_id else UNKNOWN_START_GRACE
+        if time.monotonic() - started > grace:
             return PollResult(PollState.LOST, None, "the attempt never started")
         return PollResult(PollState.STARTING)
 
@@ -146,12 +177,34 @@ class LocalSource(Source):
         )
 
     async def close(self) -> None:
-        # Finished wrappers exit within milliseconds of writing their last status: reap them.
+        # A wrapper exits within milliseconds of writing its final status: reap those.
         # Wrappers still running (detached tasks) are left alone.
-        if self._watchers:
-            await asyncio.wait(list(self._watchers), timeout=2.0)
-        for watcher in list(self._watchers):
-            watcher.cancel()
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            for fd, (_, proc) in list(self._exit_fds.items()):
+                if proc.poll() is not None:
+                    self._exited(fd)
+            if not any(_finishing(task_dir) for task_dir, _ in self._exit_fds.values()):
+                break
+            await asyncio.sleep(0.02)
+        for fd in list(self._exit_fds):
+            self._exit_fds.pop(fd)
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+
+
+def _finishing(task_dir: str) -> bool:
+    status = read_status(Path(task_dir))
+    return status is not None and status.terminal
+
+
+def spawn_wrapper(task_dir: str) -> subprocess.Popen[bytes]:
+    """Start the job wrapper for one task, detached: a session of its own, no terminal, so
+    that it outlives the controller (and Ctrl-C in the terminal reaches only hsm)."""
+    return subprocess.Popen(["bash", str(WRAPPER_PATH), task_dir], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, close_fds=True)
 
 
 def memory_percent(meminfo: str = "/proc/meminfo") -> float | None:

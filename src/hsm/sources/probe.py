@@ -5,13 +5,15 @@ from __future__ import annotations
 from hsm.sources.base import HealthSample
 from hsm.sources.local import parse_meminfo
 
-# Walks up from the root to the nearest existing folder, then prints four sections.
+# One round trip: expands "~", walks up from the root to the nearest existing folder (the
+# root may not exist yet), then prints four sections. Builtins except df and nproc.
 PROBE_SCRIPT = r"""
-p=$1; while [ ! -e "$p" ] && [ "$p" != / ]; do p=$(dirname "$p"); done
-printf '%s\n' '--df'; df -P -B1 "$p" | tail -n 1
-printf '%s\n' '--load'; cat /proc/loadavg
+case $1 in '~') p=$HOME ;; '~/'*) p=$HOME/${1#'~/'} ;; /*) p=$1 ;; *) p=$HOME/$1 ;; esac
+while [[ ! -e $p && $p == /?* ]]; do p=${p%/*}; p=${p:-/}; done
+printf '%s\n' '--df'; df -P -B1 -- "$p" | { read -r _; read -r line; printf '%s\n' "$line"; }
+printf '%s\n' '--load'; read -r load </proc/loadavg; printf '%s\n' "$load"
 printf '%s\n' '--cores'; nproc
-printf '%s\n' '--mem'; cat /proc/meminfo
+printf '%s\n' '--mem'; mapfile -t mem </proc/meminfo; printf '%s\n' "${mem[@]}"
 """
 
 

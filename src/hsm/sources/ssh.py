@@ -1,17 +1,32 @@
-"""An SSH host as a source: push the code with rsync, run detached wrappers, pull results."""
+"""An SSH host as a source: push the code with rsync, start detached wrappers, pull results.
+
+Remote layout under ``remote_root`` (default ``~/hsm``)::
+
+    .hsm/wrapper-<hash>.sh                      the job wrapper, one per version
+    <project>/code/                             the pushed code (rsync --delete)
+    <project>/sweeps/<sweep id>/<source>/task_NNNN/   one folder per task
+
+The source's folder is per source name, so that hosts sharing a file system never share a
+task folder. A host monitor (``ssh_monitor``) starts the wrappers and reports their status
+files; when the connection breaks, the source is unreachable until it reconnects, and its
+running attempts are reported lost ``lost_after`` seconds after the host went silent.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
-import shlex
+import posixpath
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from hsm.errors import SourceUnavailableError
+from hsm.errors import HsmError
 from hsm.jobscript import encode_spec, parse_status, wrapper_text
+from hsm.sources import ssh_host
+from hsm.sources import ssh_scripts as scripts
 from hsm.sources.base import (
     Capabilities,
     HealthSample,
@@ -22,39 +37,20 @@ from hsm.sources.base import (
     Source,
     SweepContext,
     classify_status,
+    task_folder_name,
 )
-from hsm.sources.gpus import NVIDIA_SMI_QUERY, parse_gpu_indices
 from hsm.sources.probe import PROBE_SCRIPT, parse_probe
-from hsm.sources.transport import RemoteError, SshTransport
+from hsm.sources.ssh_monitor import HostMonitor
+from hsm.sources.ssh_pull import HostPuller, Key, Prefetch
+from hsm.sources.transport import ConnectError, ConnectionLost, RemoteError, SshTransport
 
 log = logging.getLogger(__name__)
 
-# Reads every asked status file in one round trip: "<dir>\0<status json>\0<alive>\0".
-POLL_SCRIPT = r"""
-for d in "$@"; do
-  s=""; [ -f "$d/status.json" ] && s=$(<"$d/status.json")
-  alive=0
-  if [[ $s =~ \"pid\":\ *([0-9]+) ]] && kill -0 "${BASH_REMATCH[1]}" 2>/dev/null; then alive=1; fi
-  printf '%s\0%s\0%s\0' "$d" "$s" "$alive"
-done
-"""
-
-CANCEL_SCRIPT = r"""
-for d in "$@"; do
-  s=""; [ -f "$d/status.json" ] && s=$(<"$d/status.json")
-  if [[ $s =~ \"pid\":\ *([0-9]+) ]]; then kill -TERM "${BASH_REMATCH[1]}" 2>/dev/null; fi
-done
-true
-"""
-
-LAUNCH_SCRIPT = r"""
-d=$1; w=$2
-mkdir -p "$d/.hsm" && cat > "$d/.hsm/spec" || exit 97
-cd / && setsid nohup bash "$w" "$d" </dev/null >/dev/null 2>&1 &
-echo $!
-"""
-
-START_GRACE = 15.0
+START_GRACE = 10.0  # a started wrapper writes its first status within milliseconds
+RECONNECT_DELAY = 1.0
+PRUNE_AFTER = 10.0  # stop watching folders the engine has not asked about for this long
+# Not pulled: the task's private scratch folders, and the wrapper's input and reserve file.
+PULL_EXCLUDE = ("tmp", "cuda_cache", ".hsm/spec", ".hsm/status.spare")
 
 
 class SshSource(Source):
@@ -63,176 +59,379 @@ class SshSource(Source):
     def __init__(self, name: str, *, transport: SshTransport, slots: int, remote_root: str,
                  python: str, setup: Sequence[str], gpus: Sequence[int] = (),
                  keep_remote: bool = False, exclude: Sequence[str] = (),
-                 lost_after: float = 5.0, probe_gpus: bool = False) -> None:
+                 probe_gpus: bool = False, project_name: str = "project",
+                 host_tasks: bool = True) -> None:
         super().__init__(name, slots=slots, setup=setup, python=python, gpus=gpus)
         self.transport = transport
-        self.remote_root = remote_root
+        self.remote_root = remote_root.rstrip("/") or "/"
         self.keep_remote = keep_remote
         self.exclude = list(exclude)
-        self.lost_after = lost_after
         self.probe_gpus = probe_gpus
-        self._base: str | None = None
-        self._unreachable_since: float | None = None
-        self._launched_at: dict[str, float] = {}
+        self.project_name = project_name
+        # False when this only serves a cluster's login node: folders, code push and result
+        # pulls, but no tasks of its own (no checks, no monitor).
+        self.host_tasks = host_tasks
+        self.lost_after = transport.target.lost_after
+        self._ctx: SweepContext | None = None
+        self._home: str | None = None
+        self._root: str | None = None
+        self._monitor: HostMonitor | None = None
+        self._puller: HostPuller | None = None
+        self._helper_lock = asyncio.Lock()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closing = False
+        self._pushed = self._checked = False
+        self._down_since: float | None = None
+        self._down_reason = ""
+        self._ids: dict[str, int] = {}
+        self._touched: dict[int, float] = {}
+        self._first_seen: dict[Key, float] = {}
+        self._failed: dict[Key, str] = {}
+        self._dirs: dict[int, str] = {}
+        self._unknown: set[int] = set()  # watched, not looked at by the monitor yet
+        self._prefetch = Prefetch(self._pull, self.wake.set)
 
     # -- paths ---------------------------------------------------------------------------
+    def _abs(self, path: str) -> str:
+        if self._home and (path == "~" or path.startswith("~/")):
+            return self._home + path[1:]
+        return path
+
     def base(self, ctx: SweepContext) -> str:
-        assert self._base is not None, "prepare() first"
-        return f"{self._base}/{ctx.project_name}"
+        return f"{self._root or self.remote_root}/{ctx.project_name}"
 
     def project_dir(self, ctx: SweepContext) -> str:
         return f"{self.base(ctx)}/code"
 
     def sweep_root(self, ctx: SweepContext) -> str:
-        return f"{self.base(ctx)}/sweeps/{ctx.sweep_id}"
+        return f"{self.base(ctx)}/sweeps/{ctx.sweep_id}/{self.name}"
+
+    def task_dir(self, ctx: SweepContext, number: int) -> str:
+        return f"{self.sweep_root(ctx)}/{task_folder_name(number)}"
 
     def wrapper_path(self, ctx: SweepContext) -> str:
-        digest = hashlib.sha256(wrapper_text().encode()).hexdigest()[:12]
-        return f"{self.base(ctx)}/.hsm/wrapper-{digest}.sh"
+        return f"{self._root or self.remote_root}/.hsm/{self.wrapper_name()}"
+
+    @staticmethod
+    def wrapper_name() -> str:
+        return f"wrapper-{hashlib.sha256(wrapper_text().encode()).hexdigest()[:12]}.sh"
 
     def host_label(self) -> str:
         return self.transport.target.host
 
-    # -- contract ------------------------------------------------------------------------
+    def _where(self) -> str:
+        return f"source {self.name!r} ({self.transport.target.label()})"
+
+    # -- before the sweep ----------------------------------------------------------------
+    async def preflight(self) -> None:
+        await ssh_host.preflight(
+            self.transport, self._where(), name=self.name, remote_root=self.remote_root,
+            project_name=self.project_name, python=self.python, setup=self.setup)
+
     async def prepare(self, *, ctx: SweepContext) -> None:
-        await self.transport.connect()
-        self._base = await self._resolve_root()
-        code, sweep_root = self.project_dir(ctx), self.sweep_root(ctx)
-        wrapper = self.wrapper_path(ctx)
-        check = (
-            f"mkdir -p {shlex.quote(code)} {shlex.quote(sweep_root + '/tasks')} "
-            f"{shlex.quote(self.base(ctx) + '/.hsm')} || exit 11; "
-            f"[ -w {shlex.quote(sweep_root)} ] || exit 11; "
-            f"command -v {shlex.quote(self.python)} >/dev/null || exit 12; "
-            f"[ -f {shlex.quote(wrapper)} ] || cat > {shlex.quote(wrapper)} || exit 11"
-        )
-        result = await self.transport.run(check, input=wrapper_text())
-        if result.exit_status == 11:
-            raise SourceUnavailableError(
-                f"source {self.name!r}: remote_root {self.remote_root!r} is not writable on "
-                f"{self.host_label()}: {result.stderr.strip()}")
-        if result.exit_status == 12:
-            raise SourceUnavailableError(
-                f"source {self.name!r}: python {self.python!r} not found on "
-                f"{self.host_label()}; set distributed.remotes.{self.name}.python")
-        result.check(f"source {self.name!r}: preparing {self.base(ctx)}")
-        if self.probe_gpus:
-            await self._detect_gpus()
-        await self.push_code(ctx)
-
-    async def _detect_gpus(self) -> None:
-        """``gpus: all``: ask the host's nvidia-smi which GPUs exist."""
-        result = await self.transport.run_argv(NVIDIA_SMI_QUERY)
-        if result.exit_status != 0:
-            raise SourceUnavailableError(
-                f"source {self.name!r}: gpus: all, but nvidia-smi failed on "
-                f"{self.host_label()}: {result.stderr.strip() or 'not found'}")
-        self.gpus = parse_gpu_indices(result.stdout)
-
-    async def _resolve_root(self) -> str:
-        root = self.remote_root.rstrip("/") or "/"
-        if root == "~" or root.startswith("~/"):
-            home = (await self.transport.run('printf %s "$HOME"')).check("reading $HOME")
-            root = home.stdout.strip() + root[1:]
-        return root
-
-    async def push_code(self, ctx: SweepContext) -> None:
-        excludes = [".git/", ".hsm/", "__pycache__/", "*.pyc", "/runs/", *self.exclude]
-        args = ["-a", "--delete", "--mkpath", "--filter=:- .gitignore"]
-        args += [f"--exclude={e}" for e in excludes]
-        args += [f"{ctx.project_root.rstrip('/')}/",
-                 self.transport.rsync_remote(self.project_dir(ctx) + "/")]
+        self._ctx = ctx
+        if not self.host_tasks:
+            await self._bring_up()
+            return
+        self.transport.on_lost = self._connection_lost
         try:
-            await self.transport.rsync(args, what="pushing the code with rsync")
-        except Exception as exc:  # noqa: BLE001 - reported with the source name
-            raise SourceUnavailableError(str(exc)) from None
+            await self._bring_up()
+        except ConnectError as exc:
+            if not exc.unreachable or self.probe_gpus:
+                raise
+            self._mark_down(exc.message)
+        self._supervisor = asyncio.create_task(self._supervise())
+
+    async def _bring_up(self) -> None:
+        """Connect, make the folders, push and check (once), start the monitor."""
+        ctx = self._ctx
+        assert ctx is not None
+        where = self._where()
+        try:
+            self._home, self._root = await ssh_host.setup(
+                self.transport, where, remote_root=self.remote_root,
+                project_name=ctx.project_name, sweep_id=ctx.sweep_id, source=self.name,
+                wrapper_name=self.wrapper_name())
+            if not self._pushed:
+                await ssh_host.push_code(self.transport, project_root=ctx.project_root,
+                                         code_dir=self.project_dir(ctx), exclude=self.exclude)
+                self._pushed = True
+            if self.host_tasks and not self._checked:
+                gpus = await ssh_host.check(
+                    self.transport, where, name=self.name, code_dir=self.project_dir(ctx),
+                    python=self.python, argv=ctx.argv_for({}, None, self.python),
+                    setup=self.setup, probe_gpus=self.probe_gpus)
+                if self.probe_gpus:
+                    self.gpus = gpus
+                self._checked = True
+            if self.host_tasks:
+                await self._start_monitor()
+        except ConnectionLost as exc:
+            raise ConnectError(f"{where}: {exc.message}", unreachable=True) from None
+        if self._down_since is not None:
+            log.warning("source %s is reachable again", self.name)
+        self._down_since = None
+        self.reachable = True
+        self.wake.set()
+
+    # -- connection state ----------------------------------------------------------------
+    async def _start_monitor(self) -> None:
+        """Start (or restart) the host monitor and the puller."""
+        await self._stop_helpers()
+        ctx = self._ctx
+        assert ctx is not None and self._root is not None
+        monitor = HostMonitor(self.transport, self.wrapper_path(ctx), self._changed)
+        await monitor.start()
+        self._monitor = monitor
+        puller = HostPuller(self.transport)
+        await puller.start()
+        self._puller = puller
+
+    async def _restart_puller(self) -> HostPuller | None:
+        async with self._helper_lock:
+            if self._puller is not None and self._puller.alive:
+                return self._puller
+            puller = HostPuller(self.transport)
+            try:
+                await puller.start()
+            except HsmError:
+                return None
+            self._puller = puller
+            return puller
+
+    async def _stop_helpers(self) -> None:
+        if self._monitor is not None:
+            await self._monitor.close()
+        if self._puller is not None:
+            await self._puller.close()
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        if self._closing:
+            return
+        reason = str(exc) if exc else "the host closed the connection"
+        silent = "keepalive" in reason.lower()
+        now = time.monotonic()
+        self._mark_down(reason, since=now - self.transport.target.silence_limit if silent
+                        else now)
+
+    def _mark_down(self, reason: str, since: float | None = None) -> None:
+        if self._down_since is not None:
+            return
+        now = time.monotonic()
+        self._down_since = since if since is not None else now
+        self._down_reason = reason
+        self.reachable = False
+        log.warning("source %s is unreachable: %s", self.name, reason)
+        self.wake.set()
+        delay = max(0.0, self._down_since + self.lost_after - now) + 0.05
+        asyncio.get_running_loop().call_later(delay, self.wake.set)
+
+    async def _supervise(self) -> None:
+        """Keep the monitor running; reconnect after the host was lost."""
+        while not self._closing:
+            monitor = self._monitor
+            if self.reachable and monitor is not None:
+                await monitor.done.wait()
+                if self._closing:
+                    return
+                if self.transport.connected:
+                    log.warning("host monitor on %s stopped (%s); restarting it", self.name,
+                                monitor.error)
+                    await asyncio.sleep(RECONNECT_DELAY)
+                    with contextlib.suppress(HsmError):
+                        await self._start_monitor()
+                        continue
+                self._mark_down(self.transport.lost_reason or monitor.error)
+                self.transport.drop()
+            try:
+                await self._bring_up()
+            except ConnectError as exc:
+                self._down_reason = exc.message
+                await asyncio.sleep(RECONNECT_DELAY)
+            except (HsmError, OSError) as exc:
+                self._down_reason = str(exc)
+                log.warning("source %s: %s", self.name, exc)
+                await asyncio.sleep(RECONNECT_DELAY)
+
+    # -- tasks ---------------------------------------------------------------------------
+    def _id(self, task_dir: str) -> int:
+        ident = self._ids.get(task_dir)
+        if ident is None:
+            ident = self._ids[task_dir] = len(self._ids) + 1
+            self._dirs[ident] = task_dir
+        return ident
+
+    def _changed(self, idents: Sequence[int]) -> None:
+        """The monitor saw status changes: pull what ended, wake the engine."""
+        monitor = self._monitor
+        for ident in idents:
+            attempt = monitor.watched.get(ident) if monitor else None
+            key = (self._dirs.get(ident, ""), attempt or 0)
+            if self._finished(key):
+                self._prefetch.ended(key)
+        self.wake.set()
 
     async def launch(self, *, ctx: SweepContext,
                      requests: Sequence[LaunchRequest]) -> list[JobHandle]:
-        wrapper = self.wrapper_path(ctx)
-
-        async def one(req: LaunchRequest) -> JobHandle:
+        monitor = self._monitor
+        if not self.reachable or monitor is None or not monitor.alive:
+            raise RemoteError(f"{self._where()}: the host is unreachable: {self._down_reason}")
+        items = []
+        for req in requests:
             task_dir = self.task_dir(ctx, req.number)
             spec = encode_spec(self.task_spec(ctx, req, self.gpu_ids(req.slot)))
-            cmd = shlex.join(["bash", "-c", LAUNCH_SCRIPT, "hsm-launch", task_dir, wrapper])
-            result = (await self.transport.run(cmd, input=spec)).check(
-                f"launching task {req.number} on {self.name}")
-            self._launched_at[task_dir] = time.monotonic()
-            return JobHandle(source=self.name, number=req.number, attempt=req.attempt,
-                             task_dir=task_dir, job_id=result.stdout.strip() or None,
-                             host=self.host_label())
-
-        return list(await asyncio.gather(*(one(r) for r in requests)))
+            items.append((self._id(task_dir), task_dir, req.attempt, spec))
+        started = asyncio.ensure_future(monitor.launch(items))
+        for req in requests:  # meanwhile, the local folders the results will be pulled into
+            Path(ctx.sweep_dir, "tasks", task_folder_name(req.number), ".hsm").mkdir(
+                parents=True, exist_ok=True)
+        try:
+            results: list[int | BaseException] = await started
+        except (RemoteError, TimeoutError) as exc:
+            # Some may have started: the handles let the engine find (or lose) them.
+            results = [exc] * len(items)
+        now = time.monotonic()
+        handles, refused = [], []
+        for req, (ident, task_dir, _, _), result in zip(requests, items, results, strict=True):
+            key = (task_dir, req.attempt)
+            self._first_seen[key] = self._touched[ident] = now
+            if isinstance(result, int):
+                self._prefetch.unpulled.add(key)
+            elif not isinstance(result, ConnectionLost | TimeoutError):
+                self._failed[key] = f"the launch failed: {result}"
+                refused.append(result)
+            handles.append(JobHandle(source=self.name, number=req.number, attempt=req.attempt,
+                                     task_dir=task_dir, host=self.host_label(),
+                                     job_id=str(result) if isinstance(result, int) else None))
+        if len(refused) == len(items):  # none started: the engine retries them elsewhere
+            raise RemoteError(f"{self._where()}: {refused[0]}")
+        return handles
 
     async def poll(self, *, handles: Sequence[JobHandle]) -> dict[JobHandle, PollResult]:
-        dirs = list(dict.fromkeys(h.task_dir for h in handles))
-        try:
-            result = await self.transport.run(
-                shlex.join(["bash", "-c", POLL_SCRIPT, "hsm-poll", *dirs]), timeout=30)
-        except (RemoteError, SourceUnavailableError, TimeoutError) as exc:
-            return self._unreachable(handles, str(exc))
-        self._unreachable_since = None
-        fields = result.stdout.split("\0")
-        seen: dict[str, tuple[str, bool]] = {}
-        for i in range(0, len(fields) - 2, 3):
-            seen[fields[i]] = (fields[i + 1], fields[i + 2] == "1")
-        out: dict[JobHandle, PollResult] = {}
+        monitor = self._monitor
         now = time.monotonic()
+        if not self.reachable or monitor is None or not monitor.alive:
+            return self._unreachable(handles, now)
+        fresh = []
         for h in handles:
-            text, alive = seen.get(h.task_dir, ("", False))
-            status = parse_status(text)
-            state = classify_status(status, h.attempt)
-            if state is PollState.FINISHED:
-                self._launched_at.pop(h.task_dir, None)
-                out[h] = PollResult(PollState.FINISHED, status)
-            elif state is PollState.RUNNING:
-                out[h] = PollResult(PollState.RUNNING if alive else PollState.LOST, status,
-                                    "" if alive else "the job wrapper is gone")
-            else:
-                started = self._launched_at.setdefault(h.task_dir, now)
-                lost = now - started > START_GRACE
-                out[h] = PollResult(PollState.LOST if lost else PollState.STARTING, None,
-                                    "the attempt never started" if lost else "")
-        return out
+            task_dir = self._abs(h.task_dir)
+            ident = self._id(task_dir)
+            self._touched[ident] = now
+            if monitor.watched.get(ident) != h.attempt:
+                monitor.watch(ident, task_dir, h.attempt)
+                self._unknown.add(ident)
+            if ident in self._unknown:
+                fresh.append(ident)
+        if fresh:  # newly watched: wait until the monitor has looked at them
+            try:
+                await monitor.barrier()
+            except (RemoteError, TimeoutError):
+                return self._unreachable(handles, now)
+            self._unknown.difference_update(fresh)
+        for ident in [i for i in monitor.watched if now - self._touched.get(i, 0) > PRUNE_AFTER]:
+            monitor.unwatch(ident)
+        return {h: self._judge(monitor, h, now) for h in handles}
 
-    def _unreachable(self, handles: Sequence[JobHandle],
-                     reason: str) -> dict[JobHandle, PollResult]:
-        now = time.monotonic()
-        if self._unreachable_since is None:
-            self._unreachable_since = now
-            log.warning("source %s is unreachable: %s", self.name, reason)
-        lost = now - self._unreachable_since >= self.lost_after
-        state = PollState.LOST if lost else PollState.UNKNOWN
-        return {h: PollResult(state, None, f"host unreachable: {reason}") for h in handles}
+    def _judge(self, monitor: HostMonitor, h: JobHandle, now: float) -> PollResult:
+        task_dir = self._abs(h.task_dir)
+        key = (task_dir, h.attempt)
+        if key in self._failed:
+            return PollResult(PollState.LOST, None, self._failed[key])
+        seen = monitor.seen.get(self._id(task_dir))
+        status = parse_status(seen.text) if seen else None
+        state = classify_status(status, h.attempt)
+        if state is PollState.FINISHED:
+            if self._prefetch.pending(key):
+                return PollResult(PollState.RUNNING, status)  # ended; its results are coming
+            return PollResult(PollState.FINISHED, status)
+        if state is PollState.RUNNING and status is not None and seen is not None:
+            if seen.alive:
+                return PollResult(PollState.RUNNING, status)
+            return PollResult(PollState.LOST, status,
+                              f"its job wrapper (pid {status.pid}) on {self.host_label()} is gone")
+        if now - self._first_seen.setdefault(key, now) > START_GRACE:
+            return PollResult(PollState.LOST, None, f"it never started on {self.host_label()}")
+        return PollResult(PollState.STARTING)
+
+    def _unreachable(self, handles: Sequence[JobHandle], now: float) -> dict[JobHandle,
+                                                                                PollResult]:
+        since = self._down_since
+        lost = since is not None and now - since >= self.lost_after
+        detail = f"{self.host_label()} is unreachable: {self._down_reason}"
+        return {h: PollResult(PollState.LOST if lost else PollState.UNKNOWN, None, detail)
+                for h in handles}
 
     async def cancel(self, *, handles: Sequence[JobHandle]) -> None:
-        dirs = [h.task_dir for h in handles]
-        if dirs:
-            await self.transport.run(shlex.join(["bash", "-c", CANCEL_SCRIPT, "hsm-cancel",
-                                                 *dirs]), timeout=30)
+        args: list[str] = []
+        for h in handles:
+            args += [self._abs(h.task_dir), str(h.attempt)]
+        if args:
+            result = await self.transport.run_script(scripts.CANCEL, args, name="hsm-cancel")
+            result.check(f"{self._where()}: cancelling {len(handles)} task(s)")
 
     async def collect(self, *, ctx: SweepContext, handle: JobHandle) -> None:
-        local = Path(ctx.sweep_dir, "tasks", Path(handle.task_dir).name)
-        local.mkdir(parents=True, exist_ok=True)
-        await self.transport.rsync(
-            ["-a", self.transport.rsync_remote(handle.task_dir + "/"), f"{local}/"],
-            what=f"pulling the results of task {handle.number}")
+        key = (self._abs(handle.task_dir), handle.attempt)
+        if not await self._prefetch.wait(key):
+            await self._pull(posixpath.dirname(key[0]), [key])
+        self._prefetch.unpulled.discard(key)
 
+    async def _pull(self, parent: str, keys: list[Key]) -> None:
+        """Bring these task folders into the local sweep folder, over the puller's channel
+        (or, if that fails, over a new one)."""
+        assert self._ctx is not None
+        local = Path(self._ctx.sweep_dir, "tasks")
+        names = [posixpath.basename(d) for d, _ in keys]
+        exclude = [f"{n}/{x}" for n in names for x in PULL_EXCLUDE]
+        puller = self._puller
+        if (puller is None or not puller.alive) and self.reachable and self.host_tasks:
+            puller = await self._restart_puller()
+        if puller is not None and puller.alive:
+            try:
+                await puller.pull(parent, names, local, exclude=exclude)
+                return
+            except ConnectionLost:
+                pass
+        await self.transport.pull(parent, names, local, exclude=exclude)
+
+    def _finished(self, key: Key) -> bool:
+        monitor = self._monitor
+        seen = monitor.seen.get(self._id(key[0])) if monitor else None
+        status = parse_status(seen.text) if seen else None
+        return classify_status(status, key[1]) is PollState.FINISHED
+
+    # -- the end -------------------------------------------------------------------------
     async def finish(self, *, ctx: SweepContext, all_completed: bool) -> None:
-        if all_completed and not self.keep_remote and self._base is not None:
-            await self.transport.run(shlex.join(["rm", "-rf", "--", self.sweep_root(ctx)]))
+        if not all_completed or self.keep_remote:
+            log.info("the task folders on %s stay in %s", self.name, self.sweep_root(ctx))
+            return
+        if not self.reachable:
+            log.warning("%s is unreachable: its task folders stay in %s", self.name,
+                        self.sweep_root(ctx))
+            return
+        sweep = posixpath.dirname(self.sweep_root(ctx))
+        result = await self.transport.run_script(scripts.CLEAN, [sweep, self.sweep_root(ctx)],
+                                                 name="hsm-clean")
+        result.check(f"{self._where()}: removing {self.sweep_root(ctx)}")
 
     async def probe(self) -> HealthSample:
-        root = self._base or self.remote_root
+        if self._ctx is not None and not self.reachable:
+            return HealthSample(reachable=False, error=f"unreachable: {self._down_reason}")
+        root = self._root or self.remote_root
         try:
-            if self._base is None:
-                self._base = await self._resolve_root()
-                root = self._base
-            result = await self.transport.run(
-                shlex.join(["bash", "-c", PROBE_SCRIPT, "hsm-probe", root]), timeout=15)
-        except (RemoteError, SourceUnavailableError, TimeoutError) as exc:
-            return HealthSample(reachable=False, error=str(exc))
+            result = await self.transport.run_script(PROBE_SCRIPT, [root], name="hsm-probe",
+                                                     timeout=15)
+        except HsmError as exc:
+            return HealthSample(reachable=False, error=exc.message)
+        except TimeoutError:
+            return HealthSample(reachable=False, error="the probe timed out")
         return parse_probe(result.stdout, root)
 
     async def close(self) -> None:
+        self._closing = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        await self._prefetch.close()
+        await self._stop_helpers()
         await self.transport.close()

@@ -94,7 +94,8 @@ def dotted(loc: Loc) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else part
+            text = part if part.isprintable() else repr(part)[1:-1]
+            out += f".{text}" if out else text
     return out
 
 

@@ -107,12 +107,20 @@ def migrate(conn: sqlite3.Connection) -> None:
         raise RuntimeError(
             f"state database schema {current} is newer than this hsm ({SCHEMA_VERSION})"
         )
-    for version in range(current, SCHEMA_VERSION):
+    while current < SCHEMA_VERSION:
         conn.execute("BEGIN IMMEDIATE")
-        for statement in _split(MIGRATIONS[version]):
-            conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {version + 1}")
-        conn.execute("COMMIT")
+        try:
+            # Read again under the write lock: another process may have migrated meanwhile.
+            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            if current < SCHEMA_VERSION:
+                for statement in _split(MIGRATIONS[current]):
+                    conn.execute(statement)
+                current += 1
+                conn.execute(f"PRAGMA user_version = {current}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
 
 def _split(script: str) -> list[str]:

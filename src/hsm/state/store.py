@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import sqlite3
 import time
@@ -163,6 +165,8 @@ class Store:
     def open(cls, path: Path, *, create: bool = True) -> Store:
         if not create and not path.exists():
             raise StateError(f"{path}: no hsm state database here (no sweep has run yet)")
+        new_dir = not path.parent.exists()
+        new_db = not path.exists()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
@@ -172,6 +176,18 @@ class Store:
             conn.execute("PRAGMA foreign_keys=ON")
             migrate(conn)
         except (sqlite3.DatabaseError, OSError, RuntimeError) as exc:
+            if new_db:  # leave nothing behind that this call created
+                for leftover in (path, path.with_name(path.name + "-wal"),
+                                 path.with_name(path.name + "-shm")):
+                    leftover.unlink(missing_ok=True)
+                if new_dir:
+                    with contextlib.suppress(OSError):
+                        path.parent.rmdir()
+            text = str(exc)
+            if "full" in text or getattr(exc, "errno", None) == errno.ENOSPC:
+                raise StateError(f"{path}: cannot write the state database: no space left on"
+                                 f" the device ({text}); free some space and run again"
+                                 ) from None
             raise StateError(
                 f"{path}: cannot use the state database: {exc}. If it is corrupt, move it "
                 "aside (sweep folders and results are kept) and run again."

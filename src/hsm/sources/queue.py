@@ -1,0 +1,560 @@
+"""What every batch-scheduler source shares: array jobs submitted in chunks, one batched status
+query per poll, translation of the scheduler's states (once, through the scheduler's map), and
+reattachment by job id. A scheduler (``slurm.py``, ``pbs.py``) is mostly data: its commands, its
+job-id syntax, its directive prefix, its state map and its header.
+
+Each array element runs the job wrapper (``bash wrapper.sh TASK_DIR``) in a task folder whose
+spec was written before the submission, so the disk guard, the private temp folders,
+``task_info.txt`` and ``status.json`` work as on every other source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import shlex
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from hsm.errors import ConfigError, HsmError, SourceUnavailableError, SubmissionError
+from hsm.jobscript import STATUS_FILE, WrapperStatus, encode_spec, parse_status
+from hsm.sources.base import (
+    Capabilities,
+    HealthSample,
+    JobHandle,
+    LaunchRequest,
+    PollResult,
+    PollState,
+    Source,
+    SweepContext,
+)
+from hsm.sources.login import Login
+from hsm.sources.process import CommandResult
+from hsm.sources.scheduler import (
+    SCHEDULER_CAUSES,
+    TERMINAL,
+    ArraySpec,
+    ClusterSettings,
+    Element,
+    ElementState,
+    JobOptions,
+    Scheduler,
+)
+from hsm.spec.sweep import Resources
+from hsm.states import Cause
+
+log = logging.getLogger(__name__)
+
+QUEUE_DEPTH = 10_000  # tasks a cluster may hold at once (queued or running)
+STATUS_GRACE = 30.0  # seconds to wait for a final status a shared file system has not shown yet
+STOP_WAIT = 5.0  # seconds a cancel waits for signalled wrappers to record their end
+SUBMIT_MAGIC = "hsm-submit-1"
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int) -> list[list[T]]:
+    """Split ``items`` into consecutive chunks of at most ``size`` (one array job each)."""
+    if size < 1:
+        raise ValueError("a chunk holds at least one element")
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def job_name(sweep_id: str, attempt_id: int) -> str:
+    """The job name of a submission: unique per sweep and first attempt; found again by it."""
+    return f"hsm-{re.sub(r'[^A-Za-z0-9_.-]', '_', sweep_id)}-{attempt_id}"
+
+
+def judge(element: Element | None, status: WrapperStatus | None, *, attempt: int, blind: bool,
+          grace_over: bool, cancelled: bool = False,
+          hint: str = "") -> tuple[PollResult, bool]:
+    """The state of one attempt from the scheduler's word and the wrapper's status file.
+
+    ``cancelled``: hsm cancelled it (a cancelled pending element may vanish from the queue).
+    Returns the result and whether it is waiting for a final status that may still appear
+    (a shared file system can show a file late). Pure: unit-tested without a cluster.
+    """
+    mine = status if status is not None and status.attempt == attempt else None
+    state = element.state if element is not None else None
+    if mine is not None and mine.terminal:
+        if mine.cause not in (Cause.CANCELLED, Cause.SIGNAL):
+            return PollResult(PollState.FINISHED, mine), False
+        # The wrapper was signalled: a cancel, a time limit, a preemption or the OOM killer.
+        # Only the scheduler knows which.
+        if state is None:
+            return PollResult(PollState.FINISHED, mine), False
+        if state in TERMINAL:
+            cause = SCHEDULER_CAUSES.get(state)
+            return PollResult(PollState.FINISHED, mine,
+                              scheduler_cause=cause.value if cause else None), False
+        return PollResult(PollState.RUNNING, mine, "waiting for the scheduler's final state"), False
+    if state is None:
+        if cancelled and mine is None:
+            return PollResult(PollState.LOST, None, "cancelled before it started",
+                              scheduler_cause=Cause.CANCELLED.value), False
+        if blind:
+            return PollResult(PollState.RUNNING if mine else PollState.STARTING, mine), False
+        if mine is not None and not grace_over:
+            return PollResult(PollState.UNKNOWN, mine, "waiting for the final status"), True
+        if mine is None:
+            return PollResult(PollState.LOST, None,
+                              "the job never started and the scheduler no longer knows it"), False
+        return PollResult(PollState.LOST, mine,
+                          f"the job ended without a final status{hint}",
+                          scheduler_cause=Cause.CANCELLED.value if cancelled else None), False
+    if state is ElementState.PENDING:
+        return PollResult(PollState.STARTING, mine, element.reason if element else ""), False
+    if state is ElementState.RUNNING:
+        return PollResult(PollState.RUNNING if mine else PollState.STARTING, mine), False
+    if state is ElementState.UNKNOWN:
+        return PollResult(PollState.UNKNOWN, mine, f"unknown job state {element.raw!r}"
+                          if element else ""), False
+    if mine is not None and not grace_over:
+        return PollResult(PollState.UNKNOWN, mine, "waiting for the final status"), True
+    cause = SCHEDULER_CAUSES.get(state)
+    raw = element.raw if element is not None else state.value
+    return PollResult(PollState.LOST, mine,
+                      f"the job ended ({raw}) before its wrapper recorded a final status{hint}",
+                      scheduler_cause=cause.value if cause else None), False
+
+
+@dataclass
+class _Submission:
+    name: str
+    script: str  # path of the job script
+    requests: list[LaunchRequest] = field(default_factory=list)
+
+
+class QueueSource(Source):
+    """A Slurm or PBS cluster: tasks become elements of throttled array jobs."""
+
+    def __init__(self, name: str, *, scheduler: Scheduler, login: Login,
+                 settings: ClusterSettings, python: str, setup: Sequence[str],
+                 resources: Resources | None = None) -> None:
+        super().__init__(name, slots=QUEUE_DEPTH, setup=setup, python=python)
+        self.resources = resources  # the sweep's, when known before prepare (preflight)
+        self.scheduler = scheduler
+        self.login = login
+        self.settings = settings
+        self.transport = login.transport  # the health monitor reads its timeouts
+        self.capabilities = Capabilities(detached=True, remote=login.remote, queue=True)
+        self.options = JobOptions()
+        self._where = f"distributed.remotes.{name}"
+        self._grace: dict[tuple[str, int], float] = {}
+        self._resolved: dict[tuple[str, int], str | None] = {}
+        self._cancelled: set[tuple[str, int]] = set()
+        self._query_failed = False
+
+    # -- paths ---------------------------------------------------------------------------
+    def sweep_root(self, ctx: SweepContext) -> str:
+        return self.login.sweep_root(ctx)
+
+    def project_dir(self, ctx: SweepContext) -> str:
+        return self.login.project_dir(ctx)
+
+    def task_dir(self, ctx: SweepContext, number: int) -> str:
+        return self.login.task_dir(ctx, number)
+
+    def host_label(self) -> str:
+        return self.login.label
+
+    async def _run(self, argv: Sequence[str], *, input: bytes | None = None,
+                   timeout: float = 60.0) -> CommandResult:
+        return await self.login.run(argv, input=input, timeout=timeout)
+
+    # -- before the sweep ----------------------------------------------------------------
+    async def preflight(self) -> None:
+        """Before anything is written: the login side, the scheduler's commands and its
+        controller, and (when the sweep's resources are known) the job script itself."""
+        await self.login.preflight()
+        await self._check(self.resources or Resources())
+
+    async def prepare(self, *, ctx: SweepContext) -> None:
+        await self._check(ctx.resources)
+        await self.login.prepare(ctx)
+
+    async def _check(self, res: Resources) -> None:
+        sched = self.scheduler
+        try:
+            missing = await self.login.missing(sched.commands)
+            if missing:
+                raise SourceUnavailableError(
+                    f"source {self.name!r}: {', '.join(missing)} not found on "
+                    f"{self.login.label}. A {sched.name} source needs "
+                    f"{', '.join(sched.commands)} on the PATH of the login node; check "
+                    f"{self._where}.host and .type")
+            await sched.configure(self._run, self.name)
+            self.options = JobOptions.merge(res, self.settings, self._where)
+            try:  # a line of another scheduler is an error before anything starts
+                sched.directives(self.options)
+            except ConfigError as exc:
+                raise ConfigError(f"{self._where}.{exc.message}") from None
+            await self._test_submission()
+        except TimeoutError:
+            raise SourceUnavailableError(
+                f"source {self.name!r}: the {sched.name} commands on {self.login.label} did "
+                "not answer in time; is the scheduler's controller up?") from None
+        except OSError as exc:
+            raise SourceUnavailableError(f"source {self.name!r}: {exc}") from None
+
+    @property
+    def chunk_size(self) -> int:
+        return self.settings.max_array_size or self.scheduler.max_array_size
+
+    @property
+    def throttle(self) -> int | None:
+        return self.settings.throttle
+
+    async def _test_submission(self) -> None:
+        argv = self.scheduler.test_argv()
+        if argv is None:
+            return
+        array = ArraySpec("hsm-check", min(2, self.chunk_size), self.throttle)
+        script = self.scheduler.render(self.options, array, root="/nonexistent",
+                                       wrapper="/nonexistent", tasks=["x"] * array.size)
+        result = await self._run(argv, input=script.encode())
+        if result.returncode != 0:
+            raise SubmissionError(
+                f"source {self.name!r}: the {self.scheduler.name} cluster rejected the job "
+                f"script ({shlex.join(argv)}, exit {result.returncode}): "
+                f"{_tail(result)}. Fix the resources in the sweep's resources: or in "
+                f"{self._where}")
+
+    # -- launch --------------------------------------------------------------------------
+    async def launch(self, *, ctx: SweepContext,
+                     requests: Sequence[LaunchRequest]) -> list[JobHandle]:
+        if not requests:
+            return []
+        root = self.sweep_root(ctx)
+        files: dict[str, bytes] = {}
+        plans: list[_Submission] = []
+        for chunk in chunks(requests, self.chunk_size):
+            name = job_name(ctx.sweep_id, chunk[0].attempt_id)
+            plan = _Submission(name, f"{root}/.hsm/jobs/{name}.sh", chunk)
+            rels = [self._rel(root, self.task_dir(ctx, r.number)) for r in chunk]
+            array = ArraySpec(name, len(chunk), self.throttle)
+            script = self.scheduler.render(self.options, array, root=root,
+                                           wrapper=self.login.wrapper_path(ctx), tasks=rels)
+            files[f".hsm/jobs/{name}.sh"] = script.encode()
+            for index, (req, rel) in enumerate(zip(chunk, rels, strict=True), start=1):
+                files[f"{rel}/.hsm/spec"] = encode_spec(self.task_spec(ctx, req))
+                files[f"{rel}/.hsm/submit"] = (
+                    f"{SUBMIT_MAGIC}\n{name}\n{index}\n{len(chunk)}\n{req.attempt}\n".encode())
+            plans.append(plan)
+        await self.login.write(root, files)
+        handles: list[JobHandle] = []
+        submitted: list[str] = []
+        try:
+            for plan in plans:
+                array = ArraySpec(plan.name, len(plan.requests), self.throttle)
+                # Chunks run one after the other, so the throttle holds for the whole batch.
+                after = submitted[-1] if submitted and self.scheduler.chain_chunks else None
+                array_id = await self._submit(plan.script, array, after)
+                submitted.append(array_id)
+                for index, req in enumerate(plan.requests, start=1):
+                    handles.append(JobHandle(
+                        source=self.name, number=req.number, attempt=req.attempt,
+                        task_dir=self.task_dir(ctx, req.number), host=self.login.label,
+                        job_id=self.scheduler.element_id(array_id, index, array.size)))
+        except BaseException:
+            if submitted:  # never leave half a batch queued: the engine relaunches it all
+                await self._cancel_ids(submitted)
+            raise
+        log.info("source %s: submitted %d task(s) as %s", self.name, len(requests),
+                 ", ".join(submitted))
+        return handles
+
+    @staticmethod
+    def _rel(root: str, task_dir: str) -> str:
+        if not task_dir.startswith(root + "/"):
+            raise ValueError(f"task folder {task_dir} is not below {root}")
+        return task_dir[len(root) + 1:]
+
+    async def _submit(self, script: str, array: ArraySpec, after: str | None) -> str:
+        argv = self.scheduler.submit_argv(script, array, after)
+        result = await self._run(argv, timeout=120)
+        if result.returncode != 0:
+            raise SubmissionError(f"source {self.name!r}: {self.scheduler.name} rejected the "
+                                  f"submission ({argv[0]}, exit {result.returncode}): "
+                                  f"{_tail(result)}")
+        try:
+            return self.scheduler.parse_submit(result.stdout)
+        except ValueError:
+            raise SubmissionError(f"source {self.name!r}: cannot read a job id in the output "
+                                  f"of {argv[0]}: {result.stdout.strip()!r}") from None
+
+    # -- poll ----------------------------------------------------------------------------
+    async def poll(self, *, handles: Sequence[JobHandle]) -> dict[JobHandle, PollResult]:
+        sched = self.scheduler
+        job_ids = await self._job_ids(handles)
+        records = await self._query([j for j in job_ids.values() if j])
+        need = [h for h in handles if records is None or _needs_status(
+            records.get(sched.canonical(job_ids[h] or "")))]
+        try:
+            texts = await self.login.read([f"{h.task_dir}/{STATUS_FILE}" for h in need])
+        except (HsmError, OSError, TimeoutError) as exc:
+            log.debug("source %s: cannot read status files: %s", self.name, exc)
+            texts = {}
+        out: dict[JobHandle, PollResult] = {}
+        now = time.monotonic()
+        for h in handles:
+            status = parse_status(texts.get(f"{h.task_dir}/{STATUS_FILE}", ""))
+            key = (h.task_dir, h.attempt)
+            if records is None:
+                out[h] = self._without_scheduler(status, h.attempt)
+                continue
+            job_id = job_ids[h]
+            if not h.job_id and key not in self._resolved:
+                out[h] = PollResult(PollState.UNKNOWN, status, "looking for the submission")
+                continue
+            element = records.get(sched.canonical(job_id)) if job_id else None
+            first = self._grace.get(key)
+            grace_over = first is not None and now - first >= STATUS_GRACE
+            hint = f"; see {h.task_dir}/.hsm/job.log"
+            result, waiting = judge(element, status, attempt=h.attempt,
+                                    blind=sched.blind and job_id is not None,
+                                    grace_over=grace_over, cancelled=key in self._cancelled,
+                                    hint=hint)
+            if waiting:
+                self._grace.setdefault(key, now)
+            else:
+                self._grace.pop(key, None)
+            out[h] = result
+        return out
+
+    def _without_scheduler(self, status: WrapperStatus | None, attempt: int) -> PollResult:
+        if (status is not None and status.attempt == attempt and status.terminal
+                and status.cause not in (Cause.CANCELLED, Cause.SIGNAL)):
+            return PollResult(PollState.FINISHED, status)
+        return PollResult(PollState.UNKNOWN, status, "the scheduler does not answer")
+
+    async def _query(self, job_ids: Sequence[str]) -> dict[str, Element] | None:
+        """Every element of their arrays, in one status call (plus one history call for
+        elements the live query no longer shows). None when the scheduler does not answer."""
+        sched = self.scheduler
+        arrays = sorted({sched.array_of(j) for j in job_ids})
+        if not arrays:
+            return {}
+        try:
+            result = await self._run(sched.status_argv(arrays), timeout=60)
+        except (HsmError, OSError, TimeoutError) as exc:
+            self._query_error(str(exc))
+            return None
+        if sched.status_failed(result):
+            self._query_error(f"{shlex.join(result.argv[:2])}: {_tail(result)}")
+            return None
+        try:
+            records = {e.job_id: e for e in sched.parse_status(result.stdout)}
+        except (ValueError, SyntaxError) as exc:  # never read a garbled answer as "all gone"
+            self._query_error(f"cannot parse the output of {result.argv[0]}: {exc}")
+            return None
+        if self._query_failed:
+            log.info("source %s: %s answers again", self.name, self.scheduler.name)
+            self._query_failed = False
+        self.reachable = True
+        gone = sorted({sched.array_of(j) for j in job_ids if sched.canonical(j) not in records})
+        history = sched.history_argv(gone) if gone else None
+        if history is not None:
+            try:
+                past = await self._run(history, timeout=60)
+                for e in sched.parse_history(past.stdout):
+                    records.setdefault(e.job_id, e)
+            except (HsmError, OSError, TimeoutError) as exc:
+                log.debug("source %s: no job history: %s", self.name, exc)
+        return records
+
+    def _query_error(self, reason: str) -> None:
+        self.reachable = False  # no new tasks until it answers again
+        if not self._query_failed:
+            log.warning("source %s: cannot ask %s for job states: %s", self.name,
+                        self.scheduler.name, reason)
+        self._query_failed = True
+
+    async def _job_ids(self, handles: Sequence[JobHandle]) -> dict[JobHandle, str | None]:
+        """Job ids of the handles; a handle a killed controller never stored (no job id)
+        is found again through the submission marker in its task folder and the job name."""
+        out: dict[JobHandle, str | None] = {h: h.job_id for h in handles}
+        orphans = [h for h in handles if not h.job_id
+                   and (h.task_dir, h.attempt) not in self._resolved]
+        if orphans:
+            await self._resolve(orphans)
+        for h in handles:
+            if not h.job_id:
+                out[h] = self._resolved.get((h.task_dir, h.attempt))
+        return out
+
+    async def _resolve(self, orphans: Sequence[JobHandle]) -> None:
+        if self.scheduler.blind:  # its status listing does not name array elements
+            self._resolved.update({(h.task_dir, h.attempt): None for h in orphans})
+            return
+        paths = {h: f"{h.task_dir}/.hsm/submit" for h in orphans}
+        try:
+            texts = await self.login.read(list(paths.values()))
+        except (HsmError, OSError, TimeoutError):
+            return
+        wanted: dict[JobHandle, tuple[str, int, int]] = {}
+        for h, path in paths.items():
+            fields = texts.get(path, "").split("\n")
+            if (len(fields) >= 5 and fields[0] == SUBMIT_MAGIC and fields[2].isdigit()
+                    and fields[3].isdigit() and fields[4] == str(h.attempt)):
+                wanted[h] = (fields[1], int(fields[2]), int(fields[3]))
+            else:
+                self._resolved[(h.task_dir, h.attempt)] = None  # never written: not submitted
+        if not wanted:
+            return
+        names = sorted({w[0] for w in wanted.values()})
+        try:
+            result = await self._run(self.scheduler.find_argv(names))
+        except (HsmError, OSError, TimeoutError):
+            return
+        try:
+            listed = self.scheduler.parse_status(result.stdout)
+        except (ValueError, SyntaxError):
+            return
+        found = {e.name: self.scheduler.array_of(e.job_id) for e in listed if e.name in names}
+        for h, (name, index, size) in wanted.items():
+            array_id = found.get(name)
+            job_id = self.scheduler.element_id(array_id, index, size) if array_id else None
+            self._resolved[(h.task_dir, h.attempt)] = job_id
+            log.info("source %s: task %d (attempt %d) %s", self.name, h.number, h.attempt,
+                     f"found again as job {job_id}" if job_id else "was never submitted")
+
+    # -- cancel, collect, finish ---------------------------------------------------------
+    async def cancel(self, *, handles: Sequence[JobHandle]) -> None:
+        self._cancelled.update((h.task_dir, h.attempt) for h in handles)
+        job_ids = await self._job_ids(handles)
+        await self._cancel_ids([j for j in job_ids.values() if j])
+
+    async def _cancel_ids(self, job_ids: Sequence[str]) -> None:
+        job_ids = list(dict.fromkeys(job_ids))
+        if not job_ids:
+            return
+        running: list[str] = []
+        if self.scheduler.signal_argv(job_ids) is not None:
+            records = await self._query(job_ids) or {}
+            running = [j for j in job_ids if (e := records.get(self.scheduler.canonical(j)))
+                       is not None and e.state is ElementState.RUNNING]
+        # Pending elements first, so that none starts while the running ones stop.
+        await self._scheduler_cancel([j for j in job_ids if j not in running])
+        if running:
+            await self._stop_gently(running)
+            await self._scheduler_cancel(running)
+
+    async def _scheduler_cancel(self, job_ids: Sequence[str]) -> None:
+        for part in (chunks(job_ids, 500) if job_ids else []):
+            try:
+                result = await self._run(self.scheduler.cancel_argv(part), timeout=60)
+            except (HsmError, OSError, TimeoutError) as exc:
+                log.warning("source %s: cancelling %d job(s) failed: %s", self.name, len(part),
+                            exc)
+                continue
+            if result.returncode != 0:  # e.g. some had finished already
+                log.debug("source %s: %s: %s", self.name, result.argv[0], _tail(result))
+
+    async def _stop_gently(self, running: list[str]) -> None:
+        """SIGTERM to the job wrappers of running elements only: each stops its task and
+        records ``cancelled`` (a scheduler's cancel signals every process of the job at once,
+        so a task could die before its wrapper noticed the cancel). Then wait, a little, for
+        them to end; the scheduler's cancel that follows ends whatever is left."""
+        sched = self.scheduler
+        argv = sched.signal_argv(running)
+        assert argv is not None
+        with contextlib.suppress(HsmError, OSError, TimeoutError):
+            await self._run(argv, timeout=60)
+        deadline = time.monotonic() + STOP_WAIT
+        while running and time.monotonic() < deadline:
+            await asyncio.sleep(0.25)
+            records = await self._query(running)
+            if records is None:
+                return
+            running = [j for j in running if (e := records.get(sched.canonical(j))) is not None
+                       and e.state is ElementState.RUNNING]
+
+    async def collect(self, *, ctx: SweepContext, handle: JobHandle) -> None:
+        await self.login.collect(ctx, handle)
+
+    async def finish(self, *, ctx: SweepContext, all_completed: bool) -> None:
+        await self.login.finish(ctx, all_completed)
+
+    async def close(self) -> None:
+        await self.login.close()
+
+    # -- health --------------------------------------------------------------------------
+    async def probe(self) -> HealthSample:
+        script = probe_script(self.scheduler)
+        try:
+            result = await self._run(["bash", "-c", script, "hsm-probe", self.login.work_root],
+                                     timeout=30)
+        except (HsmError, OSError, TimeoutError) as exc:
+            sample = HealthSample(reachable=False, error=str(exc) or type(exc).__name__)
+        else:
+            sample = parse_probe(self.scheduler, result.stdout, self.login.work_root)
+        self.reachable = sample.reachable  # new tasks only while the controller answers
+        return sample
+
+
+def _needs_status(element: Element | None) -> bool:
+    return element is None or element.state in TERMINAL or element.state is ElementState.UNKNOWN
+
+
+def _tail(result: CommandResult) -> str:
+    text = (result.stderr.strip() or result.stdout.strip()).splitlines()
+    return " / ".join(line.strip() for line in text[-3:]) or "no message"
+
+
+PROBE_HEAD = r"""
+root=$1
+case $root in "~") root=$HOME ;; "~/"*) root=$HOME/${root#"~/"} ;; esac
+while [ ! -e "$root" ] && [ "$root" != / ]; do root=$(dirname -- "$root"); done
+printf -- '--df\n'; df -P -B1 -- "$root" | tail -n 1
+"""
+
+
+def probe_script(sched: Scheduler) -> str:
+    """One round trip: the work folder's disk, the controller's answer, then (only if it
+    answers) the scheduler's own sections. Every command is bounded by ``timeout``."""
+    lines = [PROBE_HEAD,
+             f"out=$(timeout 10 {sched.ping} 2>&1); rc=$?",
+             "printf -- '--ping %s\\n%s\\n' \"$rc\" \"$out\"",
+             'if [ "$rc" = 0 ]; then']
+    for name, command in sched.probe_sections:
+        lines.append(f"  printf -- '--{name}\\n'; timeout 10 {command} 2>/dev/null")
+    lines += ["fi", "true"]
+    return "\n".join(lines) + "\n"
+
+
+def parse_probe(sched: Scheduler, text: str, root: str) -> HealthSample:
+    sections: dict[str, list[str]] = {}
+    current = ""
+    ping_rc: int | None = None
+    for line in text.splitlines():
+        if line.startswith("--ping "):
+            current = "ping"
+            sections[current] = []
+            code = line[len("--ping "):].strip()
+            ping_rc = int(code) if code.isdigit() else None
+        elif line.startswith("--") and " " not in line:
+            current = line[2:]
+            sections[current] = []
+        elif current:
+            sections[current].append(line)
+    free = total = None
+    try:
+        df = sections["df"][0].split()
+        total, free = int(df[1]), int(df[3])
+    except (KeyError, IndexError, ValueError):
+        pass
+    answer = " ".join(s.strip() for s in sections.get("ping", []) if s.strip())
+    extra: dict[str, Any] = {"scheduler": sched.name}
+    if ping_rc != 0:
+        extra["controller"] = "down"
+        return HealthSample(reachable=False, disk_path=root, free_bytes=free, total_bytes=total,
+                            error=f"the {sched.name} controller does not answer "
+                                  f"({sched.ping}: {answer or 'no answer'})", extra=extra)
+    extra["controller"] = "up"
+    extra.update(sched.health_extra(sections))
+    return HealthSample(reachable=True, disk_path=root, free_bytes=free, total_bytes=total,
+                        extra=extra)

@@ -1,0 +1,102 @@
+"""Getting an SSH host ready for a sweep: checks, folders, the job wrapper, the code push.
+
+Each step is one round trip (or one rsync), and each failure is a SourceUnavailableError
+(exit 2) that says what is wrong on which host and how to fix it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hsm.errors import SourceUnavailableError
+from hsm.jobscript import wrapper_text
+from hsm.sources import ssh_scripts as scripts
+from hsm.sources.gpus import parse_gpu_indices
+from hsm.sources.process import CommandError
+from hsm.sources.transport import ConnectError, RemoteError, SshTransport
+
+# Always excluded from the code push (the project's own state and output folders are added).
+PUSH_EXCLUDE = (".git/", "__pycache__/", "*.pyc", "/.hsm/")
+
+CHECK_ERRORS = {
+    11: "the code folder {code} is missing",
+    12: "python {python!r} is not found (after the setup lines); set "
+        "distributed.remotes.{name}.python or add a setup line that provides it",
+    13: "a setup line fails: {err}",
+    14: "the command {cmd!r} is not found (after the setup lines)",
+    15: "the script {script!r} is not in {code} after the code push; is it excluded by "
+        ".gitignore or distributed.remotes.{name}.exclude?",
+    16: "gpus: all, but nvidia-smi fails: {err}",
+}
+
+
+async def preflight(transport: SshTransport, where: str, *, name: str, remote_root: str,
+                    project_name: str, python: str, setup: Sequence[str]) -> None:
+    """Before anything is written: the host is trusted and reachable (the connection), the
+    root is writable, python is there."""
+    try:
+        result = await transport.run_script(
+            scripts.PREFLIGHT, [remote_root, project_name, python, *setup],
+            name="hsm-preflight")
+    except ConnectError:
+        raise
+    except RemoteError as exc:
+        raise SourceUnavailableError(f"{where}: {exc.message}") from None
+    err = result.stderr.strip()
+    if result.exit_status == 11:
+        raise SourceUnavailableError(
+            f"{where}: remote_root {remote_root!r} is not writable: {err}")
+    if result.exit_status == 12:
+        raise SourceUnavailableError(f"{where}: " + CHECK_ERRORS[12].format(
+            python=python, name=name) + (f" ({err})" if err else ""))
+    result.check(f"{where}: checking the host")
+
+
+async def setup(transport: SshTransport, where: str, *, remote_root: str, project_name: str,
+                sweep_id: str, source: str, wrapper_name: str) -> tuple[str, str]:
+    """Create the folders and install the wrapper (once per version). Returns the remote
+    $HOME and the absolute remote root."""
+    result = await transport.run_script(
+        scripts.SETUP_HOST, [remote_root, project_name, sweep_id, source, wrapper_name],
+        name="hsm-setup", input=wrapper_text().encode())
+    if result.exit_status == 11:
+        raise SourceUnavailableError(f"{where}: remote_root {remote_root!r} is not writable: "
+                                     f"{result.stderr.strip()}")
+    result.check(f"{where}: preparing {remote_root}")
+    home, root = result.stdout.split("\0")[:2]
+    return home, root
+
+
+async def push_code(transport: SshTransport, *, project_root: str, code_dir: str,
+                    exclude: Sequence[str]) -> None:
+    """rsync the project to ``code_dir``: incremental, ``--delete`` of files gone here, with
+    each folder's .gitignore and the excludes. Deletions come after the transfer, so that a
+    .gitignore pushed now already protects the host's own ignored files (data, venvs)."""
+    args = ["-a", "--delete-after", "--mkpath", "--filter=:- .gitignore"]
+    args += [f"--exclude={e}" for e in (*PUSH_EXCLUDE, *exclude)]
+    args += [f"{project_root.rstrip('/')}/", transport.rsync_remote(code_dir + "/")]
+    try:
+        await transport.rsync(args, what="pushing the code with rsync")
+    except CommandError as exc:
+        raise SourceUnavailableError(exc.message) from None
+
+
+async def check(transport: SshTransport, where: str, *, name: str, code_dir: str, python: str,
+                argv: Sequence[str], setup: Sequence[str], probe_gpus: bool) -> list[int]:
+    """In the code folder, after the setup lines, as a task would: python, the script or
+    command of ``argv``, and (``gpus: all``) the GPUs nvidia-smi lists, which it returns."""
+    cmd = script = ""
+    if argv[0] != python:
+        cmd = argv[0]
+    elif len(argv) > 1 and not argv[1].startswith("-"):
+        script = argv[1]
+    result = await transport.run_script(
+        scripts.CHECK, [code_dir, python, cmd, script, str(int(probe_gpus)), *setup],
+        name="hsm-check")
+    template = CHECK_ERRORS.get(result.exit_status)
+    if template is not None:
+        err = result.stderr.strip() or "no output"
+        raise SourceUnavailableError(f"{where}: " + template.format(
+            code=code_dir, python=python, name=name, cmd=cmd, script=script, err=err))
+    result.check(f"{where}: checking the host")
+    return parse_gpu_indices(result.stdout) if probe_gpus else []

@@ -1,0 +1,193 @@
+"""The host monitor: one long-lived remote process per SSH source that starts job wrappers
+and reports changes of their status files within a few milliseconds, over one channel.
+
+Polling then costs no round trip: the source answers from what the monitor last reported,
+and the monitor wakes the engine when something changed. The remote side is
+``ssh_scripts.MONITOR``; it is only a helper, tasks never depend on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import asyncssh
+
+from hsm.sources.ssh_scripts import MONITOR, printf_escape
+from hsm.sources.transport import ConnectionLost, RemoteError, SshTransport
+
+log = logging.getLogger(__name__)
+
+# Fields per event, the type included.
+_EVENT_FIELDS = {b"S": 4, b"A": 3, b"E": 3, b"P": 2}
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The last status text a watched folder showed, and whether its wrapper was alive."""
+
+    text: str
+    alive: bool
+
+
+class HostMonitor:
+    def __init__(self, transport: SshTransport, wrapper: str,
+                 on_change: Callable[[Sequence[int]], None]) -> None:
+        self.transport = transport
+        self.wrapper = wrapper
+        self.on_change = on_change
+        self.seen: dict[int, Seen] = {}
+        self.watched: dict[int, int] = {}  # id -> attempt
+        self.done = asyncio.Event()
+        self.error = ""
+        self._proc: asyncssh.SSHClientProcess[bytes] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._acks: dict[int, asyncio.Future[int]] = {}
+        self._pongs: dict[int, asyncio.Future[None]] = {}
+        self._tokens = itertools.count(1)
+
+    # -- life ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._run(ready))
+        await ready
+
+    async def _run(self, ready: asyncio.Future[None]) -> None:
+        command = shlex.join(["bash", "-c", MONITOR, "hsm-monitor", self.wrapper])
+        try:
+            async with self.transport.channel() as conn:
+                proc = await self.transport.open_process(conn, command)
+                self._proc = proc
+                ready.set_result(None)
+                await self._read(proc)
+                status = proc.exit_status
+                self.error = f"the host monitor ended (exit {status})"
+        except (OSError, asyncssh.Error, RemoteError) as exc:
+            self.error = str(exc) or type(exc).__name__
+            if not ready.done():
+                ready.set_exception(exc if isinstance(exc, RemoteError) else
+                                    ConnectionLost(f"starting the host monitor: {exc}"))
+        finally:
+            if not ready.done():
+                ready.set_exception(ConnectionLost("the host monitor did not start"))
+            self._end()
+
+    def _end(self) -> None:
+        self.done.set()
+        lost = ConnectionLost(self.error or "the host monitor stopped")
+        futures: list[asyncio.Future[int] | asyncio.Future[None]] = [
+            *self._acks.values(), *self._pongs.values()]
+        for future in futures:
+            if not future.done():
+                future.set_exception(lost)
+        self._acks.clear()
+        self._pongs.clear()
+        self.on_change(())
+
+    async def close(self) -> None:
+        proc, task = self._proc, self._task
+        if proc is not None:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                proc.stdin.write_eof()
+        if task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(task), timeout=1.0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and not self.done.is_set()
+
+    # -- events --------------------------------------------------------------------------
+    async def _read(self, proc: asyncssh.SSHClientProcess[bytes]) -> None:
+        rest = b""
+        fields: list[bytes] = []
+        while data := await proc.stdout.read(1 << 16):
+            *complete, rest = (rest + data).split(b"\0")
+            changed: list[int] = []
+            for field in complete:
+                fields.append(field)
+                need = _EVENT_FIELDS.get(fields[0])
+                if need is None:
+                    log.debug("host monitor: unexpected field %r", fields[0])
+                    fields = []
+                elif len(fields) == need:
+                    if self._event(fields):
+                        changed.append(int(fields[1]))
+                    fields = []
+            if changed:
+                self.on_change(changed)
+
+    def _event(self, fields: list[bytes]) -> bool:
+        kind, ident = fields[0], int(fields[1])
+        if kind == b"S":
+            text = fields[2].decode(errors="replace").strip()
+            self.seen[ident] = Seen(text, fields[3] == b"1")
+            return True
+        if kind == b"P":
+            pong = self._pongs.pop(ident, None)
+            if pong is not None and not pong.done():
+                pong.set_result(None)
+            return False
+        ack = self._acks.pop(ident, None)
+        if ack is not None and not ack.done():
+            if kind == b"A":
+                ack.set_result(int(fields[2]))
+            else:
+                ack.set_exception(RemoteError(fields[2].decode(errors="replace")))
+        return False
+
+    # -- commands ------------------------------------------------------------------------
+    def _send(self, *records: Sequence[str]) -> None:
+        proc = self._proc
+        if proc is None or self.done.is_set():
+            raise ConnectionLost(self.error or "the host monitor is not running")
+        data = b"".join(field.encode("utf-8", "surrogateescape") + b"\0"
+                        for record in records for field in record)
+        try:
+            proc.stdin.write(data)
+        except (OSError, asyncssh.Error) as exc:
+            raise ConnectionLost(f"writing to the host monitor: {exc}") from None
+
+    def watch(self, ident: int, task_dir: str, attempt: int) -> None:
+        self._send(("W", str(ident), task_dir, str(attempt)))
+        self.watched[ident] = attempt
+        self.seen.pop(ident, None)
+
+    def unwatch(self, ident: int) -> None:
+        self._send(("U", str(ident)))
+        self.watched.pop(ident, None)
+
+    async def barrier(self, timeout: float = 15.0) -> None:
+        """Returns once the monitor has scanned everything it was told to watch so far."""
+        token = next(self._tokens)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pongs[token] = future
+        self._send(("P", str(token)))
+        await asyncio.wait_for(future, timeout)
+
+    async def launch(self, items: Sequence[tuple[int, str, int, bytes]],
+                     timeout: float = 30.0) -> list[int | BaseException]:
+        """Start wrappers: (id, task dir, attempt, spec bytes) each. Returns the pid of each,
+        or the error that kept it from starting."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[int]] = []
+        records = []
+        for ident, task_dir, attempt, spec in items:
+            future: asyncio.Future[int] = loop.create_future()
+            self._acks[ident] = future
+            futures.append(future)
+            records.append(("L", str(ident), task_dir, str(attempt), printf_escape(spec)))
+            self.watched[ident] = attempt
+            self.seen.pop(ident, None)
+        self._send(*records)
+        done = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True),
+                                      timeout)
+        return list(done)

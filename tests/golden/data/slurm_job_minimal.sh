@@ -1,0 +1,23 @@
+#!/bin/bash
+#SBATCH --job-name=hsm-20260101-120000-ab12-17
+#SBATCH --array=1-3%2
+#SBATCH --output=/dev/null
+#SBATCH --no-requeue
+# hsm-20260101-120000-ab12-17, written by hsm. Element i runs the job wrapper in task folder i below;
+# the wrapper records the status, the logs and task_info.txt in that folder.
+hsm_root='/scratch/it'"'"'s a "dir"
+$(touch /tmp/hsm-canary) `id`;x
+#SBATCH --qos=evil
+#PBS -q evil/sweeps/s1/cluster'
+hsm_wrapper='/scratch/it'"'"'s a "dir"
+$(touch /tmp/hsm-canary)/.hsm/wrapper-0123.sh'
+hsm_tasks=(task_0001 task_0007 task_0042)
+hsm_i=${SLURM_ARRAY_TASK_ID:-}
+if [[ ! $hsm_i =~ ^[0-9]+$ ]] || ((hsm_i < 1 || hsm_i > ${#hsm_tasks[@]})); then
+  printf 'hsm: array index %q is not within 1..%d\n' "$hsm_i" "${#hsm_tasks[@]}" >&2
+  exit 2
+fi
+hsm_dir=$hsm_root/${hsm_tasks[hsm_i - 1]}
+exec >>"$hsm_dir/.hsm/job.log" 2>&1 </dev/null
+printf 'hsm: %s element %s on %s\n' "${SLURM_ARRAY_JOB_ID:-}_${SLURM_ARRAY_TASK_ID:-} (job ${SLURM_JOB_ID:-})" "$hsm_i" "${HOSTNAME:-unknown}"
+exec bash "$hsm_wrapper" "$hsm_dir"

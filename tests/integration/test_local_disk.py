@@ -1,0 +1,113 @@
+"""The disk guard through ``hsm run``, on real small disks (tmpfs mounts: root only)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.hsmcli import hsm, make_project
+
+pytestmark = [pytest.mark.timeout(90), pytest.mark.root]
+
+# The log line of the contract, as hsm writes it: `YYYY-MM-DD HH:MM:SS LEVEL message`.
+LOW_DISK = re.compile(
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d WARNING WARNING: Low disk space detected: "
+    r"\d+\.\dGB remaining\b", re.M)
+
+# Health thresholds at zero: these disks are tiny on purpose, and this test is about the
+# wrapper's guard, not about the health of the source.
+CONFIG = """\
+local:
+  max_parallel_jobs: 1
+disk:
+  project_min_free: {project_min_free}
+  task_min_free: 1MB
+  check_interval: 1
+  warn_below: {warn_below}
+  kill_below: {kill_below}
+health:
+  disk_critical_free: 0
+  disk_critical_percent: 0
+  disk_warning_free: 0
+  disk_warning_percent: 0
+  max_load_per_core: 1000
+distributed:
+  max_retries: 0
+  enable_source_failsafe: false
+"""
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 32 MB tmpfs, unmounted at the end."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for tmpfs mounts")
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount_point)],
+                   check=True)
+    try:
+        yield mount_point
+    finally:
+        if subprocess.run(["umount", str(mount_point)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def test_too_little_space_for_the_project_refuses_to_start_tasks(small_disk: Path) -> None:
+    config = CONFIG.format(project_min_free="100MB", warn_below="1MB", kill_below="1MB")
+    project = make_project(small_disk / "project", config=config, sweep="""\
+        command: [bash, task.sh]
+        sweep:
+          grid:
+            a: [1, 3]
+        """)
+    result = hsm("run", "sweeps/sweep.yaml", "--json", "--name", "pre", cwd=project)
+    assert result.returncode == 1, result
+    data = result.json()
+    assert data["counts"]["failed"] == 2
+    for task in data["tasks"]:
+        assert (task["status"], task["cause"], task["exit_code"]) == (
+            "failed", "disk_precheck", None)
+        task_dir = Path(task["task_dir"])
+        assert not (task_dir / "marker").exists()  # the script never ran
+        info = (task_dir / "task_info.txt").read_text()
+        assert "Disk space check FAILED" in info
+        assert "Required: at least 0.10 GB (100000000 bytes) free" in info
+        assert info.rstrip().endswith("Status: FAILED_DISK_SPACE")
+    assert "disk_precheck" in result.stderr
+
+
+def test_a_task_filling_the_disk_is_killed_with_a_warning_first(small_disk: Path) -> None:
+    config = CONFIG.format(project_min_free="1MB", warn_below="20MB", kill_below="10MB")
+    project = make_project(small_disk / "project", config=config, sweep="""\
+        command: [bash, fill.sh]
+        sweep:
+          grid:
+            a: [1]
+        """)
+    # Writes 1 MB every 0.2 s: the guard (every second) sees the space fall below 20 MB
+    # and then below 10 MB well before the disk is full.
+    (project / "fill.sh").write_text(
+        'for i in $(seq 200); do\n'
+        '    head -c 1000000 /dev/zero > "$HSM_TASK_DIR/fill_$i" || true\n'
+        '    sleep 0.2\n'
+        'done\n')
+    result = hsm("run", "sweeps/sweep.yaml", "--json", "--name", "kill", cwd=project)
+    assert result.returncode == 1, result
+    (task,) = result.json()["tasks"]
+    assert (task["status"], task["cause"]) == ("failed", "disk_kill")
+    info = (Path(task["task_dir"]) / "task_info.txt").read_text()
+    assert "WARNING: Low disk space detected: 0.0GB remaining" in info
+    assert "CRITICAL: Disk space exhausted:" in info
+    assert info.rstrip().endswith("Status: FAILED_DISK_SPACE")
+    sweep_log = (project / "runs" / "kill" / "hsm.log").read_text()
+    assert LOW_DISK.search(sweep_log), sweep_log
+    assert LOW_DISK.search(result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
+    # The task was stopped before it could fill the disk.
+    assert os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize > 5_000_000

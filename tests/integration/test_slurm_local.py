@@ -1,0 +1,216 @@
+"""A Slurm cluster with ``host: local``: the scheduler commands run on this machine.
+
+Against the test bed's real single-node Slurm (no accounting database, so final states come
+from the controller's records and the wrappers' status files).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsm.sources.queue import QueueSource
+from hsm.sources.registry import build_sources
+from hsm.spec.config import load_config
+from tests.hsmcli import hsm, hsm_background, outputs, wait_for
+from tests.integration.cluster_support import (
+    attempts,
+    cancel_leftovers,
+    cluster_project,
+    max_overlap,
+    run_intervals,
+    starts,
+    submitted_arrays,
+    sweep_file,
+    tasks_by_number,
+)
+from tests.testbed import SlurmCluster, TestBed
+
+pytestmark = [pytest.mark.root, pytest.mark.slurm]
+
+
+@pytest.fixture
+def slurm(testbed: TestBed, slurm_local: SlurmCluster, tmp_path: Path) -> Iterator[SlurmCluster]:
+    """The local cluster; no job of a test outlives it. (The test bed comes up first: its
+    bring-up removes every leftover of its prefix, a running local cluster included.)"""
+    yield slurm_local
+    cancel_leftovers(slurm_local, tmp_path)
+
+
+def local_cluster(**extra: Any) -> dict[str, Any]:
+    return {"cluster": {"type": "slurm", "host": "local", **extra}}
+
+
+def run_dir(root: Path, sweep_id: str) -> Path:
+    return root / "runs" / sweep_id
+
+
+def test_throttled_chunked_arrays_with_a_failing_element(slurm: SlurmCluster,
+                                                         tmp_path: Path) -> None:
+    # A project folder whose name needs quoting everywhere.
+    root = cluster_project(tmp_path / "it's a \"project\"",
+                           local_cluster(max_parallel_jobs=1, max_array_size=2))
+    sweep_file(root, sleep=[0.3] * 5, fail=[0, 0, 3, 0, 0],
+               resources={"walltime": "00:05:00", "mem": "100M", "cpus": 1})
+    result = hsm("run", "sweep.yaml", "--source", "cluster", "--json", cwd=root,
+                 env=slurm.env(), timeout=120)
+    assert result.returncode == 1, result
+    data = json.loads(result.stdout)
+    tasks = tasks_by_number(result)
+    assert {n: (t["status"], t["cause"], t["exit_code"]) for n, t in tasks.items()} == {
+        1: ("completed", "completed", 0), 2: ("completed", "completed", 0),
+        3: ("failed", "task_failed", 3), 4: ("completed", "completed", 0),
+        5: ("completed", "completed", 0)}
+    sweep_id = data["sweep_id"]
+    # 5 tasks in chunks of 2: three array jobs, each submitted once, run one after the other.
+    arrays = submitted_arrays(root, sweep_id)
+    assert len(arrays) == 3
+    jobs = sorted(run_dir(root, sweep_id).joinpath(".hsm", "jobs").iterdir())
+    assert ["#SBATCH --array=1-2%1" in j.read_text() for j in jobs].count(True) == 2
+    # Per element, the controller's own final states.
+    states = {array: slurm.job_states(array) for array in arrays}
+    assert sorted(s for v in states.values() for s in v) == ["COMPLETED"] * 4 + ["FAILED"]
+    # Never more than one element ran at a time (the throttle holds across the chunks).
+    intervals = run_intervals(root, sweep_id, range(1, 6))
+    assert len(intervals) == 5
+    assert max_overlap(intervals) == 1
+    # Everything the wrapper writes is there, as on every source.
+    task = run_dir(root, sweep_id) / "tasks" / "task_0004"
+    assert "Status: COMPLETED" in (task / "task_info.txt").read_text()
+    assert "ran with sleep=0.3 fail=0" in (task / "stdout.log").read_text()
+    assert "element" in (task / ".hsm" / "job.log").read_text()
+
+
+def test_hsm_cancel_stops_the_array(slurm: SlurmCluster, tmp_path: Path) -> None:
+    root = cluster_project(tmp_path / "p", local_cluster(max_parallel_jobs=1))
+    sweep_file(root, sleep=[120, 120, 120])
+    with hsm_background("run", "sweep.yaml", "--source", "cluster", "--name", "tocancel",
+                        cwd=root, env=slurm.env()) as proc:
+        status = run_dir(root, "tocancel") / "tasks" / "task_0001" / "status.json"
+        wait_for(lambda: status.exists() and '"running"' in status.read_text(), timeout=60,
+                 what="the first element running")
+        arrays = submitted_arrays(root, "tocancel")
+        queued = slurm.run(["squeue", "-h", "-r", "-j", arrays[0], "-o", "%T"]).stdout
+        assert sorted(queued.split()) == ["PENDING", "PENDING", "RUNNING"]  # throttle 1
+        cancelled = hsm("cancel", "tocancel", cwd=root, env=slurm.env(), timeout=60)
+        assert cancelled.returncode == 0, cancelled
+        assert proc.wait(timeout=60) == 130, outputs(root)
+    final = hsm("status", "tocancel", "--json", cwd=root, env=slurm.env())
+    assert [t["status"] for t in json.loads(final.stdout)["tasks"]] == ["cancelled"] * 3
+    # Nothing of the sweep is left in the queue.
+    left = slurm.run(["squeue", "-h", "-r", "-j", arrays[0], "-o", "%i %T"]).stdout
+    assert not [line for line in left.splitlines() if "PENDING" in line or "RUNNING" in line]
+    assert "Status: CANCELLED" in (status.parent / "task_info.txt").read_text()
+
+
+def test_killed_controller_resumes_without_running_anything_twice(
+        slurm: SlurmCluster, tmp_path: Path) -> None:
+    root = cluster_project(tmp_path / "p", local_cluster(max_parallel_jobs=2))
+    sweep_file(root, sleep=[3, 3, 1, 1, 1])
+    with hsm_background("run", "sweep.yaml", "--source", "cluster", "--name", "killed",
+                        cwd=root, env=slurm.env()) as proc:
+        first = run_dir(root, "killed") / "tasks" / "task_0001" / "status.json"
+        wait_for(lambda: first.exists(), timeout=60, what="the first element started")
+        proc.send_signal(signal.SIGKILL)  # no clean-up: handles stay in the database
+        proc.wait()
+    # Forget one job id, as if the controller had died between sbatch and recording it: the
+    # resumed controller must find the element again instead of submitting it twice.
+    with sqlite3.connect(root / ".hsm" / "hsm.db") as db:
+        db.execute("UPDATE attempts SET handle_json = NULL, state = 'launching'"
+                   " WHERE sweep_id = 'killed' AND number = 2")
+    resumed = hsm("resume", "killed", "--json", cwd=root, env=slurm.env(), timeout=120)
+    assert resumed.returncode == 0, resumed
+    tasks = tasks_by_number(resumed)
+    assert all(t["status"] == "completed" and t["attempts"] == 1 for t in tasks.values())
+    assert [starts(root, "killed", n) for n in range(1, 6)] == [1] * 5
+    assert [a["state"] for a in attempts(root, "killed")] == ["completed"] * 5
+    assert "task 2 (attempt 1) found again as job" in (run_dir(root, "killed")
+                                                       / "hsm.log").read_text()
+
+
+def test_a_rejected_job_script_stops_the_run_before_anything_is_written(
+        slurm: SlurmCluster, tmp_path: Path) -> None:
+    root = cluster_project(tmp_path / "p", local_cluster(partition="nosuchpartition"))
+    sweep_file(root, sleep=[0])
+    before = slurm.run(["squeue", "-h", "-t", "all", "-o", "%i"]).stdout
+    result = hsm("run", "sweep.yaml", "--source", "cluster", cwd=root, env=slurm.env())
+    assert result.returncode == 2, result
+    assert "invalid partition specified: nosuchpartition" in result.stderr
+    assert "distributed.remotes.cluster" in result.stderr
+    assert not (root / "runs").exists() and not (root / ".hsm").exists()
+    assert slurm.run(["squeue", "-h", "-t", "all", "-o", "%i"]).stdout == before
+    # Resources the node cannot give are the scheduler's to refuse, with its own message.
+    cluster_project(root, local_cluster())
+    sweep_file(root, sleep=[0], resources={"cpus": 4096})
+    result = hsm("run", "sweep.yaml", "--source", "cluster", cwd=root, env=slurm.env())
+    assert result.returncode == 2, result
+    assert "Requested node configuration is not available" in result.stderr
+
+
+def test_missing_scheduler_commands(slurm: SlurmCluster, tmp_path: Path) -> None:
+    root = cluster_project(tmp_path / "p", local_cluster())
+    sweep_file(root, sleep=[0])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "dirname", "df", "tail"):
+        (bin_dir / tool).symlink_to(f"/usr/bin/{tool}")
+    result = hsm("run", "sweep.yaml", "--source", "cluster", cwd=root,
+                 env={**slurm.env(), "PATH": str(bin_dir)})
+    assert result.returncode == 2, result
+    assert "sbatch, squeue, scontrol, scancel not found" in result.stderr
+    assert not (root / "runs").exists()
+
+
+def test_walltime_in_a_wrong_format(tmp_path: Path) -> None:
+    root = cluster_project(tmp_path / "p", local_cluster())
+    sweep_file(root, sleep=[0], resources={"walltime": "2h"})
+    result = hsm("run", "sweep.yaml", "--source", "cluster", cwd=root)
+    assert result.returncode == 2, result
+    assert "resources.walltime" in result.stderr and "HH:MM:SS" in result.stderr
+
+
+def _probe(root: Path, env: dict[str, str]) -> Any:
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        source = build_sources(load_config(None, root), ["cluster"], parallel=None)["cluster"]
+        assert isinstance(source, QueueSource)
+        return asyncio.run(source.probe())
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def test_health_probe_and_a_dead_controller(slurm: SlurmCluster, tmp_path: Path) -> None:
+    root = cluster_project(tmp_path / "p", local_cluster())
+    sample = _probe(root, slurm.env())
+    assert sample.reachable, sample
+    assert sample.extra["controller"] == "up"
+    assert sample.extra["partitions"]["debug"]["available"] == "up"
+    assert sample.extra["usable_nodes"] == 1
+    assert set(sample.extra["queue"]) == {"pending", "running"}
+    assert sample.free_bytes and sample.total_bytes
+    slurm.stop_controller()
+    try:
+        began = time.monotonic()
+        sample = _probe(root, slurm.env())
+        assert time.monotonic() - began < 5  # `scontrol ping` fails fast
+        assert not sample.reachable
+        assert sample.extra["controller"] == "down"
+        assert "does not answer" in (sample.error or "")
+        assert sample.free_bytes  # the work folder's disk is still reported
+    finally:
+        slurm.start_controller()
+        slurm.wait_node_ready()

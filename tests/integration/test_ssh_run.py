@@ -1,0 +1,142 @@
+"""Sweeps on the SSH test bed: one host, three hosts, results pulled back, setup lines,
+the code push (.gitignore, exclude, --delete, incremental), keep_remote."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.integration.ssh_support import (
+    REMOTE_ROOT,
+    hsm,
+    make_project,
+    marks,
+    remote,
+    remote_path,
+)
+from tests.testbed import Host
+
+pytestmark = [pytest.mark.root, pytest.mark.testbed]
+
+
+def test_sweep_on_one_host_pulls_every_result(tmp_path: Path,
+                                              testbed_hosts: list[Host]) -> None:
+    host = testbed_hosts[0]
+    root = make_project(tmp_path / "proj", [host], n=4)
+    result = hsm("run", "sweep.yaml", "--source", "h1", "--json", cwd=root)
+    assert result.returncode == 0, result
+    data = result.json()
+    assert data["state"] == "completed" and data["counts"]["completed"] == 4
+    sweep_dir = Path(data["sweep_dir"])
+    for task in data["tasks"]:
+        folder = sweep_dir / "tasks" / f"task_{task['number']:04d}"
+        assert Path(task["task_dir"]) == folder
+        info = (folder / "task_info.txt").read_text()
+        assert f"Task: {task['number']}" in info and "Source: h1" in info
+        assert f"Host: {host.name}" in info and "Status: COMPLETED" in info
+        assert "Disk space check PASSED" in info
+        record = json.loads((folder / "result.json").read_text())
+        assert record["host"] == host.name
+        assert record["cwd"] == f"{REMOTE_ROOT}/proj/code"
+        assert record["env"]["HSM_SOURCE"] == "h1"
+        assert record["env"]["TMPDIR"] == f"{record['env']['HSM_TASK_DIR']}/tmp"
+        assert (folder / "stdout.log").read_text() == f"task {task['number']} on {host.name}\n"
+        assert json.loads((folder / "status.json").read_text())["status"] == "completed"
+        assert not (folder / "tmp").exists()  # the private scratch folder stays remote
+    # Everything completed: the remote sweep folder is gone, the code stays.
+    sweeps = remote_path(host, f"{REMOTE_ROOT}/proj/sweeps")
+    assert list(sweeps.iterdir()) == []
+    assert (remote_path(host, f"{REMOTE_ROOT}/proj/code") / "task.py").is_file()
+
+
+def test_sweep_on_three_hosts_runs_setup_lines_first(tmp_path: Path,
+                                                     testbed_hosts: list[Host]) -> None:
+    setup = ["export SETUP_GREETING='hello from setup'",
+             f"touch {REMOTE_ROOT}/setup-ran-$HSM_TASK_NUMBER"]
+    remotes = {f"h{i + 1}": remote(h, setup=setup) for i, h in enumerate(testbed_hosts)}
+    root = make_project(tmp_path / "proj", testbed_hosts, n=12, sleep=0.3, remotes=remotes)
+    result = hsm("run", "sweep.yaml", "--source", "h1", "--source", "h2", "--source", "h3",
+                 "--json", cwd=root)
+    assert result.returncode == 0, result
+    data = result.json()
+    assert data["counts"]["completed"] == 12
+    assert {t["source"] for t in data["tasks"]} == {"h1", "h2", "h3"}
+    assert all(data["sources"][h]["completed"] >= 2 for h in ("h1", "h2", "h3"))
+    runs = marks(testbed_hosts)
+    assert sorted(runs) == list(range(1, 13))
+    for number, lines in runs.items():
+        assert [w for w, _, _ in lines] == ["start", "done"], (number, lines)
+    for task in data["tasks"]:
+        record = json.loads((Path(task["task_dir"]) / "result.json").read_text())
+        assert record["env"]["SETUP_GREETING"] == "hello from setup"
+        host = testbed_hosts[int(task["source"][1]) - 1]
+        assert record["host"] == host.name
+        assert remote_path(host, f"{REMOTE_ROOT}/setup-ran-{task['number']}").exists()
+
+
+def test_keep_remote_keeps_the_task_folders(tmp_path: Path,
+                                            testbed_hosts: list[Host]) -> None:
+    host = testbed_hosts[1]
+    root = make_project(tmp_path / "proj", [host], n=2,
+                        remotes={"h2": remote(host, keep_remote=True)})
+    result = hsm("run", "sweep.yaml", "--source", "h2", "--json", cwd=root)
+    assert result.returncode == 0, result
+    sweep_id = result.json()["sweep_id"]
+    kept = remote_path(host, f"{REMOTE_ROOT}/proj/sweeps/{sweep_id}/h2")
+    assert sorted(p.name for p in kept.iterdir()) == ["task_0001", "task_0002"]
+    assert "Status: COMPLETED" in (kept / "task_0001" / "task_info.txt").read_text()
+
+
+def test_failed_sweep_keeps_the_remote_folder(tmp_path: Path,
+                                              testbed_hosts: list[Host]) -> None:
+    host = testbed_hosts[2]
+    root = make_project(tmp_path / "proj", [host], n=2, defaults={"exit": 3})
+    result = hsm("run", "sweep.yaml", "--source", "h1", "--json", cwd=root)
+    assert result.returncode == 1, result
+    data = result.json()
+    assert [t["cause"] for t in data["tasks"]] == ["task_failed", "task_failed"]
+    assert [t["exit_code"] for t in data["tasks"]] == [3, 3]
+    info = (Path(data["tasks"][0]["task_dir"]) / "task_info.txt").read_text()
+    assert "Exit code: 3" in info and "Status: FAILED" in info
+    folder = remote_path(host, f"{REMOTE_ROOT}/proj/sweeps/{data['sweep_id']}/h1")
+    assert (folder / "task_0001" / "status.json").is_file()
+
+
+def test_code_push_honours_gitignore_and_exclude(tmp_path: Path,
+                                                 testbed_hosts: list[Host]) -> None:
+    host = testbed_hosts[0]
+    remotes = {"h1": remote(host, exclude=["secrets.txt", "/big/"])}
+    root = make_project(tmp_path / "proj", [host], n=1, remotes=remotes)
+    (root / ".gitignore").write_text("data/\n*.ckpt\n")
+    for rel in ("data/train.csv", "model.ckpt", "secrets.txt", "big/blob", "lib/util.py",
+                "lib/data/keep.txt", "lib/sub/w.ckpt", "unchanged.txt", "changed.txt",
+                ".git/HEAD"):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{rel}\n")
+    code = remote_path(host, f"{REMOTE_ROOT}/proj/code")
+    code.mkdir(parents=True)
+    (code / "stale.py").write_text("left over from an old push\n")
+    (code / "data").mkdir()
+    (code / "data" / "downloaded.bin").write_text("made on the host\n")
+
+    assert hsm("run", "sweep.yaml", "--source", "h1", cwd=root).returncode == 0
+    present = {str(p.relative_to(code)) for p in code.rglob("*") if p.is_file()}
+    assert {"task.py", "sweep.yaml", "hsm_config.yaml", "lib/util.py", "unchanged.txt",
+            "changed.txt", ".gitignore"} <= present
+    for absent in ("model.ckpt", "secrets.txt", "big/blob", "lib/sub/w.ckpt", ".git/HEAD",
+                   "stale.py", "lib/data/keep.txt"):
+        assert absent not in present, absent
+    # Excluded files on the host are not deleted (no --delete-excluded).
+    assert "data/downloaded.bin" in present
+    assert not any(p.startswith((".hsm/", "runs/")) for p in present)
+
+    # Incremental: an unchanged file is not rewritten, a changed one is.
+    inode = os.stat(code / "unchanged.txt").st_ino
+    (root / "changed.txt").write_text("new content\n")
+    assert hsm("run", "sweep.yaml", "--source", "h1", cwd=root).returncode == 0
+    assert os.stat(code / "unchanged.txt").st_ino == inode
+    assert (code / "changed.txt").read_text() == "new content\n"
