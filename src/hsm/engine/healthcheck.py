@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hsm.engine.health import HealthVerdict, classify, percent_free
-from hsm.engine.monitor import RECENT, probe_all, recent_counts
+from hsm.engine.health import HealthVerdict, percent_free
+from hsm.engine.monitor import RECENT, assess, probe_all, recent_counts
 from hsm.engine.service import Project
 from hsm.sources.base import HealthSample
 from hsm.sources.registry import build_sources
@@ -76,16 +76,8 @@ def _row(store: Store, project: Project, name: str, sample: HealthSample) -> Sou
     row = store.source(name)
     counts = recent_counts(store, name, since=time.time() - RECENT)
     running = store.running_attempts(name)
-    disk_rate = counts.disk_failures / counts.submitted if counts.submitted else 0.0
-    verdict = classify(sample, cfg, own_tasks=running if name == "local" else 0,
-                       disk_failure_rate=disk_rate)
-    store.record_health(
-        source=name, reachable=sample.reachable, disk_path=sample.disk_path,
-        free_bytes=sample.free_bytes, total_bytes=sample.total_bytes, load1=sample.load1,
-        cores=sample.cores, memory_percent=sample.memory_percent,
-        disk_status=verdict.disk_status.value if verdict.disk_status else None,
-        status=verdict.status.value, detail="; ".join(verdict.reasons) or None,
-        consecutive_failures=row.consecutive_health_failures)
+    verdict, _ = assess(store, cfg, name, sample, own_tasks=running if name == "local" else 0,
+                        previous=row.consecutive_health_failures, count=False)
     trend = [h.free_bytes for h in store.health_samples(name, limit=TREND_POINTS)
              if h.free_bytes is not None]
     configured = True

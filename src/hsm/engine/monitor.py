@@ -76,6 +76,24 @@ def recent_counts(store: Store, name: str, *, sweep_id: str | None = None,
     return store.source_counts(name, sweep_id=sweep_id, since=floor or None)
 
 
+def assess(store: Store, cfg: HealthConfig, name: str, sample: HealthSample, *,
+           own_tasks: int, previous: int, count: bool) -> tuple[HealthVerdict, int]:
+    """Classify a sample with the source's recent disk failures and record it. Returns the
+    verdict and the count of failed checks in a row (advanced only when ``count``)."""
+    counts = recent_counts(store, name, since=time.time() - RECENT)
+    disk_rate = counts.disk_failures / counts.submitted if counts.submitted else 0.0
+    verdict = classify(sample, cfg, own_tasks=own_tasks, disk_failure_rate=disk_rate)
+    consecutive = next_failure_count(previous, verdict) if count else previous
+    store.record_health(
+        source=name, reachable=sample.reachable, disk_path=sample.disk_path,
+        free_bytes=sample.free_bytes, total_bytes=sample.total_bytes, load1=sample.load1,
+        cores=sample.cores, memory_percent=sample.memory_percent,
+        disk_status=verdict.disk_status.value if verdict.disk_status else None,
+        status=verdict.status.value, detail="; ".join(verdict.reasons) or None,
+        consecutive_failures=consecutive)
+    return verdict, consecutive
+
+
 class SourceMonitor:
     def __init__(self, *, store: Store, sweep_id: str, sources: Mapping[str, Source],
                  health: HealthConfig, failsafe: FailsafeConfig, interval: float,
@@ -201,19 +219,10 @@ class SourceMonitor:
 
     def _judge(self, name: str, sample: HealthSample) -> None:
         st = self.state[name]
-        counts = recent_counts(self.store, name, since=time.time() - RECENT)
-        disk_rate = counts.disk_failures / counts.submitted if counts.submitted else 0.0
         own = self.running(name) if name == "local" else 0
-        verdict = classify(sample, self.health, own_tasks=own, disk_failure_rate=disk_rate)
-        st.consecutive = next_failure_count(st.consecutive, verdict)
+        verdict, st.consecutive = assess(self.store, self.health, name, sample, own_tasks=own,
+                                         previous=st.consecutive, count=True)
         st.verdict, st.sample = verdict, sample
-        self.store.record_health(
-            source=name, reachable=sample.reachable, disk_path=sample.disk_path,
-            free_bytes=sample.free_bytes, total_bytes=sample.total_bytes, load1=sample.load1,
-            cores=sample.cores, memory_percent=sample.memory_percent,
-            disk_status=verdict.disk_status.value if verdict.disk_status else None,
-            status=verdict.status.value, detail="; ".join(verdict.reasons) or None,
-            consecutive_failures=st.consecutive)
         self._log(name, verdict)
         if st.enabled:
             reason = health_reason(name, st.consecutive, self.failsafe)
