@@ -15,7 +15,7 @@ from pathlib import Path
 from hsm.engine.failsafe import TASK_LEVEL_CAUSES, FailsafeConfig
 from hsm.engine.monitor import SourceMonitor
 from hsm.engine.policy import judge_attempt
-from hsm.engine.strategy import make_strategy, prefer, views
+from hsm.engine.strategy import make_strategy, views
 from hsm.errors import ConfigError, ExitCode, HsmError, SourceUnavailableError
 from hsm.jobscript import read_events
 from hsm.sources.base import (
@@ -272,18 +272,27 @@ class Engine:
                 f"completed, so the sources are not to blame. Fix the script, then continue "
                 f"with: hsm resume {self.sweep_id} --retry-failed{tail}")
 
+    def _open_to_work(self, name: str) -> bool:
+        return (self.usable(name) and self.sources[name].reachable
+                and not self.orphans[name])
+
     def _dispatch(self) -> None:
         batches: dict[str, list[LaunchRequest]] = {}
+        held: list[int] = []  # retries waiting for a slot on a source they did not fail on
         while self.pending:
             busy = {n: len(r) for n, r in self.running.items()}
             candidates = [v for v in views({n: s.slots for n, s in self.sources.items()}, busy)
-                          if self.free_slots[v.name] and self.usable(v.name)
-                          and self.sources[v.name].reachable and not self.orphans[v.name]]
+                          if self.free_slots[v.name] and self._open_to_work(v.name)]
             if not candidates:
                 break
             number = self.pending.popleft()
-            choice = self.strategy.pick(prefer(candidates, self.avoid.get(number, set())),
-                                        self.order)
+            avoid = self.avoid.get(number, set())
+            fresh = [c for c in candidates if c.name not in avoid]
+            if avoid and not fresh and any(n not in avoid and self._open_to_work(n)
+                                           for n in self.sources):
+                held.append(number)  # a source it has not failed on will free a slot
+                continue
+            choice = self.strategy.pick(fresh or candidates, self.order)
             slot = self.free_slots[choice.name].pop()
             attempt = self.store.begin_attempt(self.sweep_id, number, source=choice.name,
                                                slot=slot)
@@ -293,6 +302,7 @@ class Engine:
             batches.setdefault(choice.name, []).append(
                 LaunchRequest(number=number, attempt=attempt.attempt, params=params, slot=slot,
                               attempt_id=attempt.id))
+        self.pending.extendleft(reversed(held))
         for name, requests in batches.items():
             self._spawn(self._launch(name, requests))
 

@@ -173,13 +173,8 @@ hsm_kill_task() { # SIGTERM to the task's process group now, SIGKILL after the g
   hsm_killer=$!
   set +m
 }
-# shellcheck disable=SC2329 # a trap handler
-hsm_record_pgid() { # trap handler: the task is still running, record its pgid
-  ((hsm_running)) && [[ -z $hsm_stop_cause ]] && hsm_write_status running null null null
-}
 trap 'hsm_stop cancelled' TERM INT HUP
 trap 'hsm_stop disk_kill' USR1
-trap 'hsm_record_pgid' USR2
 
 hsm_group_alive() { # is a process of the task's group still running (not a zombie)?
   kill -0 -- "-$hsm_pgid" 2>/dev/null || return 1
@@ -200,7 +195,6 @@ hsm_group_alive() { # is a process of the task's group still running (not a zomb
 hsm_now_epoch
 hsm_started=$hsm_t
 hsm_start_s=${hsm_t%.*}
-hsm_write_status running null null null
 # Reserve space for a full disk: one status file, and a first block of the events log (a
 # comment line), so that status updates and event lines still fit when no block is left.
 [[ -f $hsm_meta/status.spare ]] || { printf '%*s\n' $((hsm_status_size - 1)) '' >"$hsm_meta/status.spare"; } 2>/dev/null
@@ -317,17 +311,14 @@ hsm_run_task </dev/null >>"$hsm_task_dir/stdout.log" 2>>"$hsm_task_dir/stderr.lo
 hsm_pgid=$!
 set +m
 hsm_child=$hsm_pgid
+# The first status: the task runs, and its process group is known.
+hsm_write_status running null null null
 [[ -n $hsm_stop_cause ]] && hsm_kill_task # a signal came while the task was starting
 
-# The disk watcher: a background process group of its own, ended with the task. It first
-# asks the wrapper (SIGUSR2) to record the task's pgid in status.json, 50 ms after the start:
-# a task that ends sooner needs no such update (its final status has the pgid), which saves
-# a process start per short task.
+# The disk watcher: a background process group of its own, ended with the task.
 hsm_watch() {
   local low=0 a i
-  trap - TERM INT HUP USR1 USR2
-  sleep 0.05
-  kill -USR2 "$$" 2>/dev/null || exit 0
+  trap - TERM INT HUP USR1
   while :; do
     sleep "$hsm_interval"
     kill -0 "$$" 2>/dev/null && kill -0 -- "-$hsm_pgid" 2>/dev/null || exit 0
@@ -366,8 +357,6 @@ if ((hsm_interval > 0 && (hsm_warn_below > 0 || hsm_kill_below > 0))); then
   hsm_watch </dev/null >/dev/null 2>&1 &
   hsm_watcher=$!
   set +m
-else
-  hsm_write_status running null null null
 fi
 
 # Wait for the task. A trapped signal interrupts `wait`; then wait again.

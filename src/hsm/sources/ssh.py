@@ -245,12 +245,12 @@ class SshSource(Source):
                 self.transport.drop()
             try:
                 await self._bring_up()
-            except ConnectError as exc:
-                self._down_reason = exc.message
-                await asyncio.sleep(RECONNECT_DELAY)
             except (HsmError, OSError) as exc:
-                self._down_reason = str(exc)
-                log.warning("source %s: %s", self.name, exc)
+                reason = exc.message if isinstance(exc, HsmError) else str(exc)
+                network = isinstance(exc, ConnectError) and exc.unreachable
+                if not network and reason != self._down_reason:  # e.g. a new host key
+                    log.warning("source %s cannot be used again yet: %s", self.name, reason)
+                self._down_reason = reason
                 await asyncio.sleep(RECONNECT_DELAY)
 
     # -- tasks ---------------------------------------------------------------------------

@@ -107,7 +107,7 @@ look() {
 #                           detached (its own session), watch it
 #   P ID                    answered with "P ID" after the next scan (a barrier)
 # Events: "S ID STATUS ALIVE" when a watched status changes (a final status of the watched
-# attempt ends the watch; a running one is reported once it ran ~50 ms, or at a barrier),
+# attempt ends the watch; a running one is reported once it ran about 50 ms, or at a barrier),
 # "A ID PID" launched, "E ID MESSAGE" not launched.
 # The monitor ends when its stdin closes; the tasks it started do not.
 MONITOR = _LOOK + r"""
@@ -122,9 +122,9 @@ scan() {
     run=0 k=$s
     [[ $s == *'"status": "running"'* ]] && run=1 k=running$alive # a new pgid is no news
     if [[ ${last[i]-} == "$k" ]]; then age[i]=0; continue; fi
-    # A running attempt is reported after ~25 scans (a short task only reports its end),
-    # or at once when a barrier asks for the state of everything.
-    ((run && !force && ++age[i] < 25)) && continue
+    # A running attempt is reported after 10 scans, about 50 ms (a short task only reports
+    # its end), or at once when a barrier asks for the state of everything.
+    ((run && !force && ++age[i] < 10)) && continue
     last[i]=$k age[i]=0
     ev S "$i" "$s" "$alive"
     if [[ $s != *'"status": "running"'* && $s == *"\"attempt\": ${att[i]},"* ]]; then

@@ -17,7 +17,6 @@ import shlex
 import socket
 import tarfile
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +120,6 @@ class SshTransport:
         self._channels = asyncio.Semaphore(max_channels)
         self._openssh: dict[str, list[str]] | None = None
         self.on_lost: Callable[[Exception | None], None] | None = None
-        self.lost_at: float | None = None  # monotonic time the last connection broke
         self.lost_reason: str = ""
 
     # -- OpenSSH's view of the target ------------------------------------------------------
@@ -204,7 +202,6 @@ class SshTransport:
     def _lost(self, conn: asyncssh.SSHClientConnection | None, exc: Exception | None) -> None:
         if conn is None or conn is not self._conn:
             return
-        self.lost_at = time.monotonic()
         self.lost_reason = str(exc) if exc else "closed by the host"
         if self.on_lost is not None:
             self.on_lost(exc)
