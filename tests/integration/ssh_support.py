@@ -8,24 +8,21 @@ count how often each task really ran, on which host, and how it ended.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from hsm.state import AttemptRow, Store, TaskRow
+from tests.hsmcli import HSM, Result
 from tests.testbed import Host
 
-HSM = [sys.executable, "-m", "hsm.cli"]
 REMOTE_ROOT = "/srv/hsm/root"
 MARKS = "/srv/hsm/marks"
 
@@ -62,19 +59,6 @@ time.sleep(seconds)
 mark("done")
 sys.exit(int(args.get("exit", "0")))
 '''
-
-
-@dataclass(frozen=True)
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-    def __str__(self) -> str:
-        return f"exit {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
 
 
 def remote(bed_host: Host, /, **overrides: Any) -> dict[str, Any]:
