@@ -23,7 +23,6 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hsm.errors import SourceUnavailableError
 from hsm.sources.process import CommandResult
 from hsm.sources.scheduler import (
     ArraySpec,
@@ -32,6 +31,7 @@ from hsm.sources.scheduler import (
     JobOptions,
     Runner,
     Scheduler,
+    require_answer,
     translate,
 )
 
@@ -156,12 +156,8 @@ class Pbs(Scheduler):
         self._warned_qos = False
 
     async def configure(self, run: Runner, source: str) -> None:
-        ping = await run(["qstat", "-Q"], timeout=30)
-        if ping.returncode != 0:
-            answer = (ping.stderr.strip() or ping.stdout.strip()).splitlines()[-1:] or [""]
-            raise SourceUnavailableError(
-                f"source {source!r}: the PBS server does not answer (qstat -Q: "
-                f"{answer[0] or 'exit ' + str(ping.returncode)})")
+        await require_answer(run, ["qstat", "-Q"], source=source,
+                             who="the PBS server", timeout=30)
         version = await run(["qstat", "--version"], timeout=30)
         text = version.stdout + version.stderr
         if version.returncode == 0 and "pbs_version" in text:

@@ -16,7 +16,7 @@ from enum import StrEnum
 from importlib import resources
 from typing import Any
 
-from hsm.errors import ConfigError
+from hsm.errors import ConfigError, SourceUnavailableError
 from hsm.sources.process import CommandResult
 from hsm.spec.sweep import Resources
 from hsm.states import Cause
@@ -25,6 +25,17 @@ log = logging.getLogger(__name__)
 
 # run(argv, *, input=None, timeout=60.0): a scheduler command on the login side.
 Runner = Callable[..., Awaitable[CommandResult]]
+
+
+async def require_answer(run: Runner, argv: list[str], *, source: str, who: str,
+                         timeout: float) -> None:
+    """Run a cheap scheduler command; when it fails, say that ``who`` does not answer."""
+    result = await run(argv, timeout=timeout)
+    if result.returncode != 0:
+        answer = (result.stdout.strip() or result.stderr.strip()).splitlines()[-1:] or [""]
+        raise SourceUnavailableError(
+            f"source {source!r}: {who} does not answer ({' '.join(argv)}: "
+            f"{answer[0] or 'exit ' + str(result.returncode)})")
 _PLACEHOLDER = re.compile(r"@(HEADER|NAME|ROOT|WRAPPER|TASKS|INDEX|JOB_ID|MODULES)@\n?")
 
 

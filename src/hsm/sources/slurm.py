@@ -12,7 +12,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hsm.errors import SourceUnavailableError
 from hsm.sources.scheduler import (
     ArraySpec,
     Element,
@@ -20,6 +19,7 @@ from hsm.sources.scheduler import (
     JobOptions,
     Runner,
     Scheduler,
+    require_answer,
     translate,
 )
 
@@ -140,12 +140,8 @@ class Slurm(Scheduler):
         self.accounting = False
 
     async def configure(self, run: Runner, source: str) -> None:
-        ping = await run(["scontrol", "ping"], timeout=20)
-        if ping.returncode != 0:
-            answer = (ping.stdout.strip() or ping.stderr.strip()).splitlines()[-1:] or [""]
-            raise SourceUnavailableError(
-                f"source {source!r}: the Slurm controller does not answer (scontrol ping: "
-                f"{answer[0] or 'exit ' + str(ping.returncode)})")
+        await require_answer(run, ["scontrol", "ping"], source=source,
+                             who="the Slurm controller", timeout=20)
         shown = await run(["scontrol", "show", "config"], timeout=30)
         config = parse_config(shown.stdout)
         size = config.get("MaxArraySize", "")
