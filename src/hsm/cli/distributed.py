@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.live import Live
@@ -15,9 +16,11 @@ from rich.table import Table
 from hsm.cli.common import config_option, json_option, project_from
 from hsm.cli.render import out_console, print_json
 from hsm.engine.health import percent_free
-from hsm.engine.healthcheck import SourceHealth, check_health
 from hsm.errors import UnknownSourceError
 from hsm.sources.registry import known_sources
+
+if TYPE_CHECKING:
+    from hsm.engine.healthcheck import SourceHealth
 
 
 @click.group()
@@ -147,6 +150,8 @@ def health(names: tuple[str, ...], all_sources: bool, watch: bool, refresh: floa
 
     Exits 1 when any source asked for is unhealthy, so it can gate a sweep.
     """
+    from hsm.engine.healthcheck import check_health
+
     project = project_from(config_path, quiet=True)
     known = known_sources(project.loaded)
     _check_names(known, names)

@@ -12,8 +12,6 @@ import click
 
 from hsm.cli.common import config_option, project_from
 from hsm.errors import StateError
-from hsm.report.data import build_report
-from hsm.report.render import render_html
 
 REPORT_FILE = "report.html"
 
@@ -30,6 +28,9 @@ def report(sweep_id: str, output: Path | None, config_path: Path | None) -> None
     The file needs no network: open it anywhere, or attach it to a message. It works
     while the sweep runs (it shows the state so far).
     """
+    from hsm.report.data import build_report
+    from hsm.report.render import render_html
+
     project = project_from(config_path, quiet=True)
     if not project.has_state():
         raise StateError(f"unknown sweep ID {sweep_id!r}: no sweep has run in "

@@ -1,23 +1,24 @@
-"""Build the sources a sweep asked for from the project config."""
+"""Build the sources a sweep asked for from the project config.
+
+The SSH and cluster backends (and asyncssh with them) are imported by the functions that
+build them, so a command or a sweep that does not use one starts without loading them.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from hsm.errors import ConfigError, UnknownSourceError
 from hsm.sources.base import Source
 from hsm.sources.local import LocalSource
-from hsm.sources.login import LocalLogin, Login, SshLogin
-from hsm.sources.pbs import Pbs
-from hsm.sources.queue import QueueSource
-from hsm.sources.scheduler import ClusterSettings, load_lines
-from hsm.sources.slurm import Slurm
-from hsm.sources.ssh import SshSource
-from hsm.sources.transport import SshTarget, SshTransport
 from hsm.spec.config import LoadedConfig
 from hsm.spec.sweep import Resources
+
+if TYPE_CHECKING:
+    from hsm.sources.transport import SshTarget
 
 LOCAL = "local"
 
@@ -79,6 +80,8 @@ def build_sources(loaded: LoadedConfig, names: Sequence[str], *, parallel: int |
         else:
             sources[name] = build_remote(loaded, name, resources=resources)
     if len(sources) > 1:
+        from hsm.sources.queue import QueueSource
+
         # Beside other sources a cluster holds only its throttle's worth of tasks at once,
         # so it cannot swallow the queue while the other sources sit idle.
         for source in sources.values():
@@ -98,6 +101,8 @@ def ssh_config_file(loaded: LoadedConfig) -> str | None:
 
 
 def ssh_target(loaded: LoadedConfig, name: str) -> SshTarget:
+    from hsm.sources.transport import SshTarget
+
     remote = loaded.config.distributed.remotes[name]
     return SshTarget(
         source=name, host=remote.host, port=remote.port, user=remote.user,
@@ -121,6 +126,9 @@ def build_remote(loaded: LoadedConfig, name: str, *,
                  resources: Resources | None = None) -> Source:
     remote = loaded.config.distributed.remotes[name]
     if remote.type == "ssh":
+        from hsm.sources.ssh import SshSource
+        from hsm.sources.transport import SshTransport
+
         gpus = remote.gpus if isinstance(remote.gpus, list) else []
         return SshSource(
             name, transport=SshTransport(ssh_target(loaded, name)),
@@ -134,6 +142,14 @@ def build_remote(loaded: LoadedConfig, name: str, *,
 def build_cluster(loaded: LoadedConfig, name: str, *,
                   resources: Resources | None = None) -> Source:
     """A Slurm or PBS cluster, reached through ``host`` (or this machine: ``host: local``)."""
+    from hsm.sources.login import LocalLogin, Login, SshLogin
+    from hsm.sources.pbs import Pbs
+    from hsm.sources.queue import QueueSource
+    from hsm.sources.scheduler import ClusterSettings, load_lines
+    from hsm.sources.slurm import Slurm
+    from hsm.sources.ssh import SshSource
+    from hsm.sources.transport import SshTransport
+
     remote = loaded.config.distributed.remotes[name]
     try:
         modules = load_lines(remote.modules)
