@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.hsmcli import hsm, make_project
+from hsm.jobscript import read_status
+from tests.hsmcli import hsm, hsm_background, make_project, outputs, wait_for
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.root]
 
@@ -82,14 +84,19 @@ def test_too_little_space_for_the_project_refuses_to_start_tasks(small_disk: Pat
     assert "disk_precheck" in result.stderr
 
 
-def test_a_task_filling_the_disk_is_killed_with_a_warning_first(small_disk: Path) -> None:
-    config = CONFIG.format(project_min_free="1MB", warn_below="20MB", kill_below="10MB")
-    project = make_project(small_disk / "project", config=config, sweep="""\
+def fill_project(disk: Path, *, kill_below: str) -> Path:
+    """A project on ``disk`` whose one task runs ``fill.sh``; warnings below 20 MB."""
+    config = CONFIG.format(project_min_free="1MB", warn_below="20MB", kill_below=kill_below)
+    return make_project(disk / "project", config=config, sweep="""\
         command: [bash, fill.sh]
         sweep:
           grid:
             a: [1]
         """)
+
+
+def test_a_task_filling_the_disk_is_killed_with_a_warning_first(small_disk: Path) -> None:
+    project = fill_project(small_disk, kill_below="10MB")
     # Writes 1 MB every 0.2 s: the guard (every second) sees the space fall below 20 MB
     # and then below 10 MB well before the disk is full.
     (project / "fill.sh").write_text(
@@ -111,3 +118,26 @@ def test_a_task_filling_the_disk_is_killed_with_a_warning_first(small_disk: Path
     assert "Traceback" not in result.stderr
     # The task was stopped before it could fill the disk.
     assert os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize > 5_000_000
+
+
+def test_a_low_disk_warning_is_reported_while_the_task_runs(small_disk: Path) -> None:
+    project = fill_project(small_disk, kill_below="2MB")
+    # Leaves about 17 MB free (warning below 20 MB), then waits for the test's go-ahead.
+    (project / "fill.sh").write_text(
+        'head -c 15000000 /dev/zero > "$HSM_TASK_DIR/fill"\n'
+        'for i in $(seq 300); do [ -e "$HSM_TASK_DIR/go" ] && exit 0; sleep 0.1; done\n'
+        'exit 3\n')
+    task_dir = project / "runs" / "live" / "tasks" / "task_0001"
+    sweep_log = project / "runs" / "live" / "hsm.log"
+    with hsm_background("run", "sweeps/sweep.yaml", "--json", "--name", "live",
+                        cwd=project) as proc:
+        wait_for(lambda: sweep_log.exists() and LOW_DISK.search(sweep_log.read_text()),
+                 timeout=20, what="the low-disk warning in the sweep log")
+        status = read_status(task_dir)
+        assert status is not None and status.status == "running"  # reported live
+        (task_dir / "go").touch()
+        assert proc.wait(timeout=30) == 0
+    out, err = outputs(project)
+    assert json.loads(out)["counts"]["completed"] == 1
+    assert len(LOW_DISK.findall(sweep_log.read_text())) == 1  # once, not again at the end
+    assert len(LOW_DISK.findall(err)) == 1

@@ -49,6 +49,30 @@ def test_disk_filled_mid_task_kills_it(tmp_path: Path, testbed_hosts: list[Host]
     assert marks([host])[1] == [("start", "1", host.name)]  # killed before it was done
 
 
+def test_a_low_disk_warning_is_reported_while_the_task_runs(
+        tmp_path: Path, testbed_hosts: list[Host]) -> None:
+    host = testbed_hosts[0]
+    root = make_project(tmp_path / "proj", [host], n=1, sleep=6,
+                        config={"disk": GUARD, "distributed": {"max_retries": 0}})
+
+    def warned() -> str | None:
+        logs = [p.read_text() for p in root.glob("runs/*/hsm.log")]
+        return next((text for text in logs if "Low disk space detected" in text), None)
+
+    with Background("run", "sweep.yaml", "--source", "h1", "--json", cwd=root) as run:
+        wait_for(lambda: started_on([host], 1, host), timeout=20, what="the task to start")
+        host.fill_disk(leave_bytes=15 * MB)  # below the warning level, above the kill level
+        log = wait_for(warned, timeout=5, what="the warning in the sweep log")
+        assert marks([host])[1] == [("start", "1", host.name)]  # the task still runs
+        host.free_disk()
+        result = run.wait(timeout=30)
+    assert result.returncode == 0, result
+    assert "WARNING: Low disk space detected: 0.0GB remaining [task 1 on h1]" in log
+    assert log.count("Low disk space detected") == 1
+    final = (Path(result.json()["sweep_dir"]) / "hsm.log").read_text()
+    assert final.count("Low disk space detected") == 1  # not logged again at the end
+
+
 def test_disk_kill_is_retried_on_another_host(tmp_path: Path,
                                               testbed_hosts: list[Host]) -> None:
     h1, h2 = testbed_hosts[:2]

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.integration.ssh_support import (
     REMOTE_ROOT,
@@ -140,3 +142,26 @@ def test_code_push_honours_gitignore_and_exclude(tmp_path: Path,
     assert hsm("run", "sweep.yaml", "--source", "h1", cwd=root).returncode == 0
     assert os.stat(code / "unchanged.txt").st_ino == inode
     assert (code / "changed.txt").read_text() == "new content\n"
+
+
+def test_a_slot_takes_its_next_task_while_the_last_results_are_pulled(
+        tmp_path: Path, testbed_hosts: list[Host]) -> None:
+    # One slot, two tasks with big results: the second task starts as soon as the first one
+    # ends, not after its 20 MB have come back and been recorded.
+    host = testbed_hosts[0]
+    big = 'head -c 20000000 /dev/zero >"$HSM_TASK_DIR/big.bin"'
+    sweep = yaml.safe_dump({"command": ["bash", "-c", big, "task"],
+                            "sweep": {"grid": {"i": [1, 2]}}})
+    root = make_project(tmp_path / "proj", [host], sweep=sweep,
+                        remotes={"h1": remote(host, max_parallel_jobs=1)})
+    result = hsm("run", "sweep.yaml", "--source", "h1", "--json", cwd=root)
+    assert result.returncode == 0, result
+    data = result.json()
+    assert data["counts"]["completed"] == 2
+    folders = {t["number"]: Path(t["task_dir"]) for t in data["tasks"]}
+    assert (folders[1] / "big.bin").stat().st_size == 20_000_000
+    second_started = json.loads((folders[2] / "status.json").read_text())["started"]
+    with sqlite3.connect(root / ".hsm" / "hsm.db") as conn:
+        (first_recorded,) = conn.execute(
+            "SELECT finished FROM attempts WHERE number = 1").fetchone()
+    assert second_started < first_recorded

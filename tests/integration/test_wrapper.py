@@ -600,9 +600,9 @@ def test_disk_filling_up_kills_the_task(disk_task: Task, runner: Runner) -> None
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("spare", [True, False], ids=["spare-file", "in-place"])
+@pytest.mark.parametrize("cut_short", [False, True], ids=["in-place", "spare-file"])
 def test_completely_full_disk_kills_the_task_and_records_it(
-    disk_task: Task, runner: Runner, spare: bool
+    disk_task: Task, runner: Runner, cut_short: bool
 ) -> None:
     guard = GuardSettings(0, 0, check_interval=1, warn_below=2 * MB, kill_below=1 * MB)
     go = disk_task.dir / "go"
@@ -611,16 +611,14 @@ def test_completely_full_disk_kills_the_task_and_records_it(
     proc = runner.start(disk_task.dir)
     wait_until(lambda: (s := disk_task.status()) is not None and s.pgid is not None, 5, "pgid")
     status_file = disk_task.dir / STATUS_FILE
+    if cut_short:  # as if the disk had been full when the first status was written
+        status_file.write_bytes(b"")
     inode = status_file.stat().st_ino
-    if not spare:
-        (disk_task.dir / STATUS_SPARE).unlink()
     go.touch()
     start = time.monotonic()
     proc.wait(timeout=15)
     assert time.monotonic() - start < guard.check_interval + 1.8  # no wait for the grace time
     runner.assert_nothing_left(proc)
-    # The disk was full when the last status was written: the normal write failed.
-    assert (disk_task.dir / ".hsm" / "status.tmp").stat().st_size == 0
     assert free_bytes(disk_task.dir) <= 4096  # (at most the page of the replaced status)
     status = disk_task.status()
     assert status is not None
@@ -628,11 +626,14 @@ def test_completely_full_disk_kills_the_task_and_records_it(
     assert status.exit_code == 128 + signal.SIGTERM
     assert status.finished is not None and status.pgid is not None
     assert len(status_file.read_bytes()) == STATUS_SIZE
-    if spare:
-        assert not (disk_task.dir / STATUS_SPARE).exists()  # renamed to status.json
+    if cut_short:
+        # No block for the status or a temporary file: the reserved spare took its place.
+        assert (disk_task.dir / ".hsm" / "status.tmp").stat().st_size == 0
+        assert not (disk_task.dir / STATUS_SPARE).exists()
         assert status_file.stat().st_ino != inode
     else:
-        assert status_file.stat().st_ino == inode  # overwritten in place
+        assert status_file.stat().st_ino == inode  # overwritten in place: no new block
+        assert (disk_task.dir / STATUS_SPARE).exists()
     events = read_events(disk_task.dir)
     assert events[0] == "WARNING: Low disk space detected: 0.0GB remaining", events
     assert events[1].startswith("CRITICAL: Disk space exhausted: 0.0GB remaining"), events

@@ -21,6 +21,7 @@ from hsm.jobscript import (
     WrapperState,
     WrapperStatus,
     encode_spec,
+    parse_events,
     parse_status,
     read_events,
     read_status,
@@ -285,3 +286,14 @@ def test_write_spec(tmp_path: Path) -> None:
     assert not (task / ".hsm" / "spec.tmp").exists()
     write_spec(task, spec(attempt=2))  # a retry replaces the spec
     assert (task / ".hsm" / "spec").read_bytes() == encode_spec(spec(attempt=2))
+
+
+def test_events_are_read_per_attempt() -> None:
+    text = ("# hsm events, one per line\n# attempt 1\nWARNING: one\n"
+            "# attempt 2\nWARNING: two\nCRITICAL: two\n")
+    assert parse_events(text) == ["WARNING: one", "WARNING: two", "CRITICAL: two"]
+    assert parse_events(text, 1) == ["WARNING: one"]
+    assert parse_events(text, 2) == ["WARNING: two", "CRITICAL: two"]
+    assert parse_events(text, 3) == []
+    # A log without attempt lines belongs to whichever attempt asks.
+    assert parse_events("# hsm events, one per line\nWARNING: x\n", 2) == ["WARNING: x"]

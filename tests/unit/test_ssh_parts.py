@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hsm.sources.ssh_pull import _read_archive, _size
-from hsm.sources.ssh_scripts import printf_escape
+from hsm.sources.ssh_scripts import MONITOR, printf_escape
 from hsm.sources.transport import NOTHING_TRUSTED, SshTarget, SshTransport
 
 
@@ -131,3 +131,42 @@ def test_tar_sizes() -> None:
     assert _size(b"00000001750\0") == 1000
     assert _size(b"\0" * 12) == 0
     assert _size(bytes([0x80]) + (12 << 30).to_bytes(11, "big")) == 12 << 30
+
+
+def status_text(state: str, finished: str) -> bytes:
+    body = (f'{{"version": 1, "attempt": 1, "status": "{state}", "cause": null, '
+            f'"exit_code": null, "pid": {os.getpid()}, "pgid": null, "host": "h", '
+            f'"started": 1.5, "finished": {finished}}}')
+    return (body + " " * (1023 - len(body)) + "\n").encode()
+
+
+def test_host_monitor_reads_a_half_written_status_again(tmp_path: Path) -> None:
+    # The wrapper writes a status over the last one in place: a scan that catches the write
+    # half done must not report it (it would end the watch with a status that is no status).
+    task = tmp_path / "task"
+    task.mkdir()
+    running, final = status_text("running", "null"), status_text("completed", "2.5")
+    (task / "status.json").write_bytes(final[:60] + running[60:])
+    proc = subprocess.Popen(["bash", "-c", MONITOR, "hsm-monitor", "/nonexistent"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def ask(*fields: str) -> list[bytes]:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"".join(f.encode() + b"\0" for f in fields))
+        proc.stdin.flush()
+        events: list[bytes] = []
+        while events[-2:] != [b"P", b"9"]:
+            field = b""
+            while (c := proc.stdout.read(1)) != b"\0":
+                field += c
+            events.append(field)
+        return events
+
+    try:
+        assert ask("W", "1", str(task), "1", "P", "9") == [b"P", b"9"]
+        (task / "status.json").write_bytes(final)
+        assert ask("P", "9") == [b"S", b"1", final.rstrip(), b"1", b"P", b"9"]
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=5)

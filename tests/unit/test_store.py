@@ -76,6 +76,49 @@ def test_discard_attempt_restores_pending(tmp_path: Path) -> None:
     assert store.attempts("s1") == []
 
 
+def test_reattach_records_the_lost_attempt_as_running_again(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    a = store.begin_attempt("s1", 1, source="h1", slot=0)
+    store.attempt_launched(a.id, {"task_dir": "x"}, "host1")
+    store.finish_attempt(a, state=AttemptState.LOST, cause=Cause.LOST, exit_code=None,
+                         task_status=TaskStatus.PENDING, counted=True)
+    lost = store.task_attempts("s1", 1)[0]
+    b = store.reattach_attempt(lost, slot=1, handle={"task_dir": "x"}, host="host1")
+    assert (b.attempt, b.state, b.source, b.slot) == (1, AttemptState.RUNNING, "h1", 1)
+    [row] = store.task_attempts("s1", 1)  # the lost record is replaced, not doubled
+    assert (row.id, row.state, row.handle, row.host) == (b.id, AttemptState.RUNNING,
+                                                         {"task_dir": "x"}, "host1")
+    t = store.task("s1", 1)
+    assert (t.status, t.attempts, t.source) == (TaskStatus.RUNNING, 1, "h1")
+
+
+def test_reattach_after_a_later_attempt_keeps_the_history(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    a = store.begin_attempt("s1", 1, source="h1", slot=0)
+    store.finish_attempt(a, state=AttemptState.LOST, cause=Cause.LOST, exit_code=None,
+                         task_status=TaskStatus.PENDING, counted=True)
+    b = store.begin_attempt("s1", 1, source="h2", slot=0)
+    store.finish_attempt(b, state=AttemptState.LOST, cause=Cause.LOST, exit_code=None,
+                         task_status=TaskStatus.PENDING, counted=True)
+    c = store.reattach_attempt(store.task_attempts("s1", 1)[0], slot=0,
+                               handle={"task_dir": "x"}, host=None)
+    assert c.attempt == 3
+    assert [r.state for r in store.task_attempts("s1", 1)] == [
+        AttemptState.LOST, AttemptState.LOST, AttemptState.RUNNING]
+
+
+def test_reattach_is_one_transaction(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    a = store.begin_attempt("s1", 1, source="h1", slot=0)
+    store.finish_attempt(a, state=AttemptState.LOST, cause=Cause.LOST, exit_code=None,
+                         task_status=TaskStatus.PENDING, counted=True)
+    lost = store.task_attempts("s1", 1)[0]
+    with pytest.raises(TypeError):  # fails after the lost record was deleted
+        store.reattach_attempt(lost, slot=0, handle={"bad": object()}, host=None)
+    assert store.task_attempts("s1", 1) == [lost]  # rolled back: still on record
+    assert store.task("s1", 1).status is TaskStatus.PENDING
+
+
 def test_task_failures_count_only_once_judged(tmp_path: Path) -> None:
     store = make(tmp_path)
     a = store.begin_attempt("s1", 1, source="h", slot=0)

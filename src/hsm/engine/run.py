@@ -8,7 +8,7 @@ import logging
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -47,6 +47,8 @@ CANCEL_GRACE = 15.0
 class Running:
     attempt: AttemptRow
     handle: JobHandle | None = None
+    ended: bool = False  # its wrapper recorded the end; the slot is free, results may come
+    events_seen: int = 0  # event lines of the attempt already logged
 
 
 @dataclass
@@ -280,7 +282,8 @@ class Engine:
         batches: dict[str, list[LaunchRequest]] = {}
         held: list[int] = []  # retries waiting for a slot on a source they did not fail on
         while self.pending:
-            busy = {n: len(r) for n, r in self.running.items()}
+            busy = {n: sum(not r.ended for r in runs.values())
+                    for n, runs in self.running.items()}
             candidates = [v for v in views({n: s.slots for n, s in self.sources.items()}, busy)
                           if self.free_slots[v.name] and self._open_to_work(v.name)]
             if not candidates:
@@ -351,8 +354,14 @@ class Engine:
             for run in runs:
                 assert run.handle is not None
                 result = results.get(run.handle)
-                if result is not None and result.state in (PollState.FINISHED, PollState.LOST):
+                if result is None:
+                    continue
+                if result.events:
+                    self._report_events(name, run, result.events)
+                if result.state in (PollState.FINISHED, PollState.LOST):
                     await self._complete(name, run, result)
+                elif self._ended(source, run, result):
+                    self._free_slot(name, run)
 
     async def _resolve_orphans(self, name: str) -> None:
         """The host of lost attempts is reachable again. An attempt that still runs (or
@@ -382,13 +391,11 @@ class Engine:
                 self.pending.remove(number)
                 slot = run.attempt.slot if run.attempt.slot in slots else slots[-1]
                 slots.remove(slot)
-                if self.store.task(self.sweep_id, number).attempts == run.attempt.attempt:
-                    # It was not lost after all: record it as the attempt that runs.
-                    self.store.discard_attempt(run.attempt)
-                attempt = self.store.begin_attempt(self.sweep_id, number, source=name, slot=slot)
-                self.store.attempt_launched(attempt.id, run.handle.to_json(), run.handle.host)
-                self.running[name][attempt.id] = Running(
-                    replace(attempt, state=AttemptState.RUNNING), run.handle)
+                # It was not lost after all: record it as the attempt that runs.
+                attempt = self.store.reattach_attempt(run.attempt, slot=slot,
+                                                      handle=run.handle.to_json(),
+                                                      host=run.handle.host)
+                self.running[name][attempt.id] = Running(attempt, run.handle)
                 self._count(TaskStatus.PENDING, TaskStatus.RUNNING)
                 log.warning("task %d (attempt %d) still runs on %s, which is back: reattached",
                             number, run.handle.attempt, name)
@@ -437,11 +444,17 @@ class Engine:
             log.warning("could not collect task %d from %s: %s", run.attempt.number, name, exc)
             return
         local_dir = Path(self.ctx.sweep_dir, "tasks", Path(handle.task_dir).name)
-        for line in read_events(local_dir):
-            log.warning("%s [task %d on %s]", line, run.attempt.number, name)
+        self._report_events(name, run, read_events(local_dir, run.attempt.attempt))
         cause = Cause(result.scheduler_cause or (status.cause.value if status.cause else
                                                  Cause.TASK_FAILED.value))
         self._settle(name, run, cause, status.exit_code)
+
+    @staticmethod
+    def _report_events(name: str, run: Running, lines: Sequence[str]) -> None:
+        """Log the attempt's event lines (e.g. low-disk warnings) not logged yet."""
+        for line in lines[run.events_seen:]:
+            log.warning("%s [task %d on %s]", line, run.attempt.number, name)
+        run.events_seen = max(run.events_seen, len(lines))
 
     def _settle(self, name: str, run: Running, cause: Cause, exit_code: int | None) -> None:
         """Record the end of an attempt and decide what happens to its task."""
@@ -488,10 +501,28 @@ class Engine:
         tried = self.avoid.get(number, set()) | {name}
         return any(n not in tried and self.monitor.state[n].enabled for n in self.sources)
 
-    def _release(self, name: str, run: Running) -> None:
-        self.running[name].pop(run.attempt.id, None)
+    @staticmethod
+    def _ended(source: Source, run: Running, result: PollResult) -> bool:
+        """Whether the attempt's wrapper has recorded its end while its results are still
+        on the way (e.g. being pulled from a host). Not for batch schedulers, whose job may
+        still hold its allocation."""
+        status = result.status
+        return (not source.capabilities.queue and status is not None
+                and status.terminal and status.attempt == run.attempt.attempt)
+
+    def _free_slot(self, name: str, run: Running) -> None:
+        """Give the attempt's slot back (once). Called as soon as its task is over, so that
+        the next task starts before the results of this one are collected and recorded."""
+        if run.ended:
+            return
+        run.ended = True
         if run.attempt.slot is not None and run.attempt.slot < self.sources[name].slots:
             self.free_slots[name].append(run.attempt.slot)
+        self.wake.set()
+
+    def _release(self, name: str, run: Running) -> None:
+        self.running[name].pop(run.attempt.id, None)
+        self._free_slot(name, run)
 
     # -- counts and progress -------------------------------------------------------------
     def _count(self, old: TaskStatus, new: TaskStatus) -> None:

@@ -207,14 +207,27 @@ def read_status(task_dir: Path) -> WrapperStatus | None:
     return parse_status(text)
 
 
-def read_events(task_dir: Path) -> list[str]:
-    """The event lines the wrapper recorded (e.g. low-disk warnings), oldest first.
-
-    Lines starting with `#` are comments (the wrapper starts the file with one, which
-    reserves a block for events on a full disk).
-    """
+def read_events(task_dir: Path, attempt: int | None = None) -> list[str]:
+    """The event lines the wrapper recorded in `task_dir` (e.g. low-disk warnings), oldest
+    first; see `parse_events`."""
     try:
         text = (task_dir / EVENTS_FILE).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return []
-    return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return parse_events(text, attempt)
+
+
+def parse_events(text: str, attempt: int | None = None) -> list[str]:
+    """The event lines of an events log, oldest first: of every attempt, or of ``attempt``.
+
+    Lines starting with `#` are comments: the wrapper starts the file with one (which
+    reserves a block for events on a full disk), and each attempt with `# attempt N`.
+    """
+    mine = attempt is None or "# attempt " not in text
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("# attempt ") and attempt is not None:
+            mine = line == f"# attempt {attempt}"
+        elif mine and line.strip() and not line.startswith("#"):
+            lines.append(line)
+    return lines

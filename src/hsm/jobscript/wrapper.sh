@@ -11,7 +11,7 @@
 # the setup lines, which are shell lines from the project config by design.
 #
 # Speed matters (thousands of short tasks): the common path uses shell builtins only, plus
-# one `df`, one `mv` per replaced status, and `mkdir` if the temp folders are missing.
+# one `df`, and `mkdir` if the temp folders are missing.
 
 hsm_die() {
   printf 'hsm wrapper: %s\n' "$1" >&2
@@ -121,26 +121,26 @@ hsm_df() {
 }
 
 # hsm_write_status STATE CAUSE EXIT_CODE FINISHED (JSON tokens for the last three).
-# Normally atomic (a temporary file, then mv; the first status of a task is written directly,
-# as there is nothing to replace). When the disk is full, no new block can be
-# written: then the spare file reserved in .hsm (same fixed size) is overwritten in place and
-# renamed, or else status.json itself is overwritten in place. Both need no new blocks,
-# because every status has the same size.
+# Every status has the same size, so a status is written over the previous one in place, in
+# one write: that needs no new block (it works on a full disk) and starts no process. A
+# reader that catches the write half done sees text that is not a valid status, and reads
+# again (the first status of a task is new: until it is written, readers see nothing or
+# partial JSON). If that fails (a status file cut short on a full disk), a temporary file
+# is renamed over it, or else the spare file reserved in .hsm (same fixed size).
 hsm_write_status() {
   local body pad
   printf -v body '{"version": 1, "attempt": %d, "status": "%s", "cause": %s, "exit_code": %s, "pid": %d, "pgid": %s, "host": "%s", "started": %s, "finished": %s}' \
     "$hsm_attempt" "$1" "$2" "$3" "$$" "${hsm_pgid:-null}" "$hsm_host" "$hsm_started" "$4"
   printf -v pad '%*s' $((hsm_status_size - 1 - ${#body})) ''
   body+=$pad$'\n'
-  if [[ ! -e $hsm_status_file ]]; then # a new file: readers see nothing or partial JSON until done
+  if [[ -f $hsm_status_file ]]; then
+    { printf '%s' "$body" 1<>"$hsm_status_file"; } 2>/dev/null && return 0
+  else
     { printf '%s' "$body" >"$hsm_status_file"; } 2>/dev/null && return 0
   fi
   { printf '%s' "$body" >"$hsm_meta/status.tmp" && mv -f -- "$hsm_meta/status.tmp" "$hsm_status_file"; } 2>/dev/null && return 0
   if [[ -f $hsm_meta/status.spare ]]; then
     { printf '%s' "$body" 1<>"$hsm_meta/status.spare" && mv -f -- "$hsm_meta/status.spare" "$hsm_status_file"; } 2>/dev/null && return 0
-  fi
-  if [[ -f $hsm_status_file ]]; then
-    { printf '%s' "$body" 1<>"$hsm_status_file"; } 2>/dev/null && return 0
   fi
   printf 'hsm wrapper: cannot write %s\n' "$hsm_status_file" >&2
   return 1
@@ -198,7 +198,11 @@ hsm_start_s=${hsm_t%.*}
 # Reserve space for a full disk: one status file, and a first block of the events log (a
 # comment line), so that status updates and event lines still fit when no block is left.
 [[ -f $hsm_meta/status.spare ]] || { printf '%*s\n' $((hsm_status_size - 1)) '' >"$hsm_meta/status.spare"; } 2>/dev/null
-[[ -f $hsm_events_file ]] || { printf '# hsm events, one per line\n' >"$hsm_events_file"; } 2>/dev/null
+# The events of this attempt follow its own comment line.
+{
+  [[ -f $hsm_events_file ]] || printf '# hsm events, one per line\n'
+  printf '# attempt %d\n' "$hsm_attempt"
+} 2>/dev/null >>"$hsm_events_file"
 
 hsm_text=''
 [[ -s $hsm_info_file ]] && hsm_text+=$'\n============================================================\n'
@@ -317,10 +321,17 @@ hsm_write_status running null null null
 
 # The disk watcher: a background process group of its own, ended with the task.
 hsm_watch() {
-  local low=0 a i
+  local low=0 a i tick=''
   trap - TERM INT HUP USR1
+  # A pipe that never delivers anything: `read -t` on it sleeps without starting a process.
+  { exec {tick}<> <(:); } 2>/dev/null || tick=''
   while :; do
-    sleep "$hsm_interval"
+    if [[ -n $tick ]]; then
+      read -r -t "$hsm_interval" -u "$tick" _
+      (($? > 128)) || sleep "$hsm_interval"
+    else
+      sleep "$hsm_interval"
+    fi
     kill -0 "$$" 2>/dev/null && kill -0 -- "-$hsm_pgid" 2>/dev/null || exit 0
     hsm_df "$hsm_project_dir" "$hsm_task_dir"
     a=''

@@ -80,6 +80,7 @@ class PollResult:
     status: WrapperStatus | None = None
     detail: str = ""
     scheduler_cause: str | None = None  # e.g. "timeout" from a queue backend
+    events: tuple[str, ...] = ()  # the attempt's event lines so far, while it runs
 
 
 @dataclass(frozen=True)

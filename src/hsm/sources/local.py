@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from hsm.jobscript import WRAPPER_PATH, read_status, write_spec
+from hsm.jobscript import WRAPPER_PATH, read_events, read_status, write_spec
 from hsm.sources.base import (
     Capabilities,
     HealthSample,
@@ -130,7 +130,10 @@ class LocalSource(Source):
         proc = self._procs.get(handle.task_dir)
         if proc is not None:
             if proc.poll() is None:
-                return PollResult(state or PollState.STARTING, status)
+                if state is PollState.RUNNING:
+                    events = tuple(read_events(Path(handle.task_dir), handle.attempt))
+                    return PollResult(state, status, events=events)
+                return PollResult(PollState.STARTING, status)
             # The wrapper exited without a final status: it was killed outright.
             self._forget(handle)
             return PollResult(PollState.LOST, status, "the job wrapper died without a status")

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hsm.errors import HsmError
-from hsm.jobscript import encode_spec, parse_status, wrapper_text
+from hsm.jobscript import encode_spec, parse_events, parse_status, wrapper_text
 from hsm.sources import ssh_host
 from hsm.sources import ssh_scripts as scripts
 from hsm.sources.base import (
@@ -346,7 +346,8 @@ class SshSource(Source):
             return PollResult(PollState.FINISHED, status)
         if state is PollState.RUNNING and status is not None and seen is not None:
             if seen.alive:
-                return PollResult(PollState.RUNNING, status)
+                events = parse_events(monitor.events.get(self._id(task_dir), ""), h.attempt)
+                return PollResult(PollState.RUNNING, status, events=tuple(events))
             return PollResult(PollState.LOST, status,
                               f"its job wrapper (pid {status.pid}) on {self.host_label()} is gone")
         if now - self._first_seen.setdefault(key, now) > START_GRACE:

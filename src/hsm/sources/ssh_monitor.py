@@ -24,7 +24,7 @@ from hsm.sources.transport import ConnectionLost, RemoteError, SshTransport
 log = logging.getLogger(__name__)
 
 # Fields per event, the type included.
-_EVENT_FIELDS = {b"S": 4, b"A": 3, b"E": 3, b"P": 2}
+_EVENT_FIELDS = {b"S": 4, b"V": 3, b"A": 3, b"E": 3, b"P": 2}
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class HostMonitor:
         self.wrapper = wrapper
         self.on_change = on_change
         self.seen: dict[int, Seen] = {}
+        self.events: dict[int, str] = {}  # id -> the events log of a running task
         self.watched: dict[int, int] = {}  # id -> attempt
         self.done = asyncio.Event()
         self.error = ""
@@ -131,6 +132,9 @@ class HostMonitor:
             text = fields[2].decode(errors="replace").strip()
             self.seen[ident] = Seen(text, fields[3] == b"1")
             return True
+        if kind == b"V":
+            self.events[ident] = fields[2].decode(errors="replace")
+            return True
         if kind == b"P":
             pong = self._pongs.pop(ident, None)
             if pong is not None and not pong.done():
@@ -160,10 +164,12 @@ class HostMonitor:
         self._send(("W", str(ident), task_dir, str(attempt)))
         self.watched[ident] = attempt
         self.seen.pop(ident, None)
+        self.events.pop(ident, None)
 
     def unwatch(self, ident: int) -> None:
         self._send(("U", str(ident)))
         self.watched.pop(ident, None)
+        self.events.pop(ident, None)
 
     async def barrier(self, timeout: float = 15.0) -> None:
         """Returns once the monitor has scanned everything it was told to watch so far."""
@@ -187,6 +193,7 @@ class HostMonitor:
             records.append(("L", str(ident), task_dir, str(attempt), printf_escape(spec)))
             self.watched[ident] = attempt
             self.seen.pop(ident, None)
+            self.events.pop(ident, None)
         self._send(*records)
         done = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True),
                                       timeout)

@@ -81,19 +81,33 @@ fi
 exit 0
 """
 
-# look DIR: s = the status file's text ("" if none yet), alive = 1 if its wrapper pid runs.
-# A status that says running with a dead pid is read again: the wrapper may just have
-# written its final status and exited.
+# look DIR: s = the status in the status file (the JSON, without its padding; "" if there is
+# none yet, or if it is not a whole status: the wrapper writes a status over the last one in
+# place, and a read may catch it half done), alive = 1 if its wrapper pid runs. A status that
+# says running with a dead pid is read again: the wrapper may just have written its final
+# status and exited. (Builtins only, and cheap: the monitor looks every few milliseconds.)
 _LOOK = r"""
-look() {
-  s= alive=0
+shopt -s extglob
+status_glob='{"version": +([0-9]), "attempt": +([0-9]), '
+status_glob+='"status": "@(running|completed|failed|cancelled)", "cause": @(null|"+([a-z_])"), '
+status_glob+='"exit_code": @(null|?(-)+([0-9])), "pid": +([0-9]), "pgid": @(null|+([0-9])), '
+status_glob+='"host": "*([A-Za-z0-9._-])", "started": +([0-9.]), "finished": @(null|+([0-9.]))}'
+read_status() {
+  s=
   [[ -f $1/status.json ]] && IFS= read -r -d '' s <"$1/status.json" 2>/dev/null
-  if [[ $s =~ \"pid\":\ ([0-9]+) ]]; then
-    if kill -0 "${BASH_REMATCH[1]}" 2>/dev/null; then
-      alive=1
-    elif [[ $s == *'"status": "running"'* ]]; then
-      IFS= read -r -d '' s <"$1/status.json" 2>/dev/null
-    fi
+  s=${s%%\}*}\}
+  [[ $s == $status_glob ]] || s=
+}
+look() {
+  local pid
+  alive=0
+  read_status "$1"
+  [[ -n $s ]] || return 0
+  pid=${s#*\"pid\": } pid=${pid%%,*}
+  if kill -0 "$pid" 2>/dev/null; then
+    alive=1
+  elif [[ $s == *'"status": "running"'* ]]; then
+    read_status "$1"
   fi
 }
 """
@@ -108,11 +122,12 @@ look() {
 #   P ID                    answered with "P ID" after the next scan (a barrier)
 # Events: "S ID STATUS ALIVE" when a watched status changes (a final status of the watched
 # attempt ends the watch; a running one is reported once it ran about 50 ms, or at a barrier),
+# "V ID TEXT" when the events log of a running task has new event lines (TEXT: all of it),
 # "A ID PID" launched, "E ID MESSAGE" not launched.
 # The monitor ends when its stdin closes; the tasks it started do not.
 MONITOR = _LOOK + r"""
 w=$1
-dirs=() att=() last=() age=() cmd=() pongs=() buf=
+dirs=() att=() last=() age=() evs=() cmd=() pongs=() buf=
 ev() { printf '%s\0' "$@"; }
 scan() {
   local i k run force=${#pongs[@]}
@@ -121,6 +136,14 @@ scan() {
     [[ -n $s ]] || continue
     run=0 k=$s
     [[ $s == *'"status": "running"'* ]] && run=1 k=running$alive # a new pgid is no news
+    if ((run)); then # new event lines of a running task (the final ones come with it)
+      e=
+      { IFS= read -r -d '' e <"${dirs[i]}/.hsm/events.log"; } 2>/dev/null
+      if [[ $e != "${evs[i]-}" && $e == *$'\n'[!#]* ]]; then
+        evs[i]=$e
+        ev V "$i" "$e"
+      fi
+    fi
     if [[ ${last[i]-} == "$k" ]]; then age[i]=0; continue; fi
     # A running attempt is reported after 10 scans, about 50 ms (a short task only reports
     # its end), or at once when a barrier asks for the state of everything.
@@ -128,17 +151,19 @@ scan() {
     last[i]=$k age[i]=0
     ev S "$i" "$s" "$alive"
     if [[ $s != *'"status": "running"'* && $s == *"\"attempt\": ${att[i]},"* ]]; then
-      unset 'dirs[i]' 'att[i]' 'last[i]' 'age[i]'
+      unset 'dirs[i]' 'att[i]' 'last[i]' 'age[i]' 'evs[i]'
     fi
   done
   for k in "${pongs[@]}"; do ev P "$k"; done
   pongs=()
 }
 launch() {
-  if mkdir -p -- "$2/.hsm" 2>/dev/null && printf '%b' "$4" 2>/dev/null >"$2/.hsm/spec"; then
+  # (The temp folders too: one mkdir here saves the wrapper one.)
+  if mkdir -p -- "$2/.hsm" "$2/tmp" "$2/cuda_cache" 2>/dev/null &&
+    printf '%b' "$4" 2>/dev/null >"$2/.hsm/spec"; then
     (cd / && exec setsid bash "$w" "$2" </dev/null >/dev/null 2>&1) &
     dirs[$1]=$2 att[$1]=$3
-    unset 'last[$1]'
+    unset 'last[$1]' 'evs[$1]'
     ev A "$1" "$!"
   else
     ev E "$1" "cannot write the task spec in $2 (disk full or not writable?)"
@@ -146,8 +171,8 @@ launch() {
 }
 run() {
   case ${cmd[0]} in
-    W) dirs[cmd[1]]=${cmd[2]} att[cmd[1]]=${cmd[3]}; unset 'last[cmd[1]]' ;;
-    U) unset 'dirs[cmd[1]]' 'att[cmd[1]]' 'last[cmd[1]]' ;;
+    W) dirs[cmd[1]]=${cmd[2]} att[cmd[1]]=${cmd[3]}; unset 'last[cmd[1]]' 'evs[cmd[1]]' ;;
+    U) unset 'dirs[cmd[1]]' 'att[cmd[1]]' 'last[cmd[1]]' 'evs[cmd[1]]' ;;
     L) launch "${cmd[1]}" "${cmd[2]}" "${cmd[3]}" "${cmd[4]}" ;;
     P) pongs+=("${cmd[1]}") ;;
   esac

@@ -346,23 +346,46 @@ class Store:
         self, sweep_id: str, number: int, *, source: str, slot: int | None,
     ) -> AttemptRow:
         """Record that the task is about to be launched on ``source`` (state ``launching``)."""
+        with self.transaction() as tx:
+            return self._begin(tx, sweep_id, number, source=source, slot=slot)
+
+    @staticmethod
+    def _begin(tx: sqlite3.Connection, sweep_id: str, number: int, *, source: str,
+               slot: int | None, state: AttemptState = AttemptState.LAUNCHING,
+               handle: Mapping[str, Any] | None = None, host: str | None = None,
+               ) -> AttemptRow:
         now = time.time()
+        row = tx.execute("SELECT attempts FROM tasks WHERE sweep_id = ? AND number = ?",
+                         (sweep_id, number)).fetchone()
+        attempt = row[0] + 1
+        cur = tx.execute(
+            "INSERT INTO attempts (sweep_id, number, attempt, source, slot, state, started,"
+            " handle_json, host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (sweep_id, number, attempt, source, slot, state.value, now,
+             None if handle is None else json.dumps(handle), host))
+        tx.execute(
+            "UPDATE tasks SET status = ?, source = ?, attempts = ?, cause = NULL,"
+            " exit_code = NULL WHERE sweep_id = ? AND number = ?",
+            (TaskStatus.RUNNING.value, source, attempt, sweep_id, number))
+        attempt_id = cur.lastrowid
+        assert attempt_id is not None
+        return AttemptRow(attempt_id, sweep_id, number, attempt, source, slot, state, None,
+                          None, None if handle is None else dict(handle), host, now, None)
+
+    def reattach_attempt(self, lost: AttemptRow, *, slot: int | None,
+                         handle: Mapping[str, Any], host: str | None) -> AttemptRow:
+        """Record, in one transaction, that the attempt ``lost`` was not lost after all: it
+        runs (or ran) on its source, whose host is back. If it is still the task's last
+        attempt, it is recorded afresh under the same number; either way a running attempt
+        with ``handle`` is recorded. One transaction, so a controller that dies here leaves
+        either the lost attempt or the running one on record, never neither."""
         with self.transaction() as tx:
             row = tx.execute("SELECT attempts FROM tasks WHERE sweep_id = ? AND number = ?",
-                             (sweep_id, number)).fetchone()
-            attempt = row[0] + 1
-            cur = tx.execute(
-                "INSERT INTO attempts (sweep_id, number, attempt, source, slot, state, started)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (sweep_id, number, attempt, source, slot, AttemptState.LAUNCHING.value, now))
-            tx.execute(
-                "UPDATE tasks SET status = ?, source = ?, attempts = ?, cause = NULL,"
-                " exit_code = NULL WHERE sweep_id = ? AND number = ?",
-                (TaskStatus.RUNNING.value, source, attempt, sweep_id, number))
-            attempt_id = cur.lastrowid
-        assert attempt_id is not None
-        return AttemptRow(attempt_id, sweep_id, number, attempt, source, slot,
-                          AttemptState.LAUNCHING, None, None, None, None, now, None)
+                             (lost.sweep_id, lost.number)).fetchone()
+            if row is not None and row[0] == lost.attempt:
+                self._discard(tx, lost)
+            return self._begin(tx, lost.sweep_id, lost.number, source=lost.source, slot=slot,
+                               state=AttemptState.RUNNING, handle=handle, host=host)
 
     def attempt_launched(
         self, attempt_id: int, handle: Mapping[str, Any], host: str | None = None
@@ -397,11 +420,15 @@ class Store:
     def discard_attempt(self, attempt: AttemptRow) -> None:
         """Forget an attempt that was recorded but never started; its task is pending again."""
         with self.transaction() as tx:
-            tx.execute("DELETE FROM attempts WHERE id = ?", (attempt.id,))
-            tx.execute(
-                "UPDATE tasks SET status = ?, attempts = attempts - 1"
-                " WHERE sweep_id = ? AND number = ? AND attempts = ?",
-                (TaskStatus.PENDING.value, attempt.sweep_id, attempt.number, attempt.attempt))
+            self._discard(tx, attempt)
+
+    @staticmethod
+    def _discard(tx: sqlite3.Connection, attempt: AttemptRow) -> None:
+        tx.execute("DELETE FROM attempts WHERE id = ?", (attempt.id,))
+        tx.execute(
+            "UPDATE tasks SET status = ?, attempts = attempts - 1"
+            " WHERE sweep_id = ? AND number = ? AND attempts = ?",
+            (TaskStatus.PENDING.value, attempt.sweep_id, attempt.number, attempt.attempt))
 
     def cancel_pending(self, sweep_id: str) -> int:
         with self.transaction() as tx:
