@@ -157,6 +157,9 @@ hsm_stop_cause=''
 hsm_killer=''
 # shellcheck disable=SC2329 # a trap handler
 hsm_stop() { # trap handler: stop the task (cause $1)
+  # A process forked from the wrapper (the task before its exec, the watcher) runs this
+  # handler if the signal came before it reset its traps: it just ends.
+  [[ $BASHPID == "$$" ]] || exit 143
   ((hsm_running)) || [[ -z $hsm_pgid ]] || return 0 # the task is over: nothing to stop
   [[ -z $hsm_stop_cause ]] || return 0
   hsm_stop_cause=$1
@@ -383,10 +386,12 @@ done
 hsm_running=0
 
 # Leave nothing behind: the watcher, the killer, and what is left of the task's group.
-# (Wait only for a helper that was still there: bash's `wait` for a helper that ended while a
-# trap ran can block on another job.)
+# The helpers get SIGKILL: a SIGTERM that reaches a helper before it has reset the traps it
+# inherited would be taken for the wrapper's own, and the wait below would last until the
+# watcher's next check. (Wait only for a helper that was still there: bash's `wait` for a
+# helper that ended while a trap ran can block on another job.)
 for hsm_helper in $hsm_watcher $hsm_killer; do
-  kill -- "-$hsm_helper" 2>/dev/null && { wait "$hsm_helper"; } 2>/dev/null
+  kill -KILL -- "-$hsm_helper" 2>/dev/null && { wait "$hsm_helper"; } 2>/dev/null
 done
 if hsm_group_alive; then
   kill -TERM -- "-$hsm_pgid" 2>/dev/null
