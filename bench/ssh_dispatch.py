@@ -156,9 +156,9 @@ def main() -> int:
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--failovers", type=int, default=3)
-    parser.add_argument("--disk-watch", action="store_true",
-                        help="keep the job wrapper's disk watcher on (off by default: GNU "
-                             "parallel has none)")
+    parser.add_argument("--no-disk-watch", dest="disk_watch", action="store_false",
+                        help="turn the job wrapper's disk watcher off (on by default, as in "
+                             "a sweep; GNU parallel has none)")
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="also write the figures as JSON to FILE")
     args = parser.parse_args()
