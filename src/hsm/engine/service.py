@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -184,14 +185,17 @@ def start_run(project: Project, plan: Plan, *, name: str | None, command_line: s
     sweep_dir = project.output_dir / sweep_id
     if sweep_dir.exists():
         raise ConfigError(f"--name: the sweep folder {sweep_dir} exists already")
-    # Sources hold asyncio objects bound to one event loop: the check gets its own set.
-    preflight(build_sources(project.loaded, plan.sources, parallel=plan.parallel,
-                            resources=plan.spec.resources))
-    sources = build_sources(project.loaded, plan.sources, parallel=plan.parallel)
-    store, sweep = create_sweep(project, plan, sweep_id=sweep_id, command_line=command_line)
-    if on_created is not None:
-        on_created(sweep)
-    return _drive(project, store, sweep, sources, on_progress)
+    sources = build_sources(project.loaded, plan.sources, parallel=plan.parallel,
+                            resources=plan.spec.resources)
+    # One event loop for the checks and the run: the connections the checks opened serve
+    # the run (sources hold asyncio objects bound to their loop).
+    with asyncio.Runner() as runner, _closed_on_error(runner, sources):
+        preflight(sources, runner)
+        store, sweep = create_sweep(project, plan, sweep_id=sweep_id,
+                                    command_line=command_line)
+        if on_created is not None:
+            on_created(sweep)
+        return _drive(project, store, sweep, sources, on_progress, runner=runner)
 
 
 def create_sweep(project: Project, plan: Plan, *, sweep_id: str,
@@ -238,23 +242,37 @@ def resume_run(project: Project, sweep_id: str, *, retry_failed: bool,
         store.set_sweep_state(sweep.id, SweepState.RUNNING, controller_pid=os.getpid())
     if on_created is not None:
         on_created(sweep)
-    return _drive(project, store, sweep, sources, on_progress, spec=spec)
+    with asyncio.Runner() as runner, _closed_on_error(runner, sources):
+        return _drive(project, store, sweep, sources, on_progress, spec=spec, runner=runner)
 
 
-def preflight(sources: dict[str, Source]) -> None:
+def preflight(sources: dict[str, Source], runner: asyncio.Runner) -> None:
     """Fail before anything is written when a source cannot be used at all."""
     async def check() -> None:
-        try:
-            await asyncio.gather(*(s.preflight() for s in sources.values()))
-        finally:
+        await asyncio.gather(*(s.preflight() for s in sources.values()))
+
+    runner.run(check())
+
+
+@contextmanager
+def _closed_on_error(runner: asyncio.Runner, sources: dict[str, Source]) -> Iterator[None]:
+    """Close the sources (their connections) when the run does not get to start, or fails
+    on its way; a run that starts closes them itself when it ends."""
+    try:
+        yield
+    except BaseException:
+        async def close() -> None:
             await asyncio.gather(*(s.close() for s in sources.values()),
                                  return_exceptions=True)
 
-    asyncio.run(check())
+        with contextlib.suppress(Exception):
+            runner.run(close())
+        raise
 
 
 def _drive(project: Project, store: Store, sweep: SweepRow, sources: dict[str, Source],
-           on_progress: ProgressFn | None, spec: SweepSpec | None = None) -> RunOutcome:
+           on_progress: ProgressFn | None, *, runner: asyncio.Runner,
+           spec: SweepSpec | None = None) -> RunOutcome:
     spec = spec or stored_spec(sweep)
     ctx = sweep_context(project, sweep, spec)
     dist = project.loaded.config.distributed
@@ -269,7 +287,7 @@ def _drive(project: Project, store: Store, sweep: SweepRow, sources: dict[str, S
         engine = Engine(store=store, sweep_id=sweep.id, ctx=ctx, sources=sources,
                         options=options, on_progress=on_progress)
         try:
-            outcome = asyncio.run(engine.run())
+            outcome = runner.run(engine.run())
         except HsmError as exc:
             store.set_sweep_state(sweep.id, SweepState.ABORTED, abort_reason=exc.message)
             raise
@@ -364,5 +382,6 @@ def request_cancel(project: Project, sweep_id: str, *, wait: float = 30.0) -> Sw
         spec = stored_spec(sweep)
         sources = build_sources(project.loaded, sweep.sources, parallel=sweep.parallel)
         store.set_cancel_requested(sweep_id, True)
-        _drive(project, store, sweep, sources, None, spec=spec)
+        with asyncio.Runner() as runner, _closed_on_error(runner, sources):
+            _drive(project, store, sweep, sources, None, spec=spec, runner=runner)
     return store.sweep(sweep_id)
