@@ -113,6 +113,24 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
     return out
 
 
+@contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A real small disk: a tmpfs of ``size`` (e.g. ``"8m"``) mounted on ``path``, unmounted
+    at the end. It needs root; without it the test is skipped (a failure in CI)."""
+    if os.geteuid() != 0:
+        import pytest
+
+        pytest.skip("needs root: mounts a tmpfs")
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                   check=True)
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], check=True)
+
+
 def pid_alive(pid: int) -> bool:
     """A live (not zombie) process."""
     try:

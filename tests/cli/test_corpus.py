@@ -16,17 +16,14 @@ database unchanged.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import sqlite3
-import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.hsmcli import hsm, make_project, snapshot
+from tests.hsmcli import hsm, make_project, snapshot, tmpfs
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -84,19 +81,6 @@ def logical(snap: dict[str, bytes | None], root: Path) -> dict[str, object]:
     return out
 
 
-@contextlib.contextmanager
-def tiny_tmpfs(path: Path) -> Iterator[Path]:
-    """A 4 MB tmpfs mounted on ``path`` (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: mounts a tmpfs")
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
-
-
 def fill(folder: Path) -> None:
     """Write into ``folder`` until its file system is full."""
     with (folder / ".filler").open("wb") as out, contextlib.suppress(OSError):
@@ -124,7 +108,7 @@ def test_corpus(case: Case, tmp_path: Path, history_project: Path,
                    "UNUSED_IP": f"{bed.subnet}.250"}
     with contextlib.ExitStack() as stack:
         if "fulldisk" in case.needs:
-            stack.enter_context(tiny_tmpfs(root))
+            stack.enter_context(tmpfs(root, "4m"))
         if "history" in case.needs:
             shutil.copytree(history_project, root, dirs_exist_ok=True)
         else:

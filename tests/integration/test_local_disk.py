@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from hsm.jobscript import read_status
-from tests.hsmcli import hsm, hsm_background, make_project, outputs, wait_for
+from tests.hsmcli import hsm, hsm_background, make_project, outputs, tmpfs, wait_for
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.root]
 
@@ -47,17 +46,8 @@ distributed:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 32 MB tmpfs, unmounted at the end."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root for tmpfs mounts")
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount_point)],
-                   check=True)
-    try:
+    with tmpfs(tmp_path / "disk", "32m") as mount_point:
         yield mount_point
-    finally:
-        if subprocess.run(["umount", str(mount_point)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
 def test_too_little_space_for_the_project_refuses_to_start_tasks(small_disk: Path) -> None:

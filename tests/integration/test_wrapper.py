@@ -32,6 +32,7 @@ from hsm.jobscript import (
     read_status,
     write_spec,
 )
+from tests.hsmcli import tmpfs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -509,16 +510,8 @@ def test_precheck_failure_on_a_normal_disk(task: Task, runner: Runner) -> None:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 8 MB tmpfs, unmounted at the end."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root for tmpfs mounts")
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)], check=True)
-    try:
+    with tmpfs(tmp_path / "disk", "8m") as mount_point:
         yield mount_point
-    finally:
-        if subprocess.run(["umount", str(mount_point)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
 def free_bytes(path: Path) -> int:

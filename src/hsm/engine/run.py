@@ -282,8 +282,7 @@ class Engine:
         batches: dict[str, list[LaunchRequest]] = {}
         held: list[int] = []  # retries waiting for a slot on a source they did not fail on
         while self.pending:
-            busy = {n: sum(not r.ended for r in runs.values())
-                    for n, runs in self.running.items()}
+            busy = {n: s.slots - len(self.free_slots[n]) for n, s in self.sources.items()}
             candidates = [v for v in views({n: s.slots for n, s in self.sources.items()}, busy)
                           if self.free_slots[v.name] and self._open_to_work(v.name)]
             if not candidates:

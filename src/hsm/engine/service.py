@@ -189,7 +189,7 @@ def start_run(project: Project, plan: Plan, *, name: str | None, command_line: s
                             resources=plan.spec.resources)
     # One event loop for the checks and the run: the connections the checks opened serve
     # the run (sources hold asyncio objects bound to their loop).
-    with asyncio.Runner() as runner, _closed_on_error(runner, sources):
+    with _event_loop(sources) as runner:
         preflight(sources, runner)
         store, sweep = create_sweep(project, plan, sweep_id=sweep_id,
                                     command_line=command_line)
@@ -242,7 +242,7 @@ def resume_run(project: Project, sweep_id: str, *, retry_failed: bool,
         store.set_sweep_state(sweep.id, SweepState.RUNNING, controller_pid=os.getpid())
     if on_created is not None:
         on_created(sweep)
-    with asyncio.Runner() as runner, _closed_on_error(runner, sources):
+    with _event_loop(sources) as runner:
         return _drive(project, store, sweep, sources, on_progress, spec=spec, runner=runner)
 
 
@@ -255,19 +255,21 @@ def preflight(sources: dict[str, Source], runner: asyncio.Runner) -> None:
 
 
 @contextmanager
-def _closed_on_error(runner: asyncio.Runner, sources: dict[str, Source]) -> Iterator[None]:
-    """Close the sources (their connections) when the run does not get to start, or fails
-    on its way; a run that starts closes them itself when it ends."""
-    try:
-        yield
-    except BaseException:
-        async def close() -> None:
-            await asyncio.gather(*(s.close() for s in sources.values()),
-                                 return_exceptions=True)
+def _event_loop(sources: dict[str, Source]) -> Iterator[asyncio.Runner]:
+    """The event loop the sources live in. They are closed (their connections) here when
+    the run does not get to start, or fails on its way; a run that starts closes them
+    itself when it ends."""
+    with asyncio.Runner() as runner:
+        try:
+            yield runner
+        except BaseException:
+            async def close() -> None:
+                await asyncio.gather(*(s.close() for s in sources.values()),
+                                     return_exceptions=True)
 
-        with contextlib.suppress(Exception):
-            runner.run(close())
-        raise
+            with contextlib.suppress(Exception):
+                runner.run(close())
+            raise
 
 
 def _drive(project: Project, store: Store, sweep: SweepRow, sources: dict[str, Source],
@@ -382,6 +384,6 @@ def request_cancel(project: Project, sweep_id: str, *, wait: float = 30.0) -> Sw
         spec = stored_spec(sweep)
         sources = build_sources(project.loaded, sweep.sources, parallel=sweep.parallel)
         store.set_cancel_requested(sweep_id, True)
-        with asyncio.Runner() as runner, _closed_on_error(runner, sources):
+        with _event_loop(sources) as runner:
             _drive(project, store, sweep, sources, None, spec=spec, runner=runner)
     return store.sweep(sweep_id)
