@@ -28,9 +28,14 @@ class AttemptState(StrEnum):
     FAILED = "failed"
     LOST = "lost"  # the host or the job vanished; the task goes back to the queue
     CANCELLED = "cancelled"
+    NOT_STARTED = "not_started"  # recorded, and proven never started (e.g. the controller
+    # died between recording and launching it): no try is used, nothing is counted
 
 
 ACTIVE_ATTEMPT = frozenset({AttemptState.LAUNCHING, AttemptState.RUNNING})
+# Attempts that used one of the task's tries (a retry budget is counted in these).
+TRIED_ATTEMPT = frozenset({AttemptState.COMPLETED, AttemptState.FAILED, AttemptState.LOST})
+
 TERMINAL_TASK = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 

@@ -233,7 +233,7 @@ def test_completed(task: Task, runner: Runner) -> None:
     assert status.status is WrapperState.COMPLETED
     assert status.cause is Cause.COMPLETED
     assert status.exit_code == 0
-    assert status.attempt == 1 and status.version == 1
+    assert status.attempt == 1 and status.version == 2
     assert status.pgid is not None and status.pgid != status.pid
     assert status.finished is not None and status.finished >= status.started
     assert (task.dir / "stdout.log").read_text() == "hello\n"

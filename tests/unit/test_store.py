@@ -49,7 +49,7 @@ def test_attempt_lifecycle_and_retry(tmp_path: Path) -> None:
     t = store.task("s1", 1)
     assert (t.status, t.attempts, t.source, t.exit_code) == (
         TaskStatus.COMPLETED, 2, "other", 0)
-    assert store.failed_sources_of_task("s1", 1) == ["local"]
+    assert store.failed_placements("s1") == {1: {"local"}}
     counts = store.source_counts("local", sweep_id="s1")
     assert (counts.submitted, counts.failed, counts.completed) == (1, 1, 0)
 
@@ -67,56 +67,73 @@ def test_stale_attempt_cannot_overwrite_newer_task_state(tmp_path: Path) -> None
     assert b.attempt == 2
 
 
-def test_discard_attempt_restores_pending(tmp_path: Path) -> None:
+def test_an_attempt_that_never_started_stays_on_record(tmp_path: Path) -> None:
     store = make(tmp_path)
     a = store.begin_attempt("s1", 2, source="local", slot=1)
-    store.discard_attempt(a)
+    store.finish_attempt(a, state=AttemptState.NOT_STARTED, cause=None, exit_code=None,
+                         task_status=TaskStatus.PENDING, counted=False)
     t = store.task("s1", 2)
-    assert (t.status, t.attempts) == (TaskStatus.PENDING, 0)
-    assert store.attempts("s1") == []
+    assert (t.status, t.attempts) == (TaskStatus.PENDING, 1)
+    assert [r.state for r in store.attempts("s1")] == [AttemptState.NOT_STARTED]
+    assert store.tries("s1", 2) == 0  # it used no try
+    b = store.begin_attempt("s1", 2, source="local", slot=1)
+    assert b.attempt == 2 and b.nonce != a.nonce  # never the same identity twice
+    assert store.source_counts("local", sweep_id="s1").submitted == 1  # only the real one
 
 
-def test_reattach_records_the_lost_attempt_as_running_again(tmp_path: Path) -> None:
+def test_every_attempt_gets_its_own_nonce(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    rows = [store.begin_attempt("s1", n, source="local", slot=0) for n in (1, 2, 3)]
+    nonces = {r.nonce for r in rows}
+    assert len(nonces) == 3 and all(len(n) == 16 for n in nonces)
+    assert [r.nonce for r in store.attempts("s1")] == [r.nonce for r in rows]
+
+
+def test_revive_records_the_lost_attempt_as_running_again(tmp_path: Path) -> None:
     store = make(tmp_path)
     a = store.begin_attempt("s1", 1, source="h1", slot=0)
     store.attempt_launched(a.id, {"task_dir": "x"}, "host1")
     store.finish_attempt(a, state=AttemptState.LOST, cause=Cause.LOST, exit_code=None,
-                         task_status=TaskStatus.PENDING, counted=True)
+                         task_status=TaskStatus.PENDING, counted=False)
     lost = store.task_attempts("s1", 1)[0]
-    b = store.reattach_attempt(lost, slot=1, handle={"task_dir": "x"}, host="host1")
-    assert (b.attempt, b.state, b.source, b.slot) == (1, AttemptState.RUNNING, "h1", 1)
-    [row] = store.task_attempts("s1", 1)  # the lost record is replaced, not doubled
-    assert (row.id, row.state, row.handle, row.host) == (b.id, AttemptState.RUNNING,
-                                                         {"task_dir": "x"}, "host1")
+    b = store.revive_attempt(lost, slot=1)
+    assert b is not None
+    assert (b.id, b.attempt, b.state, b.slot, b.nonce) == (a.id, 1, AttemptState.RUNNING, 1,
+                                                           a.nonce)
+    [row] = store.task_attempts("s1", 1)  # the same row, running again
+    assert (row.id, row.state, row.handle, row.cause) == (a.id, AttemptState.RUNNING,
+                                                          {"task_dir": "x"}, None)
     t = store.task("s1", 1)
     assert (t.status, t.attempts, t.source) == (TaskStatus.RUNNING, 1, "h1")
 
 
-def test_reattach_after_a_later_attempt_keeps_the_history(tmp_path: Path) -> None:
+def test_a_superseded_attempt_cannot_be_revived(tmp_path: Path) -> None:
     store = make(tmp_path)
     a = store.begin_attempt("s1", 1, source="h1", slot=0)
     store.finish_attempt(a, state=AttemptState.LOST, cause=Cause.LOST, exit_code=None,
+                         task_status=TaskStatus.PENDING, counted=False)
+    b = store.begin_attempt("s1", 1, source="h2", slot=0)
+    store.finish_attempt(b, state=AttemptState.FAILED, cause=Cause.DISK_KILL, exit_code=None,
+                         task_status=TaskStatus.PENDING, counted=True)
+    assert store.revive_attempt(store.task_attempts("s1", 1)[0], slot=0) is None
+    store.record_outcome(store.task_attempts("s1", 1)[0], "completed")
+    rows = store.task_attempts("s1", 1)
+    assert [(r.state, r.outcome) for r in rows] == [
+        (AttemptState.LOST, "completed"), (AttemptState.FAILED, None)]
+    assert store.task("s1", 1).status is TaskStatus.PENDING
+    assert store.failed_placements("s1") == {1: {"h1", "h2"}}
+    assert store.tries("s1", 1) == 2
+
+
+def test_failed_sources_of_task_counts_only_the_given_causes(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    a = store.begin_attempt("s1", 1, source="h1", slot=0)
+    store.finish_attempt(a, state=AttemptState.FAILED, cause=Cause.DISK_KILL, exit_code=None,
                          task_status=TaskStatus.PENDING, counted=True)
     b = store.begin_attempt("s1", 1, source="h2", slot=0)
-    store.finish_attempt(b, state=AttemptState.LOST, cause=Cause.LOST, exit_code=None,
-                         task_status=TaskStatus.PENDING, counted=True)
-    c = store.reattach_attempt(store.task_attempts("s1", 1)[0], slot=0,
-                               handle={"task_dir": "x"}, host=None)
-    assert c.attempt == 3
-    assert [r.state for r in store.task_attempts("s1", 1)] == [
-        AttemptState.LOST, AttemptState.LOST, AttemptState.RUNNING]
-
-
-def test_reattach_is_one_transaction(tmp_path: Path) -> None:
-    store = make(tmp_path)
-    a = store.begin_attempt("s1", 1, source="h1", slot=0)
-    store.finish_attempt(a, state=AttemptState.LOST, cause=Cause.LOST, exit_code=None,
-                         task_status=TaskStatus.PENDING, counted=True)
-    lost = store.task_attempts("s1", 1)[0]
-    with pytest.raises(TypeError):  # fails after the lost record was deleted
-        store.reattach_attempt(lost, slot=0, handle={"bad": object()}, host=None)
-    assert store.task_attempts("s1", 1) == [lost]  # rolled back: still on record
-    assert store.task("s1", 1).status is TaskStatus.PENDING
+    store.finish_attempt(b, state=AttemptState.FAILED, cause=Cause.TASK_FAILED, exit_code=1,
+                         task_status=TaskStatus.PENDING)
+    assert store.failed_sources_of_task("s1", 1, ["task_failed"]) == ["h2"]
 
 
 def test_task_failures_count_only_once_judged(tmp_path: Path) -> None:

@@ -53,18 +53,20 @@ def probe_timeout(source: Source) -> float:
     return float(connect) + 12.0
 
 
+async def probe_one(source: Source) -> HealthSample:
+    """One bounded probe: a failure of any kind is an unreachable source."""
+    try:
+        return await asyncio.wait_for(source.probe(), timeout=probe_timeout(source))
+    except TimeoutError:
+        return HealthSample(reachable=False, error="the health probe timed out")
+    except Exception as exc:  # noqa: BLE001 - any probe failure is an unreachable source
+        return HealthSample(reachable=False, error=str(exc) or type(exc).__name__)
+
+
 async def probe_all(sources: Mapping[str, Source]) -> dict[str, HealthSample]:
     """Probe every source at once: a dead host costs its own timeout, not the sum."""
-    async def one(source: Source) -> HealthSample:
-        try:
-            return await asyncio.wait_for(source.probe(), timeout=probe_timeout(source))
-        except TimeoutError:
-            return HealthSample(reachable=False, error="the health probe timed out")
-        except Exception as exc:  # noqa: BLE001 - any probe failure is an unreachable source
-            return HealthSample(reachable=False, error=str(exc) or type(exc).__name__)
-
     names = list(sources)
-    samples = await asyncio.gather(*(one(sources[n]) for n in names))
+    samples = await asyncio.gather(*(probe_one(sources[n]) for n in names))
     return dict(zip(names, samples, strict=True))
 
 
@@ -182,7 +184,8 @@ class SourceMonitor:
                                            causes=TASK_LEVEL, other_than=name)
         elif cause in TASK_LEVEL_CAUSES:
             self._new_task_failure = True
-            failed_on = set(self.store.failed_sources_of_task(self.sweep_id, number))
+            failed_on = set(self.store.failed_sources_of_task(self.sweep_id, number,
+                                                              TASK_LEVEL))
             if failed_on - {name}:
                 # It fails on more than one source: the task's own fault, excused everywhere.
                 self.store.judge_task_failures(self.sweep_id, number, counted=False,
@@ -244,13 +247,20 @@ class SourceMonitor:
             log.warning("Source %s is degraded: %s", name, "; ".join(verdict.reasons))
 
     async def run(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
-        """Check every source every ``interval`` seconds until ``stop`` is set."""
+        """Check every source every ``interval`` seconds until ``stop`` is set. Each source
+        on its own schedule: a host whose probe hangs delays no other source's check."""
+        await asyncio.gather(*(self._run_one(name, stop, wake) for name in self.sources))
+
+    async def _run_one(self, name: str, stop: asyncio.Event, wake: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.interval
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.interval)
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, due - loop.time()))
             if stop.is_set():
                 return
-            await self.check_all()
+            due = loop.time() + self.interval  # the next one is due an interval after this
+            self._judge(name, await probe_one(self.sources[name]))
             wake.set()
 
     def describe_unusable(self) -> str:

@@ -12,17 +12,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from hsm.engine import fence, lifecycle
 from hsm.engine.failsafe import TASK_LEVEL_CAUSES, FailsafeConfig
+from hsm.engine.lifecycle import Next, Verdict
 from hsm.engine.monitor import SourceMonitor
 from hsm.engine.policy import judge_attempt
 from hsm.engine.strategy import make_strategy, views
 from hsm.errors import ConfigError, ExitCode, HsmError, SourceUnavailableError
-from hsm.jobscript import read_events
+from hsm.jobscript import read_events, read_status
 from hsm.sources.base import (
     JobHandle,
     LaunchRequest,
     PollResult,
-    PollState,
     Source,
     SweepContext,
     task_folder_name,
@@ -180,7 +181,12 @@ class Engine:
             self.free_slots[name] = list(range(source.slots - 1, -1, -1))
 
     def _load_tasks(self) -> None:
-        self.pending.extend(self.store.pending_numbers(self.sweep_id))
+        # Placement memory comes from the recorded attempts, so it survives any restart;
+        # tasks that already failed or were lost somewhere go first.
+        self.avoid = self.store.failed_placements(self.sweep_id)
+        numbers = self.store.pending_numbers(self.sweep_id)
+        self.pending.extend(n for n in numbers if n in self.avoid)
+        self.pending.extend(n for n in numbers if n not in self.avoid)
         self.counts = self.store.task_counts(self.sweep_id)
         self._cancelled = self.store.cancel_requested(self.sweep_id)
         self._progress()
@@ -196,12 +202,13 @@ class Engine:
             handle = (JobHandle.from_json(attempt.handle) if attempt.handle else
                       JobHandle(source=source.name, number=attempt.number,
                                 attempt=attempt.attempt,
-                                task_dir=source.task_dir(self.ctx, attempt.number)))
+                                task_dir=source.task_dir(self.ctx, attempt.number),
+                                confirmed=False, nonce=attempt.nonce))
             slots = self.free_slots[source.name]
             if attempt.slot in slots:
                 slots.remove(attempt.slot)
-            elif slots:
-                slots.pop()
+            else:  # fewer slots than before: it holds another one (or none) until it ends
+                attempt = replace(attempt, slot=slots.pop() if slots else None)
             self.running[source.name][attempt.id] = Running(attempt, handle)
             log.info("reattached task %d (attempt %d) on %s", attempt.number, attempt.attempt,
                      source.name)
@@ -303,13 +310,20 @@ class Engine:
             params = self.store.task(self.sweep_id, number).params
             batches.setdefault(choice.name, []).append(
                 LaunchRequest(number=number, attempt=attempt.attempt, params=params, slot=slot,
-                              attempt_id=attempt.id))
+                              attempt_id=attempt.id, nonce=attempt.nonce))
         self.pending.extendleft(reversed(held))
         for name, requests in batches.items():
             self._spawn(self._launch(name, requests))
 
     async def _launch(self, name: str, requests: list[LaunchRequest]) -> None:
         source = self.sources[name]
+        if not source.capabilities.remote:  # it runs in the task folder: give it a clean one
+            for req in requests:
+                try:
+                    fence.set_aside(Path(source.task_dir(self.ctx, req.number)))
+                except OSError as exc:
+                    log.warning("could not move the earlier attempt of task %d aside: %s",
+                                req.number, exc)
         try:
             handles = await source.launch(ctx=self.ctx, requests=requests)
         except Exception as exc:  # noqa: BLE001 - a failed launch is retried elsewhere
@@ -323,10 +337,19 @@ class Engine:
             run = self.running[name].get(req.attempt_id)
             if run is None:
                 continue
-            self.store.attempt_launched(req.attempt_id, handle.to_json(), handle.host)
+            if isinstance(handle, Exception):  # this one surely did not start
+                log.error("could not launch task %d on %s: %s", req.number, name, handle)
+                self._settle(name, run, Cause.LAUNCH_FAILED, None)
+                continue
+            self.store.attempt_launched(req.attempt_id, handle.to_json(), handle.host,
+                                        confirmed=handle.confirmed)
             run.handle = handle
-            run.attempt = replace(run.attempt, state=AttemptState.RUNNING)
-            log.debug("task %d started on %s (attempt %d)", req.number, name, req.attempt)
+            if handle.confirmed:
+                run.attempt = replace(run.attempt, state=AttemptState.RUNNING)
+                log.debug("task %d started on %s (attempt %d)", req.number, name, req.attempt)
+            else:
+                log.warning("the launch of task %d on %s was not confirmed; it is checked"
+                            " on the host before anything else is decided", req.number, name)
         source.wake.set()
 
     async def _poller(self, name: str) -> None:
@@ -357,8 +380,13 @@ class Engine:
                     continue
                 if result.events:
                     self._report_events(name, run, result.events)
-                if result.state in (PollState.FINISHED, PollState.LOST):
-                    await self._complete(name, run, result)
+                verdict = self._verdict(source, run, result)
+                if verdict.next is Next.FINISHED:
+                    await self._complete(name, run, verdict)
+                elif verdict.next is Next.LOST:
+                    self._lose(name, run, verdict)
+                elif verdict.next is Next.NOT_STARTED:
+                    self._not_started(name, run, verdict)
                 elif self._ended(source, run, result):
                     self._free_slot(name, run)
 
@@ -382,25 +410,38 @@ class Engine:
         stopping = self._interrupted or self._cancelled or bool(self._aborted)
         for run in list(orphans):
             result = results.get(run.handle) if run.handle else None
-            if run.handle is None or result is None or result.state is PollState.UNKNOWN:
+            if run.handle is None or result is None:
+                continue
+            verdict = self._verdict(source, run, result)
+            if verdict.next is Next.UNKNOWN:
                 continue
             number, slots = run.attempt.number, self.free_slots[name]
-            if (result.state in (PollState.RUNNING, PollState.FINISHED) and not stopping
+            alive = verdict.next in (Next.RUNNING, Next.STARTING)
+            if ((alive or verdict.next is Next.FINISHED) and not stopping
                     and number in self.pending and slots):
-                self.pending.remove(number)
                 slot = run.attempt.slot if run.attempt.slot in slots else slots[-1]
-                slots.remove(slot)
-                # It was not lost after all: record it as the attempt that runs.
-                attempt = self.store.reattach_attempt(run.attempt, slot=slot,
-                                                      handle=run.handle.to_json(),
-                                                      host=run.handle.host)
-                self.running[name][attempt.id] = Running(attempt, run.handle)
-                self._count(TaskStatus.PENDING, TaskStatus.RUNNING)
-                log.warning("task %d (attempt %d) still runs on %s, which is back: reattached",
-                            number, run.handle.attempt, name)
-            elif result.state is PollState.RUNNING:
+                # It was not lost after all: the same attempt runs again, if it is still
+                # the task's current one.
+                attempt = self.store.revive_attempt(run.attempt, slot=slot)
+                if attempt is not None:
+                    self.pending.remove(number)
+                    slots.remove(slot)
+                    self.running[name][attempt.id] = Running(attempt, run.handle)
+                    self._count(TaskStatus.PENDING, TaskStatus.RUNNING)
+                    log.warning("task %d (attempt %d) %s on %s, which is back: reattached",
+                                number, attempt.attempt,
+                                "still runs" if alive else "has ended", name)
+                    orphans.remove(run)
+                    continue
+            if alive:
                 stop.append(run)
                 continue
+            if verdict.next is Next.FINISHED:  # superseded: recorded, never the result
+                outcome = verdict.cause.value if verdict.cause else "ended"
+                self.store.record_outcome(run.attempt, outcome)
+                log.warning("task %d: its old attempt %d on %s ended (%s) after it had been"
+                            " started again; its results are not used", number,
+                            run.attempt.attempt, name, outcome)
             orphans.remove(run)
         if stop:
             try:
@@ -414,39 +455,62 @@ class Engine:
                             " %d on %s", run.attempt.number, run.attempt.attempt, name)
         source.wake.set()
 
-    async def _complete(self, name: str, run: Running, result: PollResult) -> None:
+    @staticmethod
+    def _verdict(source: Source, run: Running, result: PollResult) -> Verdict:
+        """The attempt's next state: decided from the backend's facts where it reports them
+        (the one place that decides), else the state its scheduler translation gave."""
+        if result.facts is not None:
+            return lifecycle.decide(result.facts, lost_after=source.lost_after,
+                                    host=source.host_label())
+        status = result.status
+        if status is not None and not status.belongs_to(run.attempt.attempt,
+                                                        run.attempt.nonce):
+            status = None
+        return lifecycle.from_state(result.state.value, status, result.scheduler_cause,
+                                    result.detail)
+
+    def _lose(self, name: str, run: Running, verdict: Verdict) -> None:
+        log.warning("task %d lost on %s: %s", run.attempt.number, name, verdict.detail)
+        self._settle(name, run, verdict.cause or Cause.LOST, None)
+        if not self.sources[name].reachable:
+            self.orphans[name].append(run)
+
+    def _not_started(self, name: str, run: Running, verdict: Verdict) -> None:
+        """Recorded but proven never started (e.g. the controller died mid-launch): the row
+        stays, marked so; the task goes back to the front of the queue, no try used."""
+        log.info("task %d (attempt %d) never started on %s (%s); it goes back to the queue",
+                 run.attempt.number, run.attempt.attempt, name, verdict.detail)
+        self.store.finish_attempt(run.attempt, state=AttemptState.NOT_STARTED, cause=None,
+                                  exit_code=None, task_status=TaskStatus.PENDING,
+                                  counted=False)
+        self._release(name, run)
+        self.pending.appendleft(run.attempt.number)
+        self._count(TaskStatus.RUNNING, TaskStatus.PENDING)
+
+    async def _complete(self, name: str, run: Running, verdict: Verdict) -> None:
         source = self.sources[name]
         handle = run.handle
         assert handle is not None
-        if result.state is PollState.LOST:
-            if (run.attempt.state is AttemptState.LAUNCHING and result.status is None
-                    and result.scheduler_cause is None):
-                # Recorded but never started (the controller died mid-launch).
-                self.store.discard_attempt(run.attempt)
-                self._release(name, run)
-                self.pending.appendleft(run.attempt.number)
-                self._count(TaskStatus.RUNNING, TaskStatus.PENDING)
-                return
-            # A scheduler may end an attempt before its wrapper could record it (e.g. a
-            # timeout or a node failure): its cause then comes from the scheduler.
-            lost_cause = Cause(result.scheduler_cause) if result.scheduler_cause else Cause.LOST
-            log.warning("task %d lost on %s: %s", run.attempt.number, name, result.detail)
-            self._settle(name, run, lost_cause, None)
-            if not source.reachable:
-                self.orphans[name].append(run)
-            return
-        status = result.status
-        assert status is not None
+        attempt = run.attempt
+        final = Path(self.ctx.sweep_dir, "tasks", task_folder_name(attempt.number))
         try:
-            await source.collect(ctx=self.ctx, handle=handle)
+            if source.capabilities.remote:
+                await source.collect(ctx=self.ctx, handle=handle)
+                staged = fence.incoming_dir(self.ctx.sweep_dir, name) / final.name
+                placed = fence.accept(staged, final, attempt.attempt, attempt.nonce)
+            else:
+                placed = fence.verify(final, attempt.attempt, attempt.nonce)
         except Exception as exc:  # noqa: BLE001 - results stay on the host; retried later
-            log.warning("could not collect task %d from %s: %s", run.attempt.number, name, exc)
+            log.warning("could not collect task %d from %s: %s", attempt.number, name, exc)
             return
-        local_dir = Path(self.ctx.sweep_dir, "tasks", Path(handle.task_dir).name)
-        self._report_events(name, run, read_events(local_dir, run.attempt.attempt))
-        cause = Cause(result.scheduler_cause or (status.cause.value if status.cause else
-                                                 Cause.TASK_FAILED.value))
-        self._settle(name, run, cause, status.exit_code)
+        if not placed:
+            self._lose(name, run, Verdict(Next.LOST, Cause.LOST,
+                                          "its folder holds no final status of this attempt"))
+            return
+        status = read_status(final)
+        self._report_events(name, run, read_events(final, attempt.attempt))
+        self._settle(name, run, verdict.cause or Cause.TASK_FAILED,
+                     status.exit_code if status is not None else None)
 
     @staticmethod
     def _report_events(name: str, run: Running, lines: Sequence[str]) -> None:
@@ -459,28 +523,34 @@ class Engine:
         """Record the end of an attempt and decide what happens to its task."""
         attempt = run.attempt
         verify = cause in TASK_LEVEL_CAUSES and self._can_verify(name, attempt.number)
-        verdict = judge_attempt(cause, attempt=attempt.attempt,
+        # Tries used before this one: attempts that never started or were cancelled use none.
+        tries = 0 if cause is Cause.COMPLETED else self.store.tries(self.sweep_id,
+                                                                    attempt.number)
+        verdict = judge_attempt(cause, attempt=tries + 1,
                                 max_retries=self.options.max_retries,
                                 retry_task_failures=verify)
         if (self._interrupted or self._aborted) and cause is Cause.CANCELLED:
             task_status = TaskStatus.PENDING  # Ctrl-C: resume runs it again
         else:
             task_status = verdict.task_status
+        # A lost attempt is the host's silence, which the health checks judge: it is not a
+        # job failure and does not count toward the failure rate.
         counted: bool | None = None
-        if cause in INFRASTRUCTURE_CAUSES:
-            counted = True
-        elif cause is Cause.CANCELLED:
+        if cause in (Cause.CANCELLED, Cause.LOST):
             counted = False
+        elif cause in INFRASTRUCTURE_CAUSES:
+            counted = True
         self.store.finish_attempt(attempt, state=verdict.attempt_state, cause=cause,
                                   exit_code=exit_code, task_status=task_status,
                                   counted=counted)
         self._release(name, run)
         self._count(TaskStatus.RUNNING, task_status)
-        if verdict.retry and not (self._interrupted or self._cancelled or self._aborted):
+        if verdict.attempt_state in (AttemptState.FAILED, AttemptState.LOST):
             self.avoid.setdefault(attempt.number, set()).add(name)
-            self.pending.append(attempt.number)
-            log.warning("task %d failed on %s (%s); retrying (attempt %d of at most %d)",
-                        attempt.number, name, cause.value, attempt.attempt + 1,
+        if verdict.retry and not (self._interrupted or self._cancelled or self._aborted):
+            self.pending.appendleft(attempt.number)  # retried work goes first
+            log.warning("task %d failed on %s (%s); retrying (try %d of at most %d)",
+                        attempt.number, name, cause.value, tries + 2,
                         self.options.max_retries + 1)
         elif task_status is TaskStatus.COMPLETED:
             log.debug("task %d completed on %s", attempt.number, name)
@@ -506,8 +576,8 @@ class Engine:
         on the way (e.g. being pulled from a host). Not for batch schedulers, whose job may
         still hold its allocation."""
         status = result.status
-        return (not source.capabilities.queue and status is not None
-                and status.terminal and status.attempt == run.attempt.attempt)
+        return (not source.capabilities.queue and status is not None and status.terminal
+                and status.belongs_to(run.attempt.attempt, run.attempt.nonce))
 
     def _free_slot(self, name: str, run: Running) -> None:
         """Give the attempt's slot back (once). Called as soon as its task is over, so that
@@ -557,7 +627,11 @@ class Engine:
             await asyncio.sleep(0.2)
         for name, runs in self.running.items():
             for run in list(runs.values()):
-                self._settle(name, run, Cause.CANCELLED, None)
+                # Its stop was not confirmed (still launching, or its host does not
+                # answer): it stays on record as it is, and a resume checks it on its host.
+                log.warning("task %d (attempt %d) on %s: its stop was not confirmed; it stays"
+                            " on record, and hsm resume %s checks it", run.attempt.number,
+                            run.attempt.attempt, name, self.sweep_id)
         if self._cancelled:
             self.store.cancel_pending(self.sweep_id)
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from hsm.engine.lifecycle import Facts
 from hsm.jobscript import GuardSettings, TaskSpec, WrapperStatus
 from hsm.spec.sweep import Resources
 
@@ -45,6 +46,7 @@ class LaunchRequest:
     params: Mapping[str, Any]
     slot: int
     attempt_id: int
+    nonce: str = ""  # recorded with the attempt before the launch; the wrapper writes it back
 
 
 @dataclass(frozen=True)
@@ -57,13 +59,16 @@ class JobHandle:
     task_dir: str  # where the wrapper runs, on the source's host
     job_id: str | None = None  # scheduler job id (queue backends)
     host: str | None = None
+    confirmed: bool = True  # the source acknowledged the start (False: it may have started)
+    nonce: str = ""  # the attempt's launch nonce (its identity, with number and attempt)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> JobHandle:
-        return cls(**dict(data))
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class PollState(StrEnum):
@@ -81,6 +86,9 @@ class PollResult:
     detail: str = ""
     scheduler_cause: str | None = None  # e.g. "timeout" from a queue backend
     events: tuple[str, ...] = ()  # the attempt's event lines so far, while it runs
+    # The facts the state was read from, for backends that report them: the engine then
+    # decides with ``hsm.engine.lifecycle.decide`` and ``state`` is only a summary.
+    facts: Facts | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,8 @@ class Source(ABC):
     """A place that runs tasks: this machine, an SSH host, a cluster."""
 
     capabilities = Capabilities()
+    # Seconds a host may stay silent before its attempts are taken as lost.
+    lost_after: float = 0.0
 
     def __init__(self, name: str, *, slots: int, setup: Sequence[str] = (),
                  python: str = "python3", gpus: Sequence[int] = ()) -> None:
@@ -130,8 +140,11 @@ class Source(ABC):
 
     @abstractmethod
     async def launch(self, *, ctx: SweepContext,
-                     requests: Sequence[LaunchRequest]) -> list[JobHandle]:
-        """Start these attempts. Returns one handle per request, in order."""
+                     requests: Sequence[LaunchRequest]) -> list[JobHandle | Exception]:
+        """Start these attempts. Returns, per request and in order, its handle, or the error
+        that kept that request from starting (it surely did not start). Raises only when
+        none of them started. A handle with ``confirmed=False`` may or may not have
+        started: the engine finds out by polling it."""
 
     @abstractmethod
     async def poll(self, *, handles: Sequence[JobHandle]) -> dict[JobHandle, PollResult]:
@@ -202,7 +215,8 @@ class Source(ABC):
             f"Parameters:\n{params}\nCommand: {shlex.join(argv)}\n"
         )
         return TaskSpec(attempt=req.attempt, project_dir=self.project_dir(ctx),
-                        guard=ctx.guard, env=env, setup=self.setup, argv=argv, info=info)
+                        guard=ctx.guard, env=env, setup=self.setup, argv=argv, info=info,
+                        nonce=req.nonce)
 
 
 def task_folder_name(number: int) -> str:

@@ -13,7 +13,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from hsm.jobscript import WRAPPER_PATH, read_events, read_status, write_spec
+from hsm.engine.lifecycle import Ack, Facts
+from hsm.jobscript import SPEC_FILE, WRAPPER_PATH, read_events, read_status, write_spec
 from hsm.sources.base import (
     Capabilities,
     HealthSample,
@@ -28,13 +29,6 @@ from hsm.sources.base import (
 
 log = logging.getLogger(__name__)
 
-# A wrapper writes its first status within milliseconds; past this an attempt that never
-# reported is taken as never started.
-START_GRACE = 10.0
-# An attempt recorded as launching, without a handle (the controller died between recording
-# it and starting its wrapper, or right after): how long a resumed controller waits for a
-# status before it takes the attempt as never started.
-UNKNOWN_START_GRACE = 2.0
 
 
 def pid_alive(pid: int) -> bool:
@@ -83,21 +77,29 @@ class LocalSource(Source):
         self._disk_path = ctx.sweep_dir
 
     async def launch(self, *, ctx: SweepContext,
-                     requests: Sequence[LaunchRequest]) -> list[JobHandle]:
-        handles = []
+                     requests: Sequence[LaunchRequest]) -> list[JobHandle | Exception]:
+        results: list[JobHandle | Exception] = []
         host = self.host_label()
         for req in requests:
             task_dir = self.task_dir(ctx, req.number)
-            spec = self.task_spec(ctx, req, self.gpu_ids(req.slot))
-            write_spec(Path(task_dir), spec)
-            proc = spawn_wrapper(task_dir)
+            try:
+                spec = self.task_spec(ctx, req, self.gpu_ids(req.slot))
+                write_spec(Path(task_dir), spec)
+                proc = spawn_wrapper(task_dir)
+            except (OSError, ValueError) as exc:  # e.g. ENOSPC writing the spec
+                results.append(exc)
+                continue
             handle = JobHandle(source=self.name, number=req.number, attempt=req.attempt,
-                               task_dir=task_dir, job_id=str(proc.pid), host=host)
+                               task_dir=task_dir, job_id=str(proc.pid), host=host,
+                               nonce=req.nonce)
             self._procs[task_dir] = proc
             self._launched_at[task_dir] = time.monotonic()
             self._notify_exit(task_dir, proc)
-            handles.append(handle)
-        return handles
+            results.append(handle)
+        errors = [r for r in results if isinstance(r, Exception)]
+        if errors and len(errors) == len(results):
+            raise errors[0]
+        return results
 
     def _notify_exit(self, task_dir: str, proc: subprocess.Popen[bytes]) -> None:
         """Wake the engine as soon as the wrapper exits (a pidfd in the event loop: no
@@ -122,33 +124,37 @@ class LocalSource(Source):
         return {h: self._poll_one(h) for h in handles}
 
     def _poll_one(self, handle: JobHandle) -> PollResult:
-        status = read_status(Path(handle.task_dir))
+        """The facts of one attempt: its status file, whether its wrapper lives, whether
+        its task folder holds its launch (the spec with its nonce)."""
+        task_dir, nonce = Path(handle.task_dir), handle.nonce
+        status = read_status(task_dir)
         state = classify_status(status, handle.attempt)
-        if state is PollState.FINISHED:
-            self._forget(handle)
-            return PollResult(PollState.FINISHED, status)
+        mine = status if status is not None and status.belongs_to(handle.attempt, nonce) \
+            else None
         proc = self._procs.get(handle.task_dir)
-        if proc is not None:
-            if proc.poll() is None:
-                if state is PollState.RUNNING:
-                    events = tuple(read_events(Path(handle.task_dir), handle.attempt))
-                    return PollResult(state, status, events=events)
-                return PollResult(PollState.STARTING, status)
-            # The wrapper exited without a final status: it was killed outright.
+        if mine is not None and mine.terminal:
+            alive: bool | None = None
             self._forget(handle)
-            return PollResult(PollState.LOST, status, "the job wrapper died without a status")
-        # Reattached after a controller restart: judge by the wrapper's pid.
-        if state is PollState.RUNNING and status is not None:
-            if wrapper_alive(status.pid, handle.task_dir):
-                return PollResult(PollState.RUNNING, status)
-            return PollResult(PollState.LOST, status, f"wrapper pid {status.pid} is gone")
+        elif proc is not None:
+            alive = proc.poll() is None
+        elif mine is not None:
+            alive = wrapper_alive(mine.pid, handle.task_dir)
+        elif handle.job_id:
+            alive = wrapper_alive(int(handle.job_id), handle.task_dir)
+        else:  # recorded, no pid known (the controller died mid-launch): look for it
+            alive = find_wrapper(handle.task_dir) is not None
         started = self._launched_at.setdefault(handle.task_dir, time.monotonic())
-        if handle.job_id and wrapper_alive(int(handle.job_id), handle.task_dir):
-            return PollResult(PollState.STARTING)
-        grace = START_GRACE if handle.job_id else UNKNOWN_START_GRACE
-        if time.monotonic() - started > grace:
-            return PollResult(PollState.LOST, None, "the attempt never started")
-        return PollResult(PollState.STARTING)
+        facts = Facts(attempt=handle.attempt, nonce=nonce, status=status, wrapper_alive=alive,
+                      received=spec_nonce(task_dir) == nonce if nonce else None,
+                      ack=Ack.CONFIRMED if proc is not None else Ack.UNKNOWN,
+                      since_launch=time.monotonic() - started)
+        if alive is False and proc is not None:
+            self._forget(handle)
+        events: tuple[str, ...] = ()
+        if mine is not None and not mine.terminal:
+            events = tuple(read_events(task_dir, handle.attempt))
+        summary = state if state is not None else PollState.STARTING
+        return PollResult(summary, status, events=events, facts=facts)
 
     def _forget(self, handle: JobHandle) -> None:
         self._procs.pop(handle.task_dir, None)
@@ -195,6 +201,37 @@ class LocalSource(Source):
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(fd)
             os.close(fd)
+
+
+def spec_nonce(task_dir: Path) -> str | None:
+    """The launch nonce in the task folder's spec (None: no spec, or not readable)."""
+    try:
+        with open(task_dir / SPEC_FILE, "rb") as f:
+            head = f.read(128)
+    except OSError:
+        return None
+    fields = head.split(b"\0")
+    if len(fields) < 3 or fields[0] != b"hsm-spec-2":
+        return None
+    return fields[2].decode("ascii", "replace")
+
+
+def find_wrapper(task_dir: str) -> int | None:
+    """The pid of a job wrapper running for ``task_dir`` on this machine, if any."""
+    want = os.fsencode(task_dir)
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) >= 3 and argv[-2] == want and argv[-3].endswith(b"wrapper.sh") \
+                and wrapper_alive(pid, task_dir):
+            return pid
+    return None
 
 
 def _finishing(task_dir: str) -> bool:

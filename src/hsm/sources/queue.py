@@ -225,7 +225,7 @@ class QueueSource(Source):
 
     # -- launch --------------------------------------------------------------------------
     async def launch(self, *, ctx: SweepContext,
-                     requests: Sequence[LaunchRequest]) -> list[JobHandle]:
+                     requests: Sequence[LaunchRequest]) -> list[JobHandle | Exception]:
         if not requests:
             return []
         root = self.sweep_root(ctx)
@@ -245,24 +245,26 @@ class QueueSource(Source):
                     f"{SUBMIT_MAGIC}\n{name}\n{index}\n{len(chunk)}\n{req.attempt}\n".encode())
             plans.append(plan)
         await self.login.write(root, files)
-        handles: list[JobHandle] = []
+        handles: list[JobHandle | Exception] = []
         submitted: list[str] = []
-        try:
-            for plan in plans:
-                array = ArraySpec(plan.name, len(plan.requests), self.throttle)
-                # Chunks run one after the other, so the throttle holds for the whole batch.
-                after = submitted[-1] if submitted and self.scheduler.chain_chunks else None
+        for plan in plans:
+            array = ArraySpec(plan.name, len(plan.requests), self.throttle)
+            # Chunks run one after the other, so the throttle holds for the whole batch.
+            after = submitted[-1] if submitted and self.scheduler.chain_chunks else None
+            try:
                 array_id = await self._submit(plan.script, array, after)
-                submitted.append(array_id)
-                for index, req in enumerate(plan.requests, start=1):
-                    handles.append(JobHandle(
-                        source=self.name, number=req.number, attempt=req.attempt,
-                        task_dir=self.task_dir(ctx, req.number), host=self.login.label,
-                        job_id=self.scheduler.element_id(array_id, index, array.size)))
-        except BaseException:
-            if submitted:  # never leave half a batch queued: the engine relaunches it all
-                await self._cancel_ids(submitted)
-            raise
+            except Exception as exc:  # noqa: BLE001 - this chunk did not start; others did
+                if not submitted:
+                    raise
+                handles += [exc] * len(plan.requests)
+                continue
+            submitted.append(array_id)
+            for index, req in enumerate(plan.requests, start=1):
+                handles.append(JobHandle(
+                    source=self.name, number=req.number, attempt=req.attempt,
+                    task_dir=self.task_dir(ctx, req.number), host=self.login.label,
+                    job_id=self.scheduler.element_id(array_id, index, array.size),
+                    nonce=req.nonce))
         log.info("source %s: submitted %d task(s) as %s", self.name, len(requests),
                  ", ".join(submitted))
         return handles

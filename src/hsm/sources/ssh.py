@@ -21,8 +21,9 @@ import logging
 import posixpath
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
+from hsm.engine import fence
+from hsm.engine.lifecycle import Ack, Facts
 from hsm.errors import HsmError
 from hsm.jobscript import encode_spec, parse_events, parse_status, wrapper_text
 from hsm.sources import ssh_host
@@ -46,7 +47,6 @@ from hsm.sources.transport import ConnectError, ConnectionLost, RemoteError, Ssh
 
 log = logging.getLogger(__name__)
 
-START_GRACE = 10.0  # a started wrapper writes its first status within milliseconds
 RECONNECT_DELAY = 1.0
 PRUNE_AFTER = 10.0  # stop watching folders the engine has not asked about for this long
 # Not pulled: the task's private scratch folders, and the wrapper's input and reserve file.
@@ -86,7 +86,6 @@ class SshSource(Source):
         self._ids: dict[str, int] = {}
         self._touched: dict[int, float] = {}
         self._first_seen: dict[Key, float] = {}
-        self._failed: dict[Key, str] = {}
         self._dirs: dict[int, str] = {}
         self._unknown: set[int] = set()  # watched, not looked at by the monitor yet
         self._prefetch = Prefetch(self._pull, self.wake.set)
@@ -272,7 +271,7 @@ class SshSource(Source):
         self.wake.set()
 
     async def launch(self, *, ctx: SweepContext,
-                     requests: Sequence[LaunchRequest]) -> list[JobHandle]:
+                     requests: Sequence[LaunchRequest]) -> list[JobHandle | Exception]:
         monitor = self._monitor
         if not self.reachable or monitor is None or not monitor.alive:
             raise RemoteError(f"{self._where()}: the host is unreachable: {self._down_reason}")
@@ -281,30 +280,32 @@ class SshSource(Source):
             task_dir = self.task_dir(ctx, req.number)
             spec = encode_spec(self.task_spec(ctx, req, self.gpu_ids(req.slot)))
             items.append((self._id(task_dir), task_dir, req.attempt, spec))
-        started = asyncio.ensure_future(monitor.launch(items))
-        for req in requests:  # meanwhile, the local folders the results will be pulled into
-            Path(ctx.sweep_dir, "tasks", task_folder_name(req.number), ".hsm").mkdir(
-                parents=True, exist_ok=True)
         try:
-            results: list[int | BaseException] = await started
+            results: list[int | BaseException] = await monitor.launch(items)
         except (RemoteError, TimeoutError) as exc:
             # Some may have started: the handles let the engine find (or lose) them.
             results = [exc] * len(items)
         now = time.monotonic()
-        handles, refused = [], []
+        handles: list[JobHandle | Exception] = []
+        refused = 0
         for req, (ident, task_dir, _, _), result in zip(requests, items, results, strict=True):
             key = (task_dir, req.attempt)
             self._first_seen[key] = self._touched[ident] = now
             if isinstance(result, int):
                 self._prefetch.unpulled.add(key)
             elif not isinstance(result, ConnectionLost | TimeoutError):
-                self._failed[key] = f"the launch failed: {result}"
-                refused.append(result)
+                # The host answered that it could not start it.
+                refused += 1
+                handles.append(RemoteError(f"{self._where()}: the launch failed: {result}"))
+                continue
             handles.append(JobHandle(source=self.name, number=req.number, attempt=req.attempt,
                                      task_dir=task_dir, host=self.host_label(),
-                                     job_id=str(result) if isinstance(result, int) else None))
-        if len(refused) == len(items):  # none started: the engine retries them elsewhere
-            raise RemoteError(f"{self._where()}: {refused[0]}")
+                                     job_id=str(result) if isinstance(result, int) else None,
+                                     confirmed=isinstance(result, int), nonce=req.nonce))
+        if refused == len(items):  # none started: the engine retries them elsewhere
+            first = handles[0]
+            assert isinstance(first, Exception)
+            raise first
         return handles
 
     async def poll(self, *, handles: Sequence[JobHandle]) -> dict[JobHandle, PollResult]:
@@ -333,33 +334,30 @@ class SshSource(Source):
         return {h: self._judge(monitor, h, now) for h in handles}
 
     def _judge(self, monitor: HostMonitor, h: JobHandle, now: float) -> PollResult:
+        """The facts the host monitor last reported for this attempt."""
         task_dir = self._abs(h.task_dir)
         key = (task_dir, h.attempt)
-        if key in self._failed:
-            return PollResult(PollState.LOST, None, self._failed[key])
         seen = monitor.seen.get(self._id(task_dir))
         status = parse_status(seen.text) if seen else None
         state = classify_status(status, h.attempt)
-        if state is PollState.FINISHED:
-            if self._prefetch.pending(key):
-                return PollResult(PollState.RUNNING, status)  # ended; its results are coming
-            return PollResult(PollState.FINISHED, status)
-        if state is PollState.RUNNING and status is not None and seen is not None:
-            if seen.alive:
-                events = parse_events(monitor.events.get(self._id(task_dir), ""), h.attempt)
-                return PollResult(PollState.RUNNING, status, events=tuple(events))
-            return PollResult(PollState.LOST, status,
-                              f"its job wrapper (pid {status.pid}) on {self.host_label()} is gone")
-        if now - self._first_seen.setdefault(key, now) > START_GRACE:
-            return PollResult(PollState.LOST, None, f"it never started on {self.host_label()}")
-        return PollResult(PollState.STARTING)
+        mine = status is not None and status.belongs_to(h.attempt, h.nonce)
+        events: tuple[str, ...] = ()
+        if mine and state is PollState.RUNNING:
+            events = tuple(parse_events(monitor.events.get(self._id(task_dir), ""), h.attempt))
+        facts = Facts(attempt=h.attempt, nonce=h.nonce, status=status,
+                      wrapper_alive=seen.alive if mine and seen is not None else None,
+                      ack=Ack.CONFIRMED if h.confirmed else Ack.UNCONFIRMED,
+                      since_launch=now - self._first_seen.setdefault(key, now),
+                      collectable=not (mine and self._prefetch.pending(key)))
+        return PollResult(state or PollState.STARTING, status, events=events, facts=facts)
 
     def _unreachable(self, handles: Sequence[JobHandle], now: float) -> dict[JobHandle,
                                                                                 PollResult]:
         since = self._down_since
-        lost = since is not None and now - since >= self.lost_after
+        silent = now - since if since is not None else 0.0
         detail = f"{self.host_label()} is unreachable: {self._down_reason}"
-        return {h: PollResult(PollState.LOST if lost else PollState.UNKNOWN, None, detail)
+        return {h: PollResult(PollState.UNKNOWN, None, detail, facts=Facts(
+                    attempt=h.attempt, nonce=h.nonce, host_answered=False, silent_for=silent))
                 for h in handles}
 
     async def cancel(self, *, handles: Sequence[JobHandle]) -> None:
@@ -380,8 +378,11 @@ class SshSource(Source):
         """Bring these task folders into the local sweep folder, over the puller's channel
         (or, if that fails, over a new one)."""
         assert self._ctx is not None
-        local = Path(self._ctx.sweep_dir, "tasks")
+        local = fence.incoming_dir(self._ctx.sweep_dir, self.name)
+        local.mkdir(parents=True, exist_ok=True)
         names = [posixpath.basename(d) for d, _ in keys]
+        for name in names:  # a staged folder holds one pull, never a merge of two
+            fence.clear_staging(local / name)
         exclude = [f"{n}/{x}" for n in names for x in PULL_EXCLUDE]
         puller = self._puller
         if (puller is None or not puller.alive) and self.reachable and self.host_tasks:

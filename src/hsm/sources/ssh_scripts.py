@@ -88,7 +88,7 @@ exit 0
 # status and exited. (Builtins only, and cheap: the monitor looks every few milliseconds.)
 _LOOK = r"""
 shopt -s extglob
-status_glob='{"version": +([0-9]), "attempt": +([0-9]), '
+status_glob='{"version": +([0-9]), "attempt": +([0-9]), ?("nonce": "*([0-9a-f])", )'
 status_glob+='"status": "@(running|completed|failed|cancelled)", "cause": @(null|"+([a-z_])"), '
 status_glob+='"exit_code": @(null|?(-)+([0-9])), "pid": +([0-9]), "pgid": @(null|+([0-9])), '
 status_glob+='"host": "*([A-Za-z0-9._-])", "started": +([0-9.]), "finished": @(null|+([0-9.]))}'

@@ -95,6 +95,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE attempts ADD COLUMN counted INTEGER;
     """,
+    # 2 -> 3: fencing. Each attempt's launch nonce (recorded before the launch, written by the
+    # wrapper into every status), and what a superseded attempt did after it was replaced.
+    """
+    ALTER TABLE attempts ADD COLUMN nonce TEXT NOT NULL DEFAULT '';
+    ALTER TABLE attempts ADD COLUMN outcome TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -15,7 +16,7 @@ from typing import Any
 
 from hsm.errors import StateError, UnknownSweepError
 from hsm.state.schema import migrate
-from hsm.states import AttemptState, Cause, SweepState, TaskStatus
+from hsm.states import TRIED_ATTEMPT, AttemptState, Cause, SweepState, TaskStatus
 
 DB_NAME = "hsm.db"
 
@@ -66,6 +67,8 @@ class AttemptRow:
     started: float
     finished: float | None
     counted: bool | None = None  # failure judged against the source (None: not judged)
+    nonce: str = ""  # the launch nonce: with (task, attempt), the attempt's identity
+    outcome: str | None = None  # what it did after it was superseded (e.g. "completed")
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,7 @@ def _attempt(row: sqlite3.Row) -> AttemptRow:
         handle=json.loads(handle) if handle else None, host=row["host"],
         started=row["started"], finished=row["finished"],
         counted=None if row["counted"] is None else bool(row["counted"]),
+        nonce=row["nonce"], outcome=row["outcome"],
     )
 
 
@@ -358,11 +362,12 @@ class Store:
         row = tx.execute("SELECT attempts FROM tasks WHERE sweep_id = ? AND number = ?",
                          (sweep_id, number)).fetchone()
         attempt = row[0] + 1
+        nonce = secrets.token_hex(8)
         cur = tx.execute(
             "INSERT INTO attempts (sweep_id, number, attempt, source, slot, state, started,"
-            " handle_json, host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " handle_json, host, nonce) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (sweep_id, number, attempt, source, slot, state.value, now,
-             None if handle is None else json.dumps(handle), host))
+             None if handle is None else json.dumps(handle), host, nonce))
         tx.execute(
             "UPDATE tasks SET status = ?, source = ?, attempts = ?, cause = NULL,"
             " exit_code = NULL WHERE sweep_id = ? AND number = ?",
@@ -370,30 +375,46 @@ class Store:
         attempt_id = cur.lastrowid
         assert attempt_id is not None
         return AttemptRow(attempt_id, sweep_id, number, attempt, source, slot, state, None,
-                          None, None if handle is None else dict(handle), host, now, None)
+                          None, None if handle is None else dict(handle), host, now, None,
+                          nonce=nonce)
 
-    def reattach_attempt(self, lost: AttemptRow, *, slot: int | None,
-                         handle: Mapping[str, Any], host: str | None) -> AttemptRow:
-        """Record, in one transaction, that the attempt ``lost`` was not lost after all: it
-        runs (or ran) on its source, whose host is back. If it is still the task's last
-        attempt, it is recorded afresh under the same number; either way a running attempt
-        with ``handle`` is recorded. One transaction, so a controller that dies here leaves
-        either the lost attempt or the running one on record, never neither."""
+    def revive_attempt(self, lost: AttemptRow, *, slot: int | None) -> AttemptRow | None:
+        """Record that the attempt ``lost`` was not lost after all: it runs (or ran) on its
+        source, whose host is back. Only the task's current (last) attempt can be revived,
+        and only while its task waits in the queue: the same row, the same identity, running
+        again. Returns the revived row, or None when the attempt has been superseded."""
         with self.transaction() as tx:
-            row = tx.execute("SELECT attempts FROM tasks WHERE sweep_id = ? AND number = ?",
-                             (lost.sweep_id, lost.number)).fetchone()
-            if row is not None and row[0] == lost.attempt:
-                self._discard(tx, lost)
-            return self._begin(tx, lost.sweep_id, lost.number, source=lost.source, slot=slot,
-                               state=AttemptState.RUNNING, handle=handle, host=host)
+            cur = tx.execute(
+                "UPDATE tasks SET status = ?, source = ?, cause = NULL, exit_code = NULL"
+                " WHERE sweep_id = ? AND number = ? AND attempts = ? AND status = ?",
+                (TaskStatus.RUNNING.value, lost.source, lost.sweep_id, lost.number,
+                 lost.attempt, TaskStatus.PENDING.value))
+            if cur.rowcount != 1:
+                return None
+            tx.execute(
+                "UPDATE attempts SET state = ?, cause = NULL, exit_code = NULL, finished = NULL,"
+                " counted = NULL, slot = ? WHERE id = ?",
+                (AttemptState.RUNNING.value, slot, lost.id))
+        return AttemptRow(lost.id, lost.sweep_id, lost.number, lost.attempt, lost.source, slot,
+                          AttemptState.RUNNING, None, None, lost.handle, lost.host,
+                          lost.started, None, nonce=lost.nonce)
+
+    def record_outcome(self, attempt: AttemptRow, outcome: str) -> None:
+        """Record what a superseded attempt did (it never becomes the task's result)."""
+        with self.transaction() as tx:
+            tx.execute("UPDATE attempts SET outcome = ? WHERE id = ?", (outcome, attempt.id))
 
     def attempt_launched(
-        self, attempt_id: int, handle: Mapping[str, Any], host: str | None = None
+        self, attempt_id: int, handle: Mapping[str, Any], host: str | None = None, *,
+        confirmed: bool = True,
     ) -> None:
+        """Record the handle of a launch; ``confirmed`` when the source acknowledged that the
+        attempt started (else it stays ``launching``, with the handle to find it by)."""
+        state = AttemptState.RUNNING if confirmed else AttemptState.LAUNCHING
         with self.transaction() as tx:
             tx.execute(
                 "UPDATE attempts SET state = ?, handle_json = ?, host = ? WHERE id = ?",
-                (AttemptState.RUNNING.value, json.dumps(handle), host, attempt_id))
+                (state.value, json.dumps(handle), host, attempt_id))
 
     def finish_attempt(
         self, attempt: AttemptRow, *, state: AttemptState, cause: Cause | None,
@@ -417,18 +438,24 @@ class Store:
                 (task_status.value, cause_value, exit_code, attempt.sweep_id, attempt.number,
                  attempt.attempt))
 
-    def discard_attempt(self, attempt: AttemptRow) -> None:
-        """Forget an attempt that was recorded but never started; its task is pending again."""
-        with self.transaction() as tx:
-            self._discard(tx, attempt)
+    def tries(self, sweep_id: str, number: int) -> int:
+        """How many of the task's attempts used a try (see ``TRIED_ATTEMPT``)."""
+        marks = ",".join("?" * len(TRIED_ATTEMPT))
+        row = self._one(
+            f"SELECT count(*) FROM attempts WHERE sweep_id = ? AND number = ?"
+            f" AND state IN ({marks})", (sweep_id, number, *sorted(TRIED_ATTEMPT)))
+        return row[0] if row else 0
 
-    @staticmethod
-    def _discard(tx: sqlite3.Connection, attempt: AttemptRow) -> None:
-        tx.execute("DELETE FROM attempts WHERE id = ?", (attempt.id,))
-        tx.execute(
-            "UPDATE tasks SET status = ?, attempts = attempts - 1"
-            " WHERE sweep_id = ? AND number = ? AND attempts = ?",
-            (TaskStatus.PENDING.value, attempt.sweep_id, attempt.number, attempt.attempt))
+    def failed_placements(self, sweep_id: str) -> dict[int, set[str]]:
+        """The sources each task failed on (failed or lost attempts): placement memory that
+        survives any restart."""
+        out: dict[int, set[str]] = {}
+        for number, source in self._conn.execute(
+                "SELECT DISTINCT number, source FROM attempts WHERE sweep_id = ?"
+                " AND state IN (?, ?)",
+                (sweep_id, AttemptState.FAILED.value, AttemptState.LOST.value)):
+            out.setdefault(number, set()).add(source)
+        return out
 
     def cancel_pending(self, sweep_id: str) -> int:
         with self.transaction() as tx:
@@ -456,17 +483,21 @@ class Store:
                         " AND state IN ('launching', 'running')", (source,))
         return row[0] if row else 0
 
-    def failed_sources_of_task(self, sweep_id: str, number: int) -> list[str]:
+    def failed_sources_of_task(self, sweep_id: str, number: int,
+                               causes: Iterable[str]) -> list[str]:
+        """The sources on which the task failed with one of these causes."""
+        values = list(causes)
+        marks = ",".join("?" * len(values))
         rows = self._conn.execute(
-            "SELECT DISTINCT source FROM attempts WHERE sweep_id = ? AND number = ?"
-            " AND state IN ('failed', 'lost')", (sweep_id, number))
+            f"SELECT DISTINCT source FROM attempts WHERE sweep_id = ? AND number = ?"
+            f" AND state = 'failed' AND cause IN ({marks})", (sweep_id, number, *values))
         return [r[0] for r in rows]
 
     def source_counts(self, source: str, *, sweep_id: str | None = None,
                       since: float | None = None) -> SourceCounts:
         """Attempt counts of one source. Only failures judged against it count as failed."""
         sql = ("SELECT state, cause, counted, count(*) FROM attempts WHERE source = ?"
-               " AND state NOT IN ('launching', 'running')")
+               " AND state NOT IN ('launching', 'running', 'not_started')")
         args: list[Any] = [source]
         if sweep_id is not None:
             sql += " AND sweep_id = ?"
