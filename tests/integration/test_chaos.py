@@ -3,6 +3,10 @@ test-bed Slurm cluster, with faults injected at seeded random moments:
 
 - h2's disk is filled while a task runs there (the disk guard kills it, h2 is flagged critical);
 - h1's link is cut, then restored a few seconds later;
+- h1 is frozen whole (SIGSTOP of every process on it: sshd, wrappers, tasks) for longer
+  than it takes to lose its tasks, which then run elsewhere; when it thaws, its old attempts
+  end after their replacements, and must not reach the task folders;
+- the second resume starts while h1 is frozen again;
 - h3 fails 60 % of its tasks (a marker file on h3 and the hash of the task number decide);
 - the controller is SIGKILLed twice, and resumed each time with ``hsm resume ID``;
 - slurmctld is restarted once.
@@ -80,7 +84,8 @@ class Chaos:
     slurm: SlurmCluster
     seed: int
     controller: Background | None = None
-    restore_at: float | None = None
+    # Undo actions of timed faults: (when, what to do, what to log).
+    undo: list[tuple[float, Callable[[], None], str]] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
 
     def completed(self) -> int:
@@ -150,16 +155,29 @@ def test_chaos(tmp_path: Path, testbed_hosts: list[Host], slurm: SlurmCluster) -
         h2.fill_disk(leave_bytes=2_000_000)
         return "h2 disk filled"
 
+    def later(seconds: float, action: Callable[[], None], label: str) -> None:
+        chaos.undo.append((time.monotonic() + seconds, action, label))
+
     def cut_h1() -> str:
         h1.cut_link()
-        chaos.restore_at = time.monotonic() + rng.uniform(4.0, 8.0)
+        later(rng.uniform(4.0, 8.0), h1.restore_link, "h1 link restored")
         return "h1 link cut"
+
+    def freeze_h1() -> str:
+        h1.freeze()
+        later(rng.uniform(7.0, 10.0), h1.thaw_sshd, "h1 thawed")
+        return "h1 frozen"
 
     def kill_controller() -> str:
         assert chaos.controller is not None
         chaos.controller.kill()
         chaos.controller = Background("resume", SWEEP_ID, "--json", cwd=root, extra_env=env)
         return "controller SIGKILLed and resumed"
+
+    def kill_while_frozen() -> str:
+        h1.freeze()
+        later(rng.uniform(5.0, 8.0), h1.thaw_sshd, "h1 thawed")
+        return kill_controller() + " while h1 is frozen"
 
     def restart_slurm() -> str:
         slurm.restart_controller()
@@ -170,7 +188,8 @@ def test_chaos(tmp_path: Path, testbed_hosts: list[Host], slurm: SlurmCluster) -
         Fault("link", rng.randint(20, 70), cut_h1),
         Fault("kill1", rng.randint(50, 90), kill_controller),
         Fault("slurm", rng.randint(60, 120), restart_slurm),
-        Fault("kill2", rng.randint(110, 150), kill_controller),
+        Fault("freeze", rng.randint(75, 105), freeze_h1),
+        Fault("kill2", rng.randint(125, 150), kill_while_frozen),
     ]
     print("chaos schedule: " + ", ".join(f"{f.name}@{f.at}" for f in faults))
     started = time.monotonic()
@@ -180,17 +199,17 @@ def test_chaos(tmp_path: Path, testbed_hosts: list[Host], slurm: SlurmCluster) -
         while True:
             now = time.monotonic()
             assert now - started < 240, f"the sweep did not finish; faults: {faults_seen}"
-            if chaos.restore_at is not None and now >= chaos.restore_at:
-                h1.restore_link()
-                chaos.restore_at = None
-                faults_seen.append("h1 link restored")
+            for entry in [u for u in chaos.undo if now >= u[0]]:
+                chaos.undo.remove(entry)
+                entry[1]()
+                faults_seen.append(entry[2])
             done = chaos.completed()
             for fault in faults:
                 if not fault.done and done >= fault.at:
                     fault.done = fault.action()
                     faults_seen.append(f"{fault.done} at {done}")
             if chaos.controller.proc.poll() is not None and all(f.done for f in faults) \
-                    and chaos.restore_at is None:
+                    and not chaos.undo:
                 break
             if chaos.controller.proc.poll() is not None:
                 break
@@ -200,6 +219,7 @@ def test_chaos(tmp_path: Path, testbed_hosts: list[Host], slurm: SlurmCluster) -
         if chaos.controller is not None:
             chaos.controller.kill()
         h1.restore_link()
+        h1.thaw_sshd()
         h2.free_disk()
         h3.run(["rm", "-f", FLAKY_FILE])
     pending = [f.name for f in faults if not f.done]

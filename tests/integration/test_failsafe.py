@@ -3,6 +3,7 @@ lost hosts, overload, re-enable and resume."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -112,20 +113,41 @@ def test_disk_exhaustion_kills_flags_and_moves_work(tmp_path: Path,
     assert "started on h2" not in log[critical_at:]
 
 
-def test_overloaded_host_is_degraded_and_gets_no_tasks(tmp_path: Path,
-                                                       testbed_hosts: list[Host]) -> None:
-    root = bed_project(tmp_path, testbed_hosts)
+def test_overloaded_host_is_degraded_and_works_at_half_its_slots(
+        tmp_path: Path, testbed_hosts: list[Host]) -> None:
+    root = bed_project(tmp_path, testbed_hosts, slots=4)
     h1 = testbed_hosts[0]
     h1.set_load(50.0)
-    sweep = sweep_file(root, "import time\ntime.sleep(0.2)\n", 10)
+    sweep = sweep_file(root, "import time\ntime.sleep(0.5)\n", 24)
     result = hsm("run", sweep, "--distributed", "--json", cwd=root, timeout=120)
     assert result.returncode == 0, result
     assert re.search(r"Source h1 is degraded: System overload: load [\d.]+ per core > 2",
                      result.stderr), result.stderr
     data = result.json()
-    assert data["sources"]["h1"]["submitted"] == 0
+    assert data["sources"]["h1"]["submitted"] > 0  # it keeps working ...
     assert data["sources"]["h1"]["enabled"] is True  # degraded is not disabled
-    assert data["counts"]["completed"] == 10
+    assert data["counts"]["completed"] == 24
+    # ... on at most 2 of its 4 slots at a time (from the wrappers' own start/end times).
+    spans = []
+    for task in data["tasks"]:
+        if task["source"] == "h1":
+            status = json.loads((Path(task["task_dir"]) / "status.json").read_text())
+            spans.append((status["started"], status["finished"]))
+    most = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
+    assert most <= 2, spans
+
+
+def test_a_sweep_that_cannot_start_anywhere_says_why_at_once(
+        tmp_path: Path, testbed_hosts: list[Host]) -> None:
+    root = bed_project(tmp_path, testbed_hosts[:2], extra={
+        "health": {"disk_critical_free": "1GB"}})
+    sweep = sweep_file(root, "pass\n", 4)
+    result = hsm("run", sweep, "--distributed", "--json", cwd=root, timeout=60)
+    assert result.returncode == 3, result
+    assert re.search(r"no source can take a task: h1: critical disk space shortage: "
+                     r"Critical: [\d.]+GB \(\d+%\) free \(health.disk_critical_free: 1GB",
+                     result.stderr), result.stderr
+    assert result.json()["counts"]["pending"] == 4
 
 
 def test_no_source_left_exits_3_then_reenable_and_resume(tmp_path: Path,
@@ -171,3 +193,23 @@ def test_disable_and_enable_take_effect_in_a_running_sweep(tmp_path: Path,
     assert data["counts"]["completed"] == 16
     assert data["sources"]["h1"]["completed"] > data["sources"]["h2"]["completed"]
     assert disabled_at > 0
+
+
+def test_a_sweep_that_can_start_nothing_gives_up_after_stall_timeout(
+        tmp_path: Path, testbed_hosts: list[Host]) -> None:
+    root = bed_project(tmp_path, testbed_hosts[:2], slots=1, distributed={
+        "auto_disable_unhealthy_sources": False, "health_check_failure_threshold": 100,
+        "stall_timeout": 3})
+    sweep = sweep_file(root, "import time\ntime.sleep(0.3)\n", 8)
+    h1, h2 = testbed_hosts[:2]
+    with hsm_background("run", sweep, "--distributed", cwd=root) as proc:
+        wait_for(lambda: list((root / "runs").glob("*/tasks/task_*/status.json"))
+                 if (root / "runs").exists() else None, what="a finished task", timeout=40)
+        h1.cut_link()
+        h2.cut_link()
+        assert proc.wait(timeout=90) == 3, outputs(root)
+    _, err = outputs(root)
+    assert "waiting: no source takes work now" in err, err
+    assert re.search(r"nothing could start for \d+ s \(distributed.stall_timeout\): "
+                     r"h1: unreachable", err), err
+    assert status_json(root)["state"] == "aborted"

@@ -51,6 +51,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_too_little_space_for_the_project_refuses_to_start_tasks(small_disk: Path) -> None:
+    # On this machine alone: one clear message (free, needed, the key), exit 3, the task
+    # still pending, and `local` not disabled for the next sweep.
     config = CONFIG.format(project_min_free="100MB", warn_below="1MB", kill_below="1MB")
     project = make_project(small_disk / "project", config=config, sweep="""\
         command: [bash, task.sh]
@@ -59,19 +61,24 @@ def test_too_little_space_for_the_project_refuses_to_start_tasks(small_disk: Pat
             a: [1, 3]
         """)
     result = hsm("run", "sweeps/sweep.yaml", "--json", "--name", "pre", cwd=project)
-    assert result.returncode == 1, result
+    assert result.returncode == 3, result
     data = result.json()
-    assert data["counts"]["failed"] == 2
-    for task in data["tasks"]:
-        assert (task["status"], task["cause"], task["exit_code"]) == (
-            "failed", "disk_precheck", None)
-        task_dir = Path(task["task_dir"])
-        assert not (task_dir / "marker").exists()  # the script never ran
-        info = (task_dir / "task_info.txt").read_text()
-        assert "Disk space check FAILED" in info
-        assert "Required: at least 0.10 GB (100000000 bytes) free" in info
-        assert info.rstrip().endswith("Status: FAILED_DISK_SPACE")
-    assert "disk_precheck" in result.stderr
+    assert data["state"] == "aborted"
+    assert data["counts"]["pending"] == 2 and data["counts"]["failed"] == 0
+    first = next(t for t in data["tasks"] if t["attempts"])
+    assert first["attempts"] == 1  # refused once, not retried in a storm
+    task_dir = Path(first["task_dir"])
+    assert not (task_dir / "marker").exists()  # the script never ran
+    info = (task_dir / "task_info.txt").read_text()
+    assert "Disk space check FAILED" in info
+    assert "Required: at least 0.10 GB (100000000 bytes) free" in info
+    assert info.rstrip().endswith("Status: FAILED_DISK_SPACE")
+    assert re.search(r"the disk of local is too full to start tasks: \S+ has [\d.]+ GB",
+                     result.stderr), result.stderr
+    assert "disk.project_min_free: 0.1GB" in result.stderr
+    listing = hsm("distributed", "list", "--json", cwd=project).json()
+    local = next(s for s in listing["sources"] if s["name"] == "local")
+    assert local["enabled"] is True, listing
 
 
 def fill_project(disk: Path, *, kill_below: str) -> Path:

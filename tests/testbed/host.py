@@ -238,8 +238,18 @@ class Host:
                 os.kill(pid, signal.SIGSTOP)
             self._frozen.add(pid)
 
+    def freeze(self) -> None:
+        """SIGSTOP every process of the host (sshd, sessions, job wrappers, tasks), as a host
+        that hangs: connections time out, and its tasks make no progress until thawed."""
+        for pid in self.pids():
+            if pid == self.holder_pid:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+            self._frozen.add(pid)
+
     def thaw_sshd(self) -> None:
-        """SIGCONT everything :meth:`freeze_sshd` stopped."""
+        """SIGCONT everything :meth:`freeze_sshd` or :meth:`freeze` stopped."""
         for pid in sorted(self._frozen):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)

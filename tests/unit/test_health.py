@@ -51,9 +51,16 @@ def test_unreachable_and_critical_fail_the_check() -> None:
 def test_overload_degrades_but_passes() -> None:
     v = classify(sample(50 * GB, load1=9.0, cores=4), CFG)
     assert (v.status, v.passed) == (HealthStatus.DEGRADED, True)
-    assert not v.takes_tasks
+    # Degraded keeps working, at half its slots (at least one); unhealthy takes none.
+    assert v.takes_tasks and [v.capacity(n) for n in (1, 2, 4, 5)] == [1, 1, 2, 2]
+    assert "(health.max_load_per_core)" in v.reasons[0]  # the key to change
     v = classify(sample(50 * GB, mem=97.0), CFG)
     assert v.status is HealthStatus.DEGRADED
+    assert "(health.max_memory_percent)" in v.reasons[0]
+    critical = classify(sample(int(0.5 * GB), 10 * GB), CFG)
+    assert not critical.takes_tasks and critical.capacity(4) == 0
+    assert "health.disk_critical_free: 1GB" in critical.reasons[0]
+    assert "Critical: 0.5GB (5%) free" in critical.reasons[0]
 
 
 def test_own_tasks_do_not_make_this_machine_overloaded() -> None:

@@ -17,7 +17,7 @@ class DiskStatus(StrEnum):
 
 class HealthStatus(StrEnum):
     HEALTHY = "healthy"
-    DEGRADED = "degraded"  # reachable, but gets no new tasks for now
+    DEGRADED = "degraded"  # reachable and working, at reduced capacity (half its slots)
     UNHEALTHY = "unhealthy"  # a failed health check
 
 
@@ -31,7 +31,18 @@ class HealthVerdict:
 
     @property
     def takes_tasks(self) -> bool:
-        return self.status is HealthStatus.HEALTHY
+        """Whether new tasks may start there (a degraded source takes fewer, see
+        ``capacity``)."""
+        return self.status is not HealthStatus.UNHEALTHY
+
+    def capacity(self, slots: int) -> int:
+        """How many of ``slots`` may be busy: all when healthy, half (at least one) when
+        degraded, none when unhealthy."""
+        if self.status is HealthStatus.HEALTHY:
+            return slots
+        if self.status is HealthStatus.DEGRADED:
+            return max(1, slots // 2)
+        return 0
 
 
 def percent_free(free: int, total: int) -> float:
@@ -66,7 +77,8 @@ def classify(sample: HealthSample, cfg: HealthConfig, *, own_tasks: int = 0,
 
     - unreachable, or critical disk: unhealthy, and the check counts as failed;
     - overload (load per core or memory above the limits), or a high rate of disk-guard
-      failures while the disk is low: degraded (the check passes; no new tasks for now);
+      failures while the disk is low: degraded (the check passes; the source goes on at
+      half its slots);
     - otherwise healthy.
     """
     if not sample.reachable:
@@ -78,18 +90,20 @@ def classify(sample: HealthSample, cfg: HealthConfig, *, own_tasks: int = 0,
     disk = classify_disk(sample.free_bytes, sample.total_bytes, cfg)
     summary = disk_summary(disk, sample.free_bytes, sample.total_bytes)
     if disk is DiskStatus.CRITICAL:
+        limits = (f"health.disk_critical_free: {cfg.disk_critical_free / 1e9:g}GB, "
+                  f"health.disk_critical_percent: {cfg.disk_critical_percent:g}%")
         return HealthVerdict(HealthStatus.UNHEALTHY, disk, False, summary,
-                             ("critical disk space shortage",))
+                             (f"critical disk space shortage: {summary} ({limits})",))
     reasons: list[str] = []
     if disk is DiskStatus.WARNING and disk_failure_rate >= cfg.disk_failure_rate:
         reasons.append("High disk failure rate with low space")
     per_core = load_per_core(sample, own_tasks)
     if per_core is not None and per_core > cfg.max_load_per_core:
         reasons.append(f"System overload: load {per_core:.2f} per core > "
-                       f"{cfg.max_load_per_core:g}")
+                       f"{cfg.max_load_per_core:g} (health.max_load_per_core)")
     if sample.memory_percent is not None and sample.memory_percent > cfg.max_memory_percent:
         reasons.append(f"System overload: memory {sample.memory_percent:.0f}% used > "
-                       f"{cfg.max_memory_percent:g}%")
+                       f"{cfg.max_memory_percent:g}% (health.max_memory_percent)")
     status = HealthStatus.DEGRADED if reasons else HealthStatus.HEALTHY
     return HealthVerdict(status, disk, True, summary, tuple(reasons))
 

@@ -131,6 +131,14 @@ class SourceMonitor:
             return st.verdict is None or st.verdict.disk_status is not None
         return st.verdict is None or st.verdict.takes_tasks
 
+    def capacity(self, name: str, slots: int) -> int:
+        """How many of the source's slots may be busy now: a degraded source works on at
+        half its slots (at least one) rather than none."""
+        verdict = self.state[name].verdict
+        if verdict is None or len(self.sources) == 1 and verdict.disk_status is not None:
+            return slots
+        return verdict.capacity(slots)
+
     def reachable_or_unknown(self, name: str) -> bool:
         st = self.state[name]
         return st.verdict is None or st.verdict.disk_status is not None
@@ -270,6 +278,8 @@ class SourceMonitor:
                 parts.append(f"{name}: disabled ({st.disabled_reason})")
             elif st.verdict is not None and not st.verdict.passed:
                 parts.append(f"{name}: {'; '.join(st.verdict.reasons)}")
-            elif st.verdict is not None and not st.verdict.takes_tasks:
+            elif st.verdict is not None and st.verdict.reasons:
                 parts.append(f"{name}: degraded ({'; '.join(st.verdict.reasons)})")
-        return "; ".join(parts)
+            elif not self.sources[name].reachable:
+                parts.append(f"{name}: unreachable")
+        return "; ".join(parts) or "every source is busy"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 import time
 from collections import deque
@@ -68,6 +69,7 @@ class EngineOptions:
     failsafe: FailsafeConfig = field(default_factory=FailsafeConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     health_interval: float = 60.0
+    stall_timeout: float = 600.0  # nothing running, nothing can start: give up after this
 
 
 ProgressFn = Callable[[dict[TaskStatus, int]], None]
@@ -97,6 +99,8 @@ class Engine:
         self._interrupted = False
         self._cancelled = False
         self._aborted: str | None = None
+        self._stalled_since: float | None = None
+        self._stall_logged = 0.0
         self.monitor = SourceMonitor(
             store=store, sweep_id=sweep_id, sources=self.sources, health=options.health,
             failsafe=options.failsafe, interval=options.health_interval,
@@ -118,6 +122,7 @@ class Engine:
             self._load_tasks()
             self._reattach()
             await self.monitor.check_all()
+            self._check_start()
             for name in self.sources:
                 self._spawn(self._poller(name))
             self._spawn(self._watch_cancel())
@@ -240,6 +245,50 @@ class Engine:
         """Whether a source may take new tasks now (enabled, healthy)."""
         return self.monitor.usable(name)
 
+    def _takes_work(self, name: str) -> bool:
+        source = self.sources[name]
+        busy = source.slots - len(self.free_slots.get(name, ()))
+        return self._open_to_work(name) and busy < self.monitor.capacity(name, source.slots)
+
+    def _check_start(self) -> None:
+        """Every source unusable for a reason that will not pass by itself (disabled, a
+        critical disk): say so at once, with the thresholds and the values seen."""
+        def hopeless(name: str) -> bool:  # disabled, or answered with a critical disk
+            st = self.monitor.state[name]
+            return not st.enabled or (not self.usable(name) and st.verdict is not None
+                                      and st.verdict.disk_status is not None)
+
+        if not self.pending or not all(hopeless(n) for n in self.sources):
+            return
+        self._aborted = (
+            f"no source can take a task: {self.monitor.describe_unusable()}. Free space or "
+            f"change those keys in hsm_config.yaml, or re-enable a source with: hsm "
+            f"distributed enable NAME; then continue with: hsm resume {self.sweep_id}")
+
+    def _check_stall(self) -> None:
+        """Tasks pending, none running, no source able to take one: say what the sweep waits
+        for, and give up after ``stall_timeout``."""
+        now = time.monotonic()
+        if not self.pending or any(self.running.values()) or any(
+                self._takes_work(n) for n in self.sources):
+            self._stalled_since = None
+            return
+        if self._stalled_since is None:
+            self._stalled_since = self._stall_logged = now
+            log.warning("waiting: no source takes work now (%s); the sweep gives up after %.0f"
+                        " s of this (distributed.stall_timeout)",
+                        self.monitor.describe_unusable(), self.options.stall_timeout)
+        elif now - self._stall_logged >= 60.0:
+            self._stall_logged = now
+            log.warning("still waiting for a source to take work (%.0f s): %s",
+                        now - self._stalled_since, self.monitor.describe_unusable())
+        if now - self._stalled_since >= self.options.stall_timeout:
+            self._aborted = (
+                f"nothing could start for {now - self._stalled_since:.0f} s"
+                f" (distributed.stall_timeout): {self.monitor.describe_unusable()}. Fix the"
+                f" sources or change those keys in hsm_config.yaml, then continue with:"
+                f" hsm resume {self.sweep_id}")
+
     def _check_abort(self) -> None:
         """Stop early when the script fails everywhere, or no usable source is left."""
         if self._aborted:
@@ -247,7 +296,8 @@ class Engine:
         if self.monitor.broken_script():
             self._aborted = self._broken_script_message()
             return
-        if not self.pending or any(self.running.values()):
+        self._check_stall()
+        if self._aborted or not self.pending or any(self.running.values()):
             return
         if any(self._recoverable(n) for n in self.sources):
             return
@@ -291,7 +341,7 @@ class Engine:
         while self.pending:
             busy = {n: s.slots - len(self.free_slots[n]) for n, s in self.sources.items()}
             candidates = [v for v in views({n: s.slots for n, s in self.sources.items()}, busy)
-                          if self.free_slots[v.name] and self._open_to_work(v.name)]
+                          if self.free_slots[v.name] and self._takes_work(v.name)]
             if not candidates:
                 break
             number = self.pending.popleft()
@@ -529,14 +579,21 @@ class Engine:
         verdict = judge_attempt(cause, attempt=tries + 1,
                                 max_retries=self.options.max_retries,
                                 retry_task_failures=verify)
-        if (self._interrupted or self._aborted) and cause is Cause.CANCELLED:
+        if cause is Cause.DISK_PRECHECK and not self._aborted and not any(
+                n != name and self._open_to_work(n) for n in self.sources):
+            # Refused for a full disk, and no other source to go to: stop with one clear
+            # message instead of refusing task after task; the task has not run.
+            self._aborted = self._disk_full_message(name, attempt.number)
+            task_status = TaskStatus.PENDING
+        elif (self._interrupted or self._aborted) and cause is Cause.CANCELLED:
             task_status = TaskStatus.PENDING  # Ctrl-C: resume runs it again
         else:
             task_status = verdict.task_status
-        # A lost attempt is the host's silence, which the health checks judge: it is not a
-        # job failure and does not count toward the failure rate.
+        # A lost attempt is the host's silence, and a task refused by the disk pre-check a
+        # full disk: the health checks judge those. Neither is a job failure, and neither
+        # counts toward the failure rate.
         counted: bool | None = None
-        if cause in (Cause.CANCELLED, Cause.LOST):
+        if cause in (Cause.CANCELLED, Cause.LOST, Cause.DISK_PRECHECK):
             counted = False
         elif cause in INFRASTRUCTURE_CAUSES:
             counted = True
@@ -560,6 +617,23 @@ class Engine:
         if cause is not Cause.CANCELLED:
             self.monitor.after_attempt(name, attempt.number, attempt.attempt, cause)
         self.wake.set()
+
+    def _disk_full_message(self, name: str, number: int) -> str:
+        """One clear message for a task refused by the disk pre-check where no other source
+        can take it: what is free, what is needed, and the keys."""
+        info = Path(self.ctx.sweep_dir, "tasks", task_folder_name(number), "task_info.txt")
+        seen = ""
+        with contextlib.suppress(OSError):
+            checks = re.findall(r"Disk space check for (.*) at .*:\n\s+Available: ([^\n]*)\n"
+                                r"Disk space check FAILED", info.read_text(errors="replace"))
+            seen = "; ".join(f"{path} has {free}" for path, free in checks)
+        guard = self.ctx.guard
+        return (f"the disk of {name} is too full to start tasks"
+                f"{': ' + seen if seen else ''}. A task needs disk.project_min_free:"
+                f" {guard.project_min_free / 1e9:g}GB free in the project folder and"
+                f" disk.task_min_free: {guard.task_min_free / 1e9:g}GB in its task folder"
+                f" ({info}). Free some space, or lower those keys in"
+                f" hsm_config.yaml, then continue with: hsm resume {self.sweep_id}")
 
     def _can_verify(self, name: str, number: int) -> bool:
         """Whether a task failure can be retried on another source to learn whose fault it

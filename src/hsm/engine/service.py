@@ -281,7 +281,8 @@ def _drive(project: Project, store: Store, sweep: SweepRow, sources: dict[str, S
     options = EngineOptions(max_retries=dist.max_retries, strategy=dist.strategy,
                             failsafe=FailsafeConfig.from_config(dist),
                             health=project.loaded.config.health,
-                            health_interval=float(dist.health_check_interval))
+                            health_interval=float(dist.health_check_interval),
+                            stall_timeout=float(dist.stall_timeout))
     with controller_lock(Path(sweep.sweep_dir)), sweep_log_file(Path(sweep.sweep_dir)):
         store.set_sweep_state(sweep.id, SweepState.RUNNING, controller_pid=os.getpid())
         sweep_log.info("sweep %s: %d task(s) on %s; folder %s", sweep.id, sum(

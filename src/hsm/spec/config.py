@@ -168,6 +168,9 @@ class DistributedConfig(_Model):
     health_check_interval: Annotated[float, Field(gt=0)] = 60.0
     include_local: bool = True
     max_retries: Annotated[int, Field(ge=0)] = 2
+    # Seconds with tasks pending, none running and no source able to take one, before the
+    # sweep gives up (exit 3).
+    stall_timeout: Annotated[float, Field(gt=0)] = 600.0
     ssh_config: str | None = None
     remotes: dict[SourceName, RemoteConfig] = Field(default_factory=dict)
 
