@@ -123,7 +123,7 @@ def test_a_big_batch_becomes_chained_chunks() -> None:
     assert login.files[f"{ROOT}/tasks/task_0005/.hsm/spec"].startswith("hsm-spec-2")
 
 
-def test_a_half_submitted_batch_is_cancelled_before_the_error() -> None:
+def test_a_chunk_refused_after_others_fails_only_its_own_requests() -> None:
     def handler(argv: list[str], _: bytes | None) -> CommandResult:
         if argv[0] == "sbatch":
             if any(a.startswith("--dependency") for a in argv):
@@ -134,9 +134,24 @@ def test_a_half_submitted_batch_is_cancelled_before_the_error() -> None:
         return ok(argv)
 
     login = ScriptedLogin(handler)
+    results = asyncio.run(source(login, max_array_size=2).launch(ctx=context(),
+                                                                  requests=requests(3)))
+    # The first array is queued and keeps its handles; only the third request failed.
+    assert [r.job_id for r in results[:2] if isinstance(r, JobHandle)] == ["101_1", "101_2"]
+    assert isinstance(results[2], SubmissionError)
+    assert "QOSMaxSubmitJobPerUserLimit" in str(results[2])
+    assert not any(call[0] == "scancel" for call in login.calls)
+
+
+def test_a_batch_whose_first_chunk_is_refused_raises() -> None:
+    def handler(argv: list[str], _: bytes | None) -> CommandResult:
+        if argv[0] == "sbatch":
+            return ok(argv, code=1, stderr="sbatch: error: QOSMaxSubmitJobPerUserLimit")
+        return ok(argv)
+
+    login = ScriptedLogin(handler)
     with pytest.raises(SubmissionError, match="QOSMaxSubmitJobPerUserLimit"):
         asyncio.run(source(login, max_array_size=2).launch(ctx=context(), requests=requests(3)))
-    assert ["scancel", "101"] in login.calls
 
 
 def handle(number: int, job_id: str | None) -> JobHandle:
