@@ -521,7 +521,16 @@ def _check_program(doc: YamlDocument, parsed: _SweepFile, project_root: Path | N
         raise problem(doc, ("command",), "give either 'script' or 'command', not both")
     if parsed.script is None and parsed.command is None:
         raise problem(doc, (), "missing 'script' (a Python file) or 'command' (the program to run)")
+    for index, arg in enumerate(parsed.command or []):
+        if "\x00" in arg:
+            listed = isinstance(doc.data.get("command"), list)
+            loc: Loc = ("command", index) if listed else ("command",)
+            which = "" if listed else f"command[{index}] "
+            raise problem(doc, loc, f"{which}holds a NUL character, which no program argument"
+                          " can carry")
     if parsed.script is not None:
+        if "\x00" in parsed.script:
+            raise problem(doc, ("script",), "holds a NUL character, which no path can carry")
         if not parsed.script.strip():
             raise problem(doc, ("script",), "must not be empty")
         if project_root is not None:
