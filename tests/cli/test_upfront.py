@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.hsmcli import hsm, write
+from tests.hsmcli import HSM, hsm, hsm_env, snapshot, write
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -28,3 +30,43 @@ def test_a_failed_task_line_shows_the_end_of_its_stderr(project: Path) -> None:
     assert str(log) in lines[at]
     assert lines[at + 1:at + 3] == ["    first words", "    boom a=1"]
     assert "exit code None" not in result.stderr
+
+
+def test_json_is_strict_for_nan_and_infinity(project: Path) -> None:
+    write(project / "sweeps" / "sweep.yaml", """\
+        command: [bash, task.sh]
+        sweep:
+          grid: {a: [.nan, .inf, -.inf, 1.5]}
+        """)
+    dry = hsm("run", "sweeps/sweep.yaml", "--dry-run", "--json", cwd=project)
+    assert dry.returncode == 0, dry
+    run = hsm("run", "sweeps/sweep.yaml", "--json", "--name", "n", cwd=project)
+    assert run.returncode == 0, run
+    status = hsm("status", "n", "--json", cwd=project)
+    for text in (run.stdout, status.stdout):
+        data = json.loads(text, parse_constant=_refuse)
+        assert [t["params"]["a"] for t in data["tasks"]] == ["NaN", "Infinity", "-Infinity", 1.5]
+
+
+def _refuse(name: str) -> None:
+    raise AssertionError(f"bare {name} in JSON output")
+
+
+def test_a_reader_that_closes_the_pipe_early_is_no_failure(project: Path) -> None:
+    write(project / "sweeps" / "sweep.yaml", """\
+        command: [bash, task.sh]
+        sweep:
+          grid: {a: [{n}]}
+        """.replace("{n}", ", ".join(str(i) for i in range(20000))))
+    before = snapshot(project)
+    for extra in ([], ["--json"]):
+        cmd = [*HSM, "run", "sweeps/sweep.yaml", "--dry-run", *extra]
+        proc = subprocess.Popen(cmd, cwd=project, env=hsm_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.readline()
+        proc.stdout.close()  # what `| head -1` does
+        err = proc.stderr.read()
+        assert proc.wait(timeout=60) == 0, err
+        assert b"Traceback" not in err and b"Broken pipe" not in err and not err, err
+    assert snapshot(project) == before

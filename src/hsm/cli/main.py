@@ -48,7 +48,20 @@ LARGE_SWEEP = 1_000_000
 
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class ClosedPipeError(Exception):
+    """stdout was closed by its reader (``hsm ... | head``): not a failure of hsm."""
+
+
+class HsmGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            # click turns a closed pipe into exit 1; it is no failure, so it leaves here.
+            raise ClosedPipeError from None
+
+
+@click.group(cls=HsmGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hsm")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
 @click.pass_context
@@ -257,8 +270,33 @@ def usage_message(exc: click.ClickException) -> str:
     return message
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that nothing more fails on the closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main() -> None:
-    """Entry point: the one place where errors become messages and exit codes."""
+    """Entry point: run the CLI; a reader that closes stdout early (``| head``) is no error:
+    exit 0 quietly, or with the command's own code if it had finished."""
+    code: int | str | None = 0
+    try:
+        _main()
+    except SystemExit as exc:
+        code = exc.code
+    except ClosedPipeError:
+        _silence_stdout()
+        sys.exit(0)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+    sys.exit(code)
+
+
+def _main() -> None:
+    """The one place where errors become messages and exit codes."""
     try:
         cli.main(prog_name="hsm", standalone_mode=False)
     except HsmError as exc:
@@ -271,7 +309,7 @@ def main() -> None:
         sys.exit(ExitCode.BAD_INPUT)
     except KeyboardInterrupt:
         sys.exit(ExitCode.INTERRUPTED)
-    except SystemExit:
+    except (SystemExit, ClosedPipeError):
         raise
     except Exception as exc:  # noqa: BLE001 - the traceback goes to the debug log only
         path = debug_log_path()
