@@ -27,6 +27,7 @@ from hsm.cli.render import (
     summary_table,
 )
 from hsm.cli.report import report
+from hsm.cli.results import results
 from hsm.engine.run import RunOutcome
 from hsm.engine.service import (
     Project,
@@ -254,6 +255,7 @@ def cancel(sweep_id: str, config_path: Path | None) -> None:
 
 cli.add_command(distributed)
 cli.add_command(report)
+cli.add_command(results)
 
 
 def debug_log_path() -> Path:
