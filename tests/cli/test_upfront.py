@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hsmcli import HSM, hsm, hsm_env, snapshot, write
+from tests.hsmcli import HSM, hsm, hsm_env, make_project, snapshot, write
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -70,3 +70,34 @@ def test_a_reader_that_closes_the_pipe_early_is_no_failure(project: Path) -> Non
         assert proc.wait(timeout=60) == 0, err
         assert b"Traceback" not in err and b"Broken pipe" not in err and not err, err
     assert snapshot(project) == before
+
+
+@pytest.mark.parametrize(("kind", "directive"), [("slurm", "#SBATCH --time=01:00:00"),
+                                                 ("pbs", "#PBS -l walltime=01:00:00")])
+def test_a_cluster_dry_run_prints_the_job_script_and_keeps_a_copy(
+        tmp_path: Path, kind: str, directive: str) -> None:
+    # Nothing is asked of the cluster: the script is rendered offline (no scheduler needed).
+    project = make_project(tmp_path / "p", config=f"""\
+        distributed:
+          remotes:
+            c: {{type: {kind}, host: local}}
+        """, sweep="""\
+        command: [bash, task.sh]
+        sweep:
+          grid: {a: [1, 2, 3]}
+        resources: {cpus: 2, walltime: "01:00:00"}
+        """)
+    result = hsm("run", "sweeps/sweep.yaml", "--dry-run", "--source", "c", "--name", "x",
+                 cwd=project)
+    assert result.returncode == 0, result
+    copy = project.resolve() / "runs" / ".dry-run" / "x" / "c.sh"
+    script = copy.read_text()
+    assert f"# the job script of source c (a copy is in {copy}):\n{script}" in result.stdout
+    assert script.startswith("#!/bin/bash\n") and directive in script
+    assert "tasks/task_0001 tasks/task_0002 tasks/task_0003" in script
+    assert not (project / ".hsm").exists() and not (project / "runs" / "x").exists()
+    as_json = hsm("run", "sweeps/sweep.yaml", "--dry-run", "--source", "c", "--json",
+                  cwd=project)
+    assert as_json.returncode == 0, as_json
+    scripts = json.loads(as_json.stdout)["job_scripts"]
+    assert directive in scripts["c"]["script"] and scripts["c"]["path"].endswith("/c.sh")

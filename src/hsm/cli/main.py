@@ -28,6 +28,7 @@ from hsm.cli.render import (
 )
 from hsm.cli.report import report
 from hsm.cli.results import results
+from hsm.engine.preview import job_scripts
 from hsm.engine.run import RunOutcome
 from hsm.engine.service import (
     Project,
@@ -126,11 +127,17 @@ def run(sweep_file: Path, distributed: bool, sources: tuple[str, ...], parallel:
                           " check the grid, or pass --yes to run it")
     if dry_run:
         argvs = list(preview_argv(plan, project=project, sweep_id=name))
+        scripts = job_scripts(project, plan, name or "SWEEP_ID")
         if as_json:
-            print_json({"total": plan.total, "sources": plan.sources, "argv": argvs})
+            extra = {"job_scripts": {n: {"path": str(p), "script": p.read_text()}
+                                     for n, p in scripts.items()}} if scripts else {}
+            print_json({"total": plan.total, "sources": plan.sources, "argv": argvs, **extra})
         else:
             for number, argv in enumerate(argvs, start=1):
                 click.echo(f"[{number}] {shlex.join(argv)}")
+            for source, path in scripts.items():
+                click.echo(f"# the job script of source {source} (a copy is in {path}):")
+                click.echo(path.read_text(), nl=False)
         return
     announce_defaults(project)
     command_line = shlex.join(["hsm", *sys.argv[1:]])
