@@ -8,6 +8,7 @@ the exit code the CLI would use.
 from __future__ import annotations
 
 import importlib
+import logging
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,10 @@ from hsm.engine.summary import summarize
 from hsm.errors import StateError
 
 __all__ = ["ResultRow", "RunResult", "results", "results_table", "run"]
+
+# A library prints nothing: without a handler of the caller's, hsm's records go nowhere
+# (rather than to logging's last-resort handler on stderr).
+logging.getLogger("hsm").addHandler(logging.NullHandler())
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,14 @@ import csv
 import importlib.util
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import hsm as hsm_lib
-from tests.hsmcli import hsm, hsm_background, outputs, wait_for, write
+from tests.hsmcli import hsm, hsm_background, hsm_env, outputs, wait_for, write
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -122,3 +124,17 @@ def test_results_while_the_sweep_runs(project: Path) -> None:
         assert rows[1]["status"] == "running" and "loss" not in rows[1]
         (project / "runs" / "live" / "go").touch()
         assert proc.wait(timeout=60) == 0, outputs(project)
+
+
+def test_the_library_prints_nothing(finished: Path) -> None:
+    script = (
+        "import hsm\n"
+        "r = hsm.run('sweeps/sweep.yaml', name='quiet', cwd='.')\n"
+        "assert r.exit_code == 1 and r.counts['failed'] == 1, r\n"
+        "rows = hsm.results('quiet', as_frame=False)\n"
+        "assert [x.status for x in rows] == ['completed', 'completed', 'failed']\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=finished, capture_output=True,
+                          text=True, timeout=60, env=hsm_env())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "" and proc.stderr == ""
