@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from hsm.cli.common import config_option, json_option, project_from
-from hsm.cli.render import out_console, print_json
+from hsm.cli.render import dumps, out_console, print_json
 from hsm.engine.health import percent_free
 from hsm.errors import UnknownSourceError
 from hsm.sources.registry import known_sources
@@ -172,8 +171,8 @@ def health(names: tuple[str, ...], all_sources: bool, watch: bool, refresh: floa
         if as_json:
             while True:
                 rows = check_health(project, chosen)
-                sys.stdout.write(json.dumps({"time": time.time(), "sources":
-                                             [r.to_json() for r in rows]}) + "\n")
+                sys.stdout.write(dumps({"time": time.time(), "sources":
+                                        [r.to_json() for r in rows]}) + "\n")
                 sys.stdout.flush()
                 time.sleep(refresh)
         with Live(render(check_health(project, chosen)), console=out_console,

@@ -27,6 +27,8 @@ from hsm.cli.render import (
     summary_table,
 )
 from hsm.cli.report import report
+from hsm.cli.results import results
+from hsm.engine.preview import job_scripts
 from hsm.engine.run import RunOutcome
 from hsm.engine.service import (
     Project,
@@ -48,7 +50,20 @@ LARGE_SWEEP = 1_000_000
 
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class ClosedPipeError(Exception):
+    """stdout was closed by its reader (``hsm ... | head``): not a failure of hsm."""
+
+
+class HsmGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            # click turns a closed pipe into exit 1; it is no failure, so it leaves here.
+            raise ClosedPipeError from None
+
+
+@click.group(cls=HsmGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hsm")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
 @click.pass_context
@@ -112,11 +127,17 @@ def run(sweep_file: Path, distributed: bool, sources: tuple[str, ...], parallel:
                           " check the grid, or pass --yes to run it")
     if dry_run:
         argvs = list(preview_argv(plan, project=project, sweep_id=name))
+        scripts = job_scripts(project, plan, name or "SWEEP_ID")
         if as_json:
-            print_json({"total": plan.total, "sources": plan.sources, "argv": argvs})
+            extra = {"job_scripts": {n: {"path": str(p), "script": p.read_text()}
+                                     for n, p in scripts.items()}} if scripts else {}
+            print_json({"total": plan.total, "sources": plan.sources, "argv": argvs, **extra})
         else:
             for number, argv in enumerate(argvs, start=1):
                 click.echo(f"[{number}] {shlex.join(argv)}")
+            for source, path in scripts.items():
+                click.echo(f"# the job script of source {source} (a copy is in {path}):")
+                click.echo(path.read_text(), nl=False)
         return
     announce_defaults(project)
     command_line = shlex.join(["hsm", *sys.argv[1:]])
@@ -241,6 +262,7 @@ def cancel(sweep_id: str, config_path: Path | None) -> None:
 
 cli.add_command(distributed)
 cli.add_command(report)
+cli.add_command(results)
 
 
 def debug_log_path() -> Path:
@@ -257,8 +279,33 @@ def usage_message(exc: click.ClickException) -> str:
     return message
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that nothing more fails on the closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main() -> None:
-    """Entry point: the one place where errors become messages and exit codes."""
+    """Entry point: run the CLI; a reader that closes stdout early (``| head``) is no error:
+    exit 0 quietly, or with the command's own code if it had finished."""
+    code: int | str | None = 0
+    try:
+        _main()
+    except SystemExit as exc:
+        code = exc.code
+    except ClosedPipeError:
+        _silence_stdout()
+        sys.exit(0)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+    sys.exit(code)
+
+
+def _main() -> None:
+    """The one place where errors become messages and exit codes."""
     try:
         cli.main(prog_name="hsm", standalone_mode=False)
     except HsmError as exc:
@@ -271,7 +318,7 @@ def main() -> None:
         sys.exit(ExitCode.BAD_INPUT)
     except KeyboardInterrupt:
         sys.exit(ExitCode.INTERRUPTED)
-    except SystemExit:
+    except (SystemExit, ClosedPipeError):
         raise
     except Exception as exc:  # noqa: BLE001 - the traceback goes to the debug log only
         path = debug_log_path()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -116,8 +117,28 @@ class ProgressView:
             c.get(TaskStatus.RUNNING, 0), c.get(TaskStatus.PENDING, 0), sum(c.values()))
 
 
+NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def strict(obj: Any) -> Any:
+    """``obj`` with every non-finite float written as the string ``"NaN"``, ``"Infinity"``
+    or ``"-Infinity"`` (strict JSON has no such numbers; ``float()`` reads these strings)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else NON_FINITE[repr(obj)]
+    if isinstance(obj, dict):
+        return {key: strict(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(value) for value in obj]
+    return obj
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """Strict JSON text (see :func:`strict`); raises on anything else that is not JSON."""
+    return json.dumps(strict(obj), ensure_ascii=False, allow_nan=False, **kwargs)
+
+
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.write(dumps(obj, indent=2) + "\n")
     sys.stdout.flush()
 
 
@@ -129,11 +150,11 @@ def print_summary_json(summary: SweepSummary, store: Store) -> None:
 
 
 def write_summary_json(summary: SweepSummary, store: Store, out: TextIO) -> None:
-    head = json.dumps(summary.to_json(with_tasks=False), indent=2, ensure_ascii=False)
+    head = dumps(summary.to_json(with_tasks=False), indent=2)
     out.write(head[:-2] + ',\n  "tasks": [')  # head ends with "\n}"
     count = 0
     for task in iter_task_json(store, summary.sweep):
-        text = json.dumps(task, indent=2, ensure_ascii=False).replace("\n", "\n    ")
+        text = dumps(task, indent=2).replace("\n", "\n    ")
         out.write(("\n    " if count == 0 else ",\n    ") + text)
         count += 1
     out.write("\n  ]\n}\n" if count else "]\n}\n")

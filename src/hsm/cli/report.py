@@ -37,7 +37,8 @@ def report(sweep_id: str, output: Path | None, config_path: Path | None) -> None
                          f"{project.root} yet")
     store = project.open_store()
     try:
-        model = build_report(store, sweep_id, health=project.loaded.config.health)
+        model = build_report(store, sweep_id, health=project.loaded.config.health,
+                             metrics_file=project.loaded.config.results.metrics_file)
     finally:
         store.close()
     page = render_html(model)

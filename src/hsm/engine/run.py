@@ -16,6 +16,7 @@ from pathlib import Path
 from hsm.engine import fence, lifecycle
 from hsm.engine.failsafe import TASK_LEVEL_CAUSES, FailsafeConfig
 from hsm.engine.lifecycle import Next, Verdict
+from hsm.engine.messages import event_level, failed_task_message
 from hsm.engine.monitor import SourceMonitor
 from hsm.engine.policy import judge_attempt
 from hsm.engine.strategy import make_strategy, views
@@ -566,7 +567,7 @@ class Engine:
     def _report_events(name: str, run: Running, lines: Sequence[str]) -> None:
         """Log the attempt's event lines (e.g. low-disk warnings) not logged yet."""
         for line in lines[run.events_seen:]:
-            log.warning("%s [task %d on %s]", line, run.attempt.number, name)
+            log.log(event_level(line), "%s [task %d on %s]", line, run.attempt.number, name)
         run.events_seen = max(run.events_seen, len(lines))
 
     def _settle(self, name: str, run: Running, cause: Cause, exit_code: int | None) -> None:
@@ -612,8 +613,8 @@ class Engine:
         elif task_status is TaskStatus.COMPLETED:
             log.debug("task %d completed on %s", attempt.number, name)
         elif task_status is TaskStatus.FAILED:
-            log.error("task %d failed on %s: %s (exit code %s)", attempt.number, name,
-                      cause.value, exit_code)
+            log.error("%s", failed_task_message(attempt.number, name, cause.value, exit_code, Path(
+                self.ctx.sweep_dir, "tasks", task_folder_name(attempt.number), "stderr.log")))
         if cause is not Cause.CANCELLED:
             self.monitor.after_attempt(name, attempt.number, attempt.attempt, cause)
         self.wake.set()

@@ -24,6 +24,7 @@ from hsm.sources.base import Source, SweepContext, task_folder_name
 from hsm.sources.registry import build_sources, local_gpus, resolve_names
 from hsm.spec.config import LoadedConfig, load_config
 from hsm.spec.expand import count_tasks, iter_tasks
+from hsm.spec.program import check_local_program
 from hsm.spec.render import task_argv
 from hsm.spec.sweep import SweepSpec, load_sweep, sweep_from_data
 from hsm.state import DB_NAME, Store, SweepRow
@@ -84,6 +85,8 @@ def plan_run(project: Project, spec_path: Path, *, sources: Sequence[str] = (),
     names = resolve_names(project.loaded, names=sources, distributed=distributed)
     names = drop_disabled(project, names, explicit=bool(sources))
     check_gpus(project, spec_path, spec, names)
+    if names == ["local"]:
+        check_local_program(spec, project.root)
     return Plan(spec_path, spec, count_tasks(spec), names, parallel)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hsm.jobscript import STDERR_LOG
-from hsm.report.files import METRICS_FILE, failure_key, json_safe, read_metrics, read_tail
+from hsm.report.files import failure_key, json_safe, read_tail, task_metrics
 from hsm.sources.base import task_folder_name
 from hsm.spec.config import HealthConfig
 from hsm.state import AttemptRow, EventRow, HealthRow, Store, SweepRow, TaskRow
@@ -202,7 +202,7 @@ class Report:
 
 
 def build_report(store: Store, sweep_id: str, *, health: HealthConfig,
-                 now: float | None = None) -> Report:
+                 now: float | None = None, metrics_file: str | None = None) -> Report:
     """Read one sweep's state and task folders into a report model."""
     now = time.time() if now is None else now
     sweep = store.sweep(sweep_id)
@@ -245,7 +245,7 @@ def build_report(store: Store, sweep_id: str, *, health: HealthConfig,
                                             names, sweep_id, end=end),
         sources=[source_stats(store, sweep_id, n, attempts) for n in names],
         failures=failure_groups(tasks, tails),
-        metrics=metrics_table(tasks, tasks_dir),
+        metrics=metrics_table(tasks, tasks_dir, metrics_file),
     )
 
 
@@ -402,14 +402,16 @@ def failure_groups(tasks: Sequence[TaskRow], tails: dict[int, str]) -> list[Fail
     return out
 
 
-def metrics_table(tasks: Sequence[TaskRow], tasks_dir: Path) -> MetricsTable | None:
-    """Parameters against metrics, for the tasks whose folder holds a ``metrics.json``."""
+def metrics_table(tasks: Sequence[TaskRow], tasks_dir: Path,
+                  metrics_file: str | None = None) -> MetricsTable | None:
+    """Parameters against metrics, for the tasks that have metrics (see
+    :func:`~hsm.report.files.task_metrics`)."""
     rows: list[dict[str, Any]] = []
     metric_names: dict[str, None] = {}
     for task in tasks:
         if not task.attempts:
             continue
-        values = read_metrics(tasks_dir / task_folder_name(task.number) / METRICS_FILE)
+        values = task_metrics(tasks_dir / task_folder_name(task.number), metrics_file)
         if values is None:
             continue
         metric_names.update(dict.fromkeys(values))

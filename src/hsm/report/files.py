@@ -1,4 +1,4 @@
-"""What the report reads from task folders: error-log tails and ``metrics.json``.
+"""What the report and ``hsm results`` read from task folders: error-log tails and metrics.
 
 Every read is bounded, so a huge or binary log cannot blow up the report, and a
 missing or malformed file is simply absent from it.
@@ -115,6 +115,47 @@ def read_metrics(path: Path) -> dict[str, Any] | None:
     out: dict[str, Any] = {}
     _flatten(data, "", out)
     return out
+
+
+STDOUT_LOG = "stdout.log"
+STDOUT_READ_BYTES = 65_536  # how much of the end of stdout.log is searched for a JSON line
+
+
+def last_json_line(path: Path) -> dict[str, Any] | None:
+    """The scalar values of the last line of a log that is a JSON object (searched in the
+    last 64 KiB), flattened as in :func:`read_metrics`; None when there is none."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - STDOUT_READ_BYTES))
+            data = f.read(STDOUT_READ_BYTES)
+    except OSError:
+        return None
+    for raw in reversed(data.decode("utf-8", errors="replace").splitlines()):
+        line = raw.strip()
+        if not (line.startswith("{") and line.endswith("}")):
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            out: dict[str, Any] = {}
+            _flatten(value, "", out)
+            return out
+    return None
+
+
+def task_metrics(task_dir: Path, metrics_file: str | None = None) -> dict[str, Any] | None:
+    """A task's metrics: from ``metrics_file`` (a path in the task folder, the project
+    config's ``results.metrics_file``) when it is set, else from ``metrics.json``; when
+    that file is missing or not a JSON object, from the last JSON-object line of
+    ``stdout.log``. None when no source holds any."""
+    values = read_metrics(task_dir / (metrics_file or METRICS_FILE))
+    if values is None:
+        values = last_json_line(task_dir / STDOUT_LOG)
+    return values
 
 
 def _flatten(data: dict[Any, Any], prefix: str, out: dict[str, Any]) -> None:

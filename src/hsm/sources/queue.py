@@ -269,6 +269,17 @@ class QueueSource(Source):
                  ", ".join(submitted))
         return handles
 
+    def preview_script(self, ctx: SweepContext, numbers: Sequence[int]) -> str:
+        """The job script of the first array a launch of ``numbers`` would submit, rendered
+        offline (for ``--dry-run``: nothing is asked of the cluster)."""
+        root = self.sweep_root(ctx)
+        chunk = list(numbers[: self.chunk_size])
+        array = ArraySpec(job_name(ctx.sweep_id, 1), len(chunk), self.throttle)
+        options = JobOptions.merge(ctx.resources, self.settings, self._where)
+        rels = [self._rel(root, self.task_dir(ctx, n)) for n in chunk]
+        return self.scheduler.render(options, array, root=root,
+                                     wrapper=self.login.wrapper_path(ctx), tasks=rels)
+
     @staticmethod
     def _rel(root: str, task_dir: str) -> str:
         if not task_dir.startswith(root + "/"):

@@ -175,6 +175,13 @@ class DistributedConfig(_Model):
     remotes: dict[SourceName, RemoteConfig] = Field(default_factory=dict)
 
 
+class ResultsConfig(_Model):
+    """``results:`` where ``hsm results`` and the report find each task's metrics."""
+
+    # A JSON file in each task folder, instead of metrics.json (e.g. "eval/scores.json").
+    metrics_file: str | None = None
+
+
 class ProjectConfig(_Model):
     """The whole ``hsm_config.yaml``."""
 
@@ -182,6 +189,7 @@ class ProjectConfig(_Model):
     disk: DiskConfig = Field(default_factory=DiskConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    results: ResultsConfig = Field(default_factory=ResultsConfig)
     ssh_config: str | None = None
     output_dir: str = "runs"
     state_dir: str = ".hsm"

@@ -8,6 +8,15 @@ sweep:
     optimizer: {lr: [0.001, 0.01]}
   paired:                   # each group is zipped (equal lengths), then crossed with grid
     - {model.name: [small, large], model.width: [128, 1024]}
+  random:                   # n seeded draws, crossed with grid and paired (or alone)
+    n: 20
+    seed: 0
+    params: {lr: {loguniform: [1e-5, 1e-2]}, layers: {choice: [2, 4]}}
+  exclude:                  # drop the tasks matching every key of one entry
+    - {seed: 3, optimizer.lr: 0.01}
+  include:                  # extra tasks, added after the others
+    - {seed: 7, optimizer.lr: 0.1, model.name: small, model.width: 64, lr: 0.001, layers: 2}
+  # combinations: [{a: 1, b: x}, {a: 2, b: y}]   # explicit tasks instead of grid/paired
 defaults: {batch_size: 32}  # applied to every task; grid/paired win
 resources: {gpus: 1, cpus: 4, mem: 16G, walltime: "04:00:00"}
 max_runs: 100
@@ -23,6 +32,8 @@ or ``++`` prefix (see :mod:`hsm.spec.render`).
 
 from __future__ import annotations
 
+import difflib
+import math
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -151,9 +162,19 @@ class Resources(_Model):
         return None if self.mem is None else mem_megabytes(self.mem)
 
 
+class _RandomBlock(_Model):
+    n: Annotated[int, Field(ge=1)]
+    seed: int = 0
+    params: dict[str, Any]
+
+
 class _SweepBlock(_Model):
     grid: dict[str, Any] | None = None
     paired: list[dict[str, Any]] | None = None
+    combinations: list[dict[str, Any]] | None = None
+    random: _RandomBlock | None = None
+    exclude: list[dict[str, Any]] | None = None
+    include: list[dict[str, Any]] | None = None
 
 
 class _SweepFile(_Model):
@@ -176,13 +197,19 @@ class SweepSpec:
 
     ``grid`` maps each dotted key to its values, in file order; ``paired`` holds the
     groups, each mapping its keys to equally long value lists; ``defaults`` maps dotted
-    keys to single values. Expansion is in :mod:`hsm.spec.expand`.
+    keys to single values. ``combinations`` (explicit tasks, instead of grid and paired),
+    ``exclude`` (partial assignments), ``include`` (extra tasks) map dotted keys to single
+    values; ``random`` holds the seeded draws. Expansion is in :mod:`hsm.spec.expand`.
     """
 
     script: str | None = None
     command: tuple[str, ...] | None = None
     grid: dict[str, list[Any]] = field(default_factory=dict)
     paired: list[dict[str, list[Any]]] = field(default_factory=list)
+    combinations: list[dict[str, Any]] = field(default_factory=list)
+    random: RandomDesign | None = None
+    exclude: list[dict[str, Any]] = field(default_factory=list)
+    include: list[dict[str, Any]] = field(default_factory=list)
     defaults: dict[str, Any] = field(default_factory=dict)
     resources: Resources = field(default_factory=Resources)
     max_runs: int | None = None
@@ -192,6 +219,26 @@ class SweepSpec:
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
     """The file's content as loaded, e.g. to store a copy with the sweep."""
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """One parameter of ``sweep.random``: ``kind`` is one of :data:`DISTRIBUTIONS`."""
+
+    kind: str
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class RandomDesign:
+    """``sweep.random``: ``n`` draws from ``params`` (dotted key -> distribution)."""
+
+    n: int
+    seed: int
+    params: dict[str, Distribution]
+
+
+DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 
 
 def param_name(key: str) -> str:
@@ -264,9 +311,15 @@ def _get(data: dict[str, Any], loc: Loc) -> Any:
 
 def _check_params(
     doc: YamlDocument, parsed: _SweepFile
-) -> tuple[dict[str, list[Any]], list[dict[str, list[Any]]], dict[str, Any]]:
+) -> tuple[dict[str, list[Any]], list[dict[str, list[Any]]], dict[str, Any], _Params]:
     params = _Params(doc)
     block = parsed.sweep or _SweepBlock()
+    if block.combinations is not None and (block.grid or block.paired):
+        raise problem(
+            doc,
+            ("sweep", "combinations"),
+            "give either 'combinations' or 'grid'/'paired', not both",
+        )
     grid: dict[str, list[Any]] = {}
     for key, loc in params.flatten(block.grid or {}, ("sweep", "grid")):
         params.claim(key, loc)
@@ -289,11 +342,12 @@ def _check_params(
                 f"the lists in paired group {index} must have equal lengths: {shown}",
             )
         paired.append(group)
-    if not grid and not paired:
+    if not grid and not paired and block.combinations is None and block.random is None:
         raise problem(
             doc,
             ("sweep",),
-            "the sweep has no parameters: add lists of values under sweep.grid or sweep.paired",
+            "the sweep has no parameters: add lists of values under sweep.grid or sweep.paired"
+            " (or sweep.combinations, sweep.random)",
         )
     defaults: dict[str, Any] = {}
     default_locs: dict[str, Loc] = {}
@@ -308,7 +362,158 @@ def _check_params(
             raise problem(doc, loc, f"default {name!r} is given twice{also}")
         default_locs[name] = loc
         defaults[key] = params.value(_get(doc.data, loc), loc)
-    return grid, paired, defaults
+    return grid, paired, defaults, params
+
+
+def _close(name: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _assignment(params: _Params, data: Any, loc: Loc, what: str) -> dict[str, Any]:
+    """One entry of combinations, exclude or include: dotted key -> single value."""
+    if not isinstance(data, dict):
+        raise problem(
+            params.doc, loc, f"each entry of {what} must be a mapping of key: value, "
+            f"found {describe_value(data)}"
+        )
+    out: dict[str, Any] = {}
+    for key, key_loc in params.flatten(data, loc):
+        why = key_problem(key)
+        if why is not None:
+            raise problem(params.doc, key_loc, why)
+        if param_name(key) in {param_name(k) for k in out}:
+            raise problem(params.doc, key_loc, f"parameter {param_name(key)!r} is given twice")
+        out[key] = params.value(_get(params.doc.data, key_loc), key_loc)
+    if not out:
+        raise problem(params.doc, loc, f"an entry of {what} needs at least one key: value")
+    return out
+
+
+def _number_pair(doc: YamlDocument, loc: Loc, kind: str, args: Any) -> tuple[Any, ...]:
+    integer = kind == "randint"
+    wanted = "two integers" if integer else "two numbers"
+    ok = isinstance(args, list) and len(args) == 2 and all(
+        isinstance(a, int if integer else (int, float)) and not isinstance(a, bool)
+        for a in args
+    )
+    if not ok:
+        raise problem(doc, loc, f"{kind} takes [low, high], {wanted}; found {describe_value(args)}")
+    low, high = args
+    if not all(math.isfinite(a) for a in args):
+        raise problem(doc, loc, f"{kind} bounds must be finite, found [{low}, {high}]")
+    if low > high or (low == high and not integer):
+        raise problem(doc, loc, f"{kind} needs low < high, found [{low}, {high}]")
+    if kind == "loguniform" and low <= 0:
+        raise problem(doc, loc, f"loguniform bounds must be positive, found [{low}, {high}]")
+    return (low, high)
+
+
+def _distribution(params: _Params, data: Any, loc: Loc) -> Distribution:
+    doc = params.doc
+    if not isinstance(data, dict) or len(data) != 1:
+        raise problem(
+            doc, loc, "expected one distribution such as {uniform: [0, 1]}, {loguniform: "
+            "[1e-5, 1e-2]}, {randint: [2, 8]} or {choice: [a, b]}; "
+            f"found {describe_value(data)}"
+        )
+    kind, args = next(iter(data.items()))
+    if kind not in DISTRIBUTIONS:
+        raise problem(
+            doc,
+            loc + (kind,),
+            f"unknown distribution {kind!r}{_close(str(kind), list(DISTRIBUTIONS))}"
+            f" (one of: {', '.join(DISTRIBUTIONS)})",
+        )
+    if kind == "choice":
+        return Distribution(kind, tuple(params.values(args, loc + (kind,))))
+    return Distribution(kind, _number_pair(doc, loc + (kind,), kind, args))
+
+
+def _random_params(
+    params: _Params, data: dict[str, Any], loc: Loc, prefix: str = ""
+) -> dict[str, Distribution]:
+    out: dict[str, Distribution] = {}
+    for key, value in data.items():
+        full, key_loc = f"{prefix}{key}", loc + (key,)
+        nested = (
+            isinstance(value, dict) and value and next(iter(value)) not in DISTRIBUTIONS
+            and all(isinstance(v, dict) for v in value.values())
+        )
+        if nested:
+            out.update(_random_params(params, value, key_loc, f"{full}."))
+            continue
+        params.claim(full, key_loc)
+        out[full] = _distribution(params, value, key_loc)
+    return out
+
+
+def _check_designs(
+    doc: YamlDocument,
+    parsed: _SweepFile,
+    params: _Params,
+    defaults: dict[str, Any],
+) -> tuple[list[dict[str, Any]], RandomDesign | None, list[dict[str, Any]], list[dict[str, Any]]]:
+    """combinations, random, exclude and include, checked against the swept keys."""
+    block = parsed.sweep or _SweepBlock()
+    base: Loc = ("sweep",)
+    combinations = [
+        _assignment(params, entry, base + ("combinations", i), "sweep.combinations")
+        for i, entry in enumerate(block.combinations or [])
+    ]
+    if block.combinations is not None and not combinations:
+        raise problem(
+            doc, base + ("combinations",), "expected a list of tasks, found an empty list"
+        )
+    random: RandomDesign | None = None
+    if block.random is not None:
+        loc = base + ("random", "params")
+        drawn = _random_params(params, block.random.params, loc)
+        if not drawn:
+            raise problem(doc, loc, "sweep.random needs at least one parameter")
+        random = RandomDesign(block.random.n, block.random.seed, drawn)
+    swept = set(params.seen)
+    for entry in combinations:
+        for key in entry:
+            if param_name(key) in params.seen:
+                raise problem(
+                    doc, base + ("combinations",), f"parameter {param_name(key)!r} is set both "
+                    "in sweep.combinations and in sweep.random"
+                )
+        swept.update(param_name(key) for key in entry)
+    exclude = []
+    for i, entry in enumerate(block.exclude or []):
+        loc = base + ("exclude", i)
+        rule = _assignment(params, entry, loc, "sweep.exclude")
+        for key in rule:
+            if param_name(key) not in swept:
+                raise problem(
+                    doc, loc + (key,), f"{param_name(key)!r} is not a swept parameter"
+                    f"{_close(param_name(key), sorted(swept))}"
+                )
+        exclude.append(rule)
+    include = []
+    known = swept | {param_name(key) for key in defaults}
+    required = set(params.seen) - {param_name(key) for key in defaults}
+    for i, entry in enumerate(block.include or []):
+        loc = base + ("include", i)
+        extra = _assignment(params, entry, loc, "sweep.include")
+        names = {param_name(key) for key in extra}
+        for key in extra:
+            if param_name(key) not in known:
+                raise problem(
+                    doc, loc + (key,), f"{param_name(key)!r} is not a parameter of this sweep"
+                    f"{_close(param_name(key), sorted(known))} (give it a value under "
+                    "'defaults' to add it)"
+                )
+        missing = sorted(required - names)
+        if missing:
+            raise problem(
+                doc, loc, f"an included task needs a value for every swept parameter; "
+                f"missing: {', '.join(missing)}"
+            )
+        include.append(extra)
+    return combinations, random, exclude, include
 
 
 def _check_program(doc: YamlDocument, parsed: _SweepFile, project_root: Path | None) -> None:
@@ -316,7 +521,16 @@ def _check_program(doc: YamlDocument, parsed: _SweepFile, project_root: Path | N
         raise problem(doc, ("command",), "give either 'script' or 'command', not both")
     if parsed.script is None and parsed.command is None:
         raise problem(doc, (), "missing 'script' (a Python file) or 'command' (the program to run)")
+    for index, arg in enumerate(parsed.command or []):
+        if "\x00" in arg:
+            listed = isinstance(doc.data.get("command"), list)
+            loc: Loc = ("command", index) if listed else ("command",)
+            which = "" if listed else f"command[{index}] "
+            raise problem(doc, loc, f"{which}holds a NUL character, which no program argument"
+                          " can carry")
     if parsed.script is not None:
+        if "\x00" in parsed.script:
+            raise problem(doc, ("script",), "holds a NUL character, which no path can carry")
         if not parsed.script.strip():
             raise problem(doc, ("script",), "must not be empty")
         if project_root is not None:
@@ -334,12 +548,17 @@ def parse_sweep(doc: YamlDocument, project_root: Path | None) -> SweepSpec:
     except ValidationError as exc:
         raise from_validation_error(exc, doc, _SweepFile) from None
     _check_program(doc, parsed, project_root)
-    grid, paired, defaults = _check_params(doc, parsed)
+    grid, paired, defaults, params = _check_params(doc, parsed)
+    combinations, random, exclude, include = _check_designs(doc, parsed, params, defaults)
     return SweepSpec(
         script=parsed.script,
         command=tuple(parsed.command) if parsed.command is not None else None,
         grid=grid,
         paired=paired,
+        combinations=combinations,
+        random=random,
+        exclude=exclude,
+        include=include,
         defaults=defaults,
         resources=parsed.resources,
         max_runs=parsed.max_runs,
