@@ -23,6 +23,7 @@ from rich.table import Table
 
 from hsm.engine.service import LOG_DATEFMT, LOG_FORMAT
 from hsm.engine.summary import SweepSummary, iter_task_json
+from hsm.spec.overrides import describe_resources
 from hsm.state import Store
 from hsm.states import TaskStatus
 
@@ -140,15 +141,36 @@ def write_summary_json(summary: SweepSummary, store: Store, out: TextIO) -> None
 
 
 def summary_table(summary: SweepSummary) -> Table:
+    """The counts of a sweep; tasks that hit their walltime apart from the other failures."""
     sweep = summary.sweep
     table = Table(title=f"sweep {sweep.id} — {sweep.state.value}", show_header=True)
-    for col in ("completed", "failed", "running", "pending", "cancelled", "total"):
-        table.add_column(col, justify="right")
     c = summary.counts
-    table.add_row(*(str(c.get(k, 0)) for k in
-                    ("completed", "failed", "running", "pending", "cancelled")),
-                  str(summary.total))
+    timeouts = summary.timeouts
+    cells = {"completed": c.get("completed", 0), "failed": c.get("failed", 0) - timeouts,
+             "timed out": timeouts, "running": c.get("running", 0),
+             "pending": c.get("pending", 0), "cancelled": c.get("cancelled", 0)}
+    if not timeouts:
+        del cells["timed out"]
+    for col in (*cells, "total"):
+        table.add_column(col, justify="right")
+    table.add_row(*(str(v) for v in cells.values()), str(summary.total))
     return table
+
+
+def rerun_lines(summary: SweepSummary) -> list[str]:
+    """One line per recorded rerun of the sweep: what it reran, changed and moved."""
+    lines = []
+    for r in summary.reruns:
+        what = []
+        if r.retry_failed:
+            what.append("failed tasks" + (f" ({', '.join(r.causes)})" if r.causes else ""))
+        if r.resources:
+            what.append("resources " + describe_resources(r.resources))
+        if r.sources:
+            what.append("on " + ", ".join(r.sources))
+        lines.append(f"rerun {fmt_time(r.time)}: {r.tasks} task(s) back in the queue; "
+                     + "; ".join(what))
+    return lines
 
 
 def sources_table(summary: SweepSummary) -> Table:
