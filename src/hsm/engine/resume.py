@@ -17,12 +17,13 @@ from hsm.engine.service import (
     check_gpus,
     controller_lock,
     current_sources,
+    disabled_reason,
     drop_disabled,
     preflight_sources,
     stored_spec,
 )
 from hsm.errors import ConfigError, ExitCode, SweepAborted
-from hsm.sources.registry import build_sources, resolve_names
+from hsm.sources.registry import build_sources, known_sources, resolve_names
 from hsm.spec.overrides import apply_resources, check_resources
 from hsm.spec.sweep import SweepSpec, sweep_from_data
 from hsm.state import Store, SweepRow
@@ -78,8 +79,6 @@ def plan_resume(project: Project, store: Store, sweep_id: str, rerun: Rerun) -> 
 
 
 def _why_not(project: Project, store: Store, names: Sequence[str]) -> str:
-    from hsm.sources.registry import known_sources
-
     known = set(known_sources(project.loaded))
     states = store.enabled_states()
     parts = []
@@ -87,8 +86,7 @@ def _why_not(project: Project, store: Store, names: Sequence[str]) -> str:
         if name not in known:
             parts.append(f"{name} (no longer in {project.loaded.path or 'the config'})")
         else:
-            row = states.get(name)
-            parts.append(f"{name} (disabled: {row.disabled_reason if row else '?'})")
+            parts.append(f"{name} (disabled: {disabled_reason(project, states, name)})")
     return ", ".join(parts)
 
 

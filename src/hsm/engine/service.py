@@ -23,18 +23,25 @@ from hsm.engine.run import Engine, EngineOptions, ProgressFn, RunOutcome
 from hsm.errors import ConfigError, ExitCode, HsmError, StateError, SweepAborted
 from hsm.jobscript import GuardSettings
 from hsm.sources.base import Source, SweepContext, task_folder_name
-from hsm.sources.registry import build_sources, known_sources, local_gpus, resolve_names
+from hsm.sources.registry import (
+    build_sources,
+    known_sources,
+    local_gpus,
+    local_python,
+    resolve_names,
+)
 from hsm.spec.config import LoadedConfig, load_config
 from hsm.spec.expand import count_tasks, iter_tasks
 from hsm.spec.overrides import apply_resources
 from hsm.spec.render import task_argv
 from hsm.spec.sweep import SweepSpec, load_sweep, sweep_from_data
-from hsm.state import DB_NAME, RerunRow, Store, SweepRow
+from hsm.state import DB_NAME, RerunRow, SourceRow, Store, SweepRow
 from hsm.states import SweepState, TaskStatus
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
 SWEEP_LOG = "hsm.log"
+FILE_ONLY = "hsm_file_only"  # a log record's attribute: for the sweep log, not the console
 
 sweep_log = logging.getLogger("hsm.sweep")
 
@@ -148,7 +155,8 @@ def preview_argv(plan: Plan, *, project: Project | None = None,
     sweep_dir = str(project.output_dir / sweep_id) if project else f"OUTPUT_DIR/{sweep_id}"
     for number, params in enumerate(iter_tasks(plan.spec), start=1):
         task_dir = f"{sweep_dir}/tasks/{task_folder_name(number)}"
-        yield task_argv(plan.spec, params, python="python3", task_dir=task_dir,
+        python = local_python(project.loaded) if project else "python3"
+        yield task_argv(plan.spec, params, python=python, task_dir=task_dir,
                         sweep_id=sweep_id)
 
 
@@ -165,6 +173,18 @@ def current_sources(sweep: SweepRow, reruns: Sequence[RerunRow]) -> list[str]:
         if rerun.sources:
             return list(rerun.sources)
     return list(sweep.sources)
+
+
+def disabled_reason(project: Project, states: Mapping[str, SourceRow], name: str) -> str | None:
+    """Why a source is disabled (in the state, or by ``enabled: false``), or None."""
+    row = states.get(name)
+    if row is not None and not row.enabled:
+        return f"{row.disabled_reason}; re-enable it with: hsm distributed enable {name}"
+    remote = project.loaded.config.distributed.remotes.get(name)
+    if remote is not None and not remote.enabled:
+        return (f"enabled: false in {project.loaded.path}"
+                f" (distributed.remotes.{name}.enabled)")
+    return None
 
 
 def available_sources(project: Project, store: Store, sweep: SweepRow, names: Sequence[str],
@@ -189,12 +209,10 @@ def available_sources(project: Project, store: Store, sweep: SweepRow, names: Se
                 project.loaded.path or "the config",
                 f"; its {lost} running task(s) go back to the queue" if lost else "")
             continue
-        row = states.get(name)
-        if row is not None and not row.enabled and name not in busy:
+        why = disabled_reason(project, states, name)
+        if why is not None and name not in busy:
             if settle:
-                sweep_log.warning("source %s is disabled (%s); not using it. Re-enable:"
-                                  " hsm distributed enable %s", name, row.disabled_reason,
-                                  name)
+                sweep_log.warning("source %s is disabled (%s); not using it", name, why)
             continue
         kept.append(name)
     return kept
@@ -360,8 +378,10 @@ def _drive(project: Project, store: Store, sweep: SweepRow, sources: dict[str, S
                 raise _Undo(exc) from None
             if outcome.message:
                 level = logging.INFO if outcome.exit_code == 0 else logging.WARNING
+                # The command prints the message once, below its table: the log file
+                # alone gets it as a line.
                 sweep_log.log(level, "sweep %s %s: %s", sweep.id, outcome.state.value,
-                              outcome.message)
+                              outcome.message, extra={FILE_ONLY: True})
             else:
                 sweep_log.info("sweep %s %s", sweep.id, outcome.state.value)
             return outcome
