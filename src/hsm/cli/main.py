@@ -13,7 +13,13 @@ from pathlib import Path
 import click
 
 from hsm import __version__
-from hsm.cli.common import announce_defaults, config_option, json_option, project_from
+from hsm.cli.common import (
+    announce_defaults,
+    config_option,
+    json_option,
+    project_from,
+    sweep_or_latest,
+)
 from hsm.cli.distributed import distributed
 from hsm.cli.render import (
     ProgressView,
@@ -150,17 +156,8 @@ def _finish(project: Project, outcome: RunOutcome, as_json: bool) -> None:
 def status(sweep_id: str | None, as_json: bool, config_path: Path | None) -> None:
     """Show one sweep (the latest if no ID is given)."""
     project = project_from(config_path, quiet=True)
-    if not project.has_state():
-        if sweep_id:
-            raise StateError(f"unknown sweep ID {sweep_id!r}: no sweep has run in "
-                             f"{project.root} yet")
-        raise StateError(f"no sweep has run in {project.root} yet; start one with: hsm run")
+    sweep_id = sweep_or_latest(project, sweep_id)
     store = project.open_store()
-    if sweep_id is None:
-        latest = store.latest_sweep()
-        if latest is None:
-            raise StateError(f"no sweep has run in {project.root} yet")
-        sweep_id = latest.id
     summary = summarize(store, sweep_id)
     if as_json:
         print_summary_json(summary, store)
@@ -249,15 +246,13 @@ def resume(sweep_id: str, retry_failed: bool, causes: tuple[str, ...], walltime:
 
 
 @cli.command()
-@click.argument("sweep_id")
+@click.argument("sweep_id", required=False)
 @config_option
-def cancel(sweep_id: str, config_path: Path | None) -> None:
-    """Stop a running sweep: kill its tasks everywhere and record them as cancelled."""
+def cancel(sweep_id: str | None, config_path: Path | None) -> None:
+    """Stop a running sweep (the latest if no ID is given): kill its tasks everywhere and
+    record them as cancelled."""
     project = project_from(config_path, quiet=True)
-    if not project.has_state():
-        raise StateError(f"unknown sweep ID {sweep_id!r}: no sweep has run in "
-                         f"{project.root} yet")
-    sweep = request_cancel(project, sweep_id)
+    sweep = request_cancel(project, sweep_or_latest(project, sweep_id))
     click.echo(f"sweep {sweep.id}: {sweep.state.value}")
 
 

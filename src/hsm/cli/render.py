@@ -6,8 +6,10 @@ import json
 import logging
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -15,13 +17,15 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
-from hsm.engine.service import LOG_DATEFMT, LOG_FORMAT
+from hsm.engine.service import FILE_ONLY, LOG_DATEFMT, LOG_FORMAT
 from hsm.engine.summary import SweepSummary, iter_task_json
 from hsm.spec.overrides import describe_resources
 from hsm.state import Store
@@ -40,6 +44,8 @@ class ConsoleHandler(logging.Handler):
         self.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, FILE_ONLY, False):
+            return
         try:
             line = self.format(record)
             if self.console.is_terminal:  # a live progress may be drawn below the logs
@@ -67,6 +73,52 @@ def setup_console_logging(verbose: bool = False) -> ConsoleHandler:
     return handler
 
 
+class EtaEstimator:
+    """The time a sweep has left, from the durations of its finished tasks and the number
+    of tasks that run at once.
+
+    Tasks are taken to end in the order they started (the counts say how many, not which).
+    Nothing is estimated until a task has finished."""
+
+    def __init__(self) -> None:
+        self._starts: deque[float] = deque()  # start times of the running tasks, oldest first
+        self._finished = 0
+        self._durations = 0.0
+        self._ended = 0
+        self._slots = 0  # the most tasks seen running at once
+
+    def observe(self, now: float, counts: dict[TaskStatus, int]) -> float | None:
+        running = counts.get(TaskStatus.RUNNING, 0)
+        finished = counts.get(TaskStatus.COMPLETED, 0) + counts.get(TaskStatus.FAILED, 0)
+        pending = counts.get(TaskStatus.PENDING, 0)
+        for _ in range(max(0, finished - self._finished)):
+            if self._starts:
+                self._durations += now - self._starts.popleft()
+                self._ended += 1
+        self._finished = finished
+        while len(self._starts) > running:  # back to the queue (a retry), not finished
+            self._starts.popleft()
+        while len(self._starts) < running:
+            self._starts.append(now)
+        self._slots = max(self._slots, running)
+        if not self._ended:
+            return None
+        mean = self._durations / self._ended
+        running_left = sum(max(0.0, mean - (now - start)) for start in self._starts)
+        return (running_left + pending * mean) / max(self._slots, 1)
+
+
+class EtaColumn(ProgressColumn):
+    """``ETA 0:01:23``, counting down between updates; ``ETA -:--:--`` before an estimate."""
+
+    def render(self, task: Task) -> Text:
+        finish_at = task.fields.get("finish_at")
+        if finish_at is None:
+            return Text("ETA -:--:--", style="progress.remaining")
+        left = max(0, int(finish_at - time.monotonic() + 0.999))
+        return Text(f"ETA {timedelta(seconds=left)}", style="progress.remaining")
+
+
 class ProgressView:
     """A rich progress bar on a terminal; plain periodic lines otherwise."""
 
@@ -76,17 +128,18 @@ class ProgressView:
         self._task: Any = None
         self._last_plain = 0.0
         self._last: dict[TaskStatus, int] = {}
+        self._eta = EtaEstimator()
 
     @contextmanager
     def active(self) -> Iterator[ProgressView]:
         if self.live:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
-                TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
-                transient=False, refresh_per_second=4)
+                TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), EtaColumn(),
+                console=err_console, transient=False, refresh_per_second=4)
             with self._progress:
-                self._task = self._progress.add_task("sweep", total=None, detail="")
+                self._task = self._progress.add_task("sweep", total=None, detail="",
+                                                     finish_at=None)
                 yield self
         else:
             yield self
@@ -95,13 +148,16 @@ class ProgressView:
     def update(self, counts: dict[TaskStatus, int]) -> None:
         self._last = counts
         if self._progress is not None:
+            now = time.monotonic()
+            left = self._eta.observe(now, counts)
             total = sum(counts.values())
-            done = counts.get(TaskStatus.COMPLETED, 0) + counts.get(TaskStatus.FAILED, 0) \
-                + counts.get(TaskStatus.CANCELLED, 0)
+            # Cancelled tasks did not run: a cancelled sweep's bar shows what was done.
+            done = counts.get(TaskStatus.COMPLETED, 0) + counts.get(TaskStatus.FAILED, 0)
             detail = (f"[green]{counts.get(TaskStatus.COMPLETED, 0)} done[/] "
                       f"[red]{counts.get(TaskStatus.FAILED, 0)} failed[/] "
                       f"[cyan]{counts.get(TaskStatus.RUNNING, 0)} running[/]")
-            self._progress.update(self._task, total=total, completed=done, detail=detail)
+            self._progress.update(self._task, total=total, completed=done, detail=detail,
+                                  finish_at=None if left is None else now + left)
         else:
             self._plain()
 
