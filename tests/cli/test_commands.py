@@ -439,3 +439,19 @@ def test_distributed_list_enable_disable(project: Path) -> None:
     assert not (project / "runs").exists()
     assert hsm("distributed", "enable", "local", cwd=project).returncode == 0
     assert hsm("run", "sweeps/sweep.yaml", cwd=project).returncode == 0
+
+
+def test_an_internal_error_has_its_own_exit_code(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    from hsm.cli import main as cli_main
+    from hsm.errors import ExitCode
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError("broken")
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(cli_main.cli, "main", broken)
+    with pytest.raises(SystemExit) as exited:
+        cli_main.main()
+    assert exited.value.code == ExitCode.INTERNAL == 70
+    assert "KeyError: 'broken'" in (tmp_path / "hsm" / "debug.log").read_text()
