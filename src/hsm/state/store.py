@@ -343,17 +343,6 @@ class Store:
             (sweep_id, TaskStatus.PENDING.value))
         return [r[0] for r in rows]
 
-    def reset_tasks(self, sweep_id: str, statuses: Iterable[TaskStatus]) -> int:
-        """Put tasks back to pending (resume --retry-failed, resume after cancel)."""
-        values = [s.value for s in statuses]
-        marks = ",".join("?" * len(values))
-        with self.transaction() as tx:
-            cur = tx.execute(
-                f"UPDATE tasks SET status = ?, cause = NULL, exit_code = NULL"
-                f" WHERE sweep_id = ? AND status IN ({marks})",
-                (TaskStatus.PENDING.value, sweep_id, *values))
-            return cur.rowcount
-
     def record_rerun(self, sweep_id: str, *, retry_failed: bool, causes: Iterable[str] | None,
                      resources: Mapping[str, Any], sources: list[str] | None) -> int:
         """Put the cancelled tasks (and with ``retry_failed`` the failed ones, of ``causes``
