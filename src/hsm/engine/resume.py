@@ -27,7 +27,7 @@ from hsm.sources.registry import build_sources, known_sources, resolve_names
 from hsm.spec.overrides import apply_resources, check_resources
 from hsm.spec.sweep import SweepSpec, sweep_from_data
 from hsm.state import Store, SweepRow
-from hsm.states import SweepState, TaskStatus
+from hsm.states import ACTIVE_ATTEMPT, AttemptState, SweepState, TaskStatus
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,10 @@ def _finished(store: Store, sweep: SweepRow, rerun: Rerun) -> RunOutcome | None:
     if counts[TaskStatus.PENDING] or counts[TaskStatus.RUNNING] or \
             counts[TaskStatus.CANCELLED]:
         return None
-    if store.attempts(sweep.id, active_only=True):
+    # Attempts lost on a host that was away may still run there: a resume checks them (and
+    # stops them), so the sweep is driven again.
+    if any(a.state is AttemptState.LOST and a.handle or a.state in ACTIVE_ATTEMPT
+           for a in store.attempts(sweep.id)):
         return None
     failed = store.failed_causes(sweep.id)
     if rerun.retry_failed and any(rerun.causes is None or c in rerun.causes for c in failed):
