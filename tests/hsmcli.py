@@ -80,15 +80,18 @@ def outputs(cwd: Path) -> tuple[str, str]:
 
 
 def wait_for(predicate: Callable[[], T | None], *, timeout: float = 20.0, what: str = "",
-             interval: float = 0.02) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
+             interval: float = 0.02, on_timeout: Callable[[], str] | None = None) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s, with
+    what ``on_timeout`` says about the state then."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+            detail = f"\n{on_timeout()}" if on_timeout is not None else ""
+            raise AssertionError(
+                f"timed out after {timeout} s waiting for {what or predicate}{detail}")
         time.sleep(interval)
 
 

@@ -8,6 +8,7 @@ class ExitCode:
     TASKS_FAILED = 1
     BAD_INPUT = 2
     ABORTED = 3
+    INTERNAL = 70  # a bug in hsm (EX_SOFTWARE); the traceback goes to the debug log
     INTERRUPTED = 130
 
 

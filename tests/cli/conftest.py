@@ -29,3 +29,13 @@ def history_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = hsm("run", "sweeps/sweep.yaml", "--name", "done", cwd=root)
     assert result.returncode == 0, result
     return root
+
+
+@pytest.fixture(scope="module")
+def failed_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project in which the sweep ``f1`` (3 tasks) has finished with task 2 failed."""
+    root = make_project(tmp_path_factory.mktemp("failed") / "project", sweep=SIMPLE_SWEEP)
+    (root / "broken").touch()
+    result = hsm("run", "sweeps/sweep.yaml", "--name", "f1", cwd=root)
+    assert result.returncode == 1, result
+    return root

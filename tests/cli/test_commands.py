@@ -290,6 +290,57 @@ def test_resume_or_cancel_of_a_finished_sweep_changes_nothing(history_project: P
     assert all(t["attempts"] == 1 for t in data["tasks"])
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--cause", "timeout"], "--cause: chooses which failures to rerun, so it needs"
+                             " --retry-failed"),
+    (["--retry-failed", "--cause", "timout"], "--cause: 'timout' is not a failure cause"
+                                              " (did you mean 'timeout'?)"),
+    (["--retry-failed", "--cause", "timeout,completed"], "--cause: 'completed' is not a"
+                                                         " failure cause"),
+    (["--retry-failed", "--walltime", "4h"], "--walltime: '4h' is not valid"),
+    (["--retry-failed", "--walltime", "00:00:00"], "--walltime: '00:00:00' is not valid"),
+    (["--retry-failed", "--mem", "lots"], "--mem: 'lots' is not valid"),
+    (["--retry-failed", "--cpus", "0"], "'--cpus': 0 is not in the range"),
+    (["--retry-failed", "--gpus", "-1"], "'--gpus': -1 is not in the range"),
+    (["--retry-failed", "--source", "nowhere"], "unknown source 'nowhere'"),
+])
+def test_resume_with_a_bad_value_exits_2_and_writes_nothing(
+        failed_project: Path, args: list[str], message: str) -> None:
+    before = snapshot(failed_project)
+    result = hsm("resume", "f1", *args, cwd=failed_project)
+    assert result.returncode == 2, result
+    assert message in result.stderr, result
+    assert result.stderr.count("hsm: error:") == 1 and "Traceback" not in result.stderr
+    assert snapshot(failed_project) == before
+
+
+def test_retry_failed_of_one_cause_only_and_the_change_is_shown(project: Path) -> None:
+    sweep_file(project, "command: [bash, task.sh]\nsweep:\n  grid:\n    a: [1, 2, 3]\n"
+                        "resources: {walltime: '00:10:00'}\n")
+    (project / "broken").touch()
+    assert hsm("run", "sweeps/sweep.yaml", "--name", "c1", cwd=project).returncode == 1
+    (project / "broken").unlink()
+    # No failure has the cause asked for: the sweep stays as it was, with its exit code.
+    none = hsm("resume", "c1", "--retry-failed", "--cause", "timeout,disk_kill", cwd=project)
+    assert none.returncode == 1, none
+    assert "has finished (failed): nothing to resume" in none.stderr
+    assert "no failed task has the cause timeout, disk_kill" in none.stderr
+    assert "sweep c1: 3 task(s)" not in none.stderr  # not announced as if it started
+    again = hsm("resume", "c1", "--retry-failed", "--cause", "task_failed", "--walltime",
+                "01:30:00", "--mem", "2G", "--json", cwd=project)
+    assert again.returncode == 0, again
+    data = again.json()
+    check_result_json(data)
+    assert [(t["number"], t["attempts"]) for t in data["tasks"]] == [(1, 1), (2, 2), (3, 1)]
+    status = hsm("status", "c1", cwd=project)
+    assert "rerun " in status.stdout, status
+    assert "1 task(s) back in the queue; failed tasks (task_failed); resources" \
+        " walltime=01:30:00, mem=2G" in status.stdout
+    finished = hsm("resume", "c1", cwd=project)
+    assert finished.returncode == 0, finished
+    assert "sweep c1 has finished (completed): nothing to resume" in finished.stderr
+
+
 # -- cancel ------------------------------------------------------------------------------
 def test_cancel_from_another_process_kills_every_task_tree(project: Path) -> None:
     sweep_file(project, """\
@@ -388,3 +439,19 @@ def test_distributed_list_enable_disable(project: Path) -> None:
     assert not (project / "runs").exists()
     assert hsm("distributed", "enable", "local", cwd=project).returncode == 0
     assert hsm("run", "sweeps/sweep.yaml", cwd=project).returncode == 0
+
+
+def test_an_internal_error_has_its_own_exit_code(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    from hsm.cli import main as cli_main
+    from hsm.errors import ExitCode
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError("broken")
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(cli_main.cli, "main", broken)
+    with pytest.raises(SystemExit) as exited:
+        cli_main.main()
+    assert exited.value.code == ExitCode.INTERNAL == 70
+    assert "KeyError: 'broken'" in (tmp_path / "hsm" / "debug.log").read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import time
 from pathlib import Path
 
@@ -89,6 +90,35 @@ def test_unreachable_hosts_are_disabled_and_work_moves(tmp_path: Path,
     assert all(t["status"] == "completed" for t in data["tasks"])
 
 
+def sweep_state(root: Path) -> str | None:
+    path = root / ".hsm" / "hsm.db"
+    if not path.exists():
+        return None
+    with sqlite3.connect(path, timeout=10) as db:
+        row = db.execute("SELECT state FROM sweeps ORDER BY created DESC LIMIT 1").fetchone()
+    return row[0] if row else None
+
+
+def diagnostics(root: Path) -> str:
+    """Where a sweep stands: its tasks by status and cause, its attempts by source and state,
+    and the end of the controller's output."""
+    lines = []
+    path = root / ".hsm" / "hsm.db"
+    if path.exists():
+        with sqlite3.connect(path, timeout=10) as db:
+            lines.append(f"sweep state: {sweep_state(root)}")
+            lines.append("tasks: " + repr(db.execute(
+                "SELECT status, cause, count(*) FROM tasks GROUP BY 1, 2").fetchall()))
+            lines.append("attempts: " + repr(db.execute(
+                "SELECT source, state, cause, count(*) FROM attempts GROUP BY 1, 2, 3"
+            ).fetchall()))
+            lines.append("sources: " + repr(db.execute(
+                "SELECT name, enabled, disabled_reason, last_status FROM sources").fetchall()))
+    out, err = outputs(root)
+    lines.append("--- stderr (end)\n" + "\n".join(err.splitlines()[-40:]))
+    return "\n".join(lines)
+
+
 def test_disk_exhaustion_kills_flags_and_moves_work(tmp_path: Path,
                                                     testbed_hosts: list[Host]) -> None:
     root = bed_project(tmp_path, testbed_hosts)
@@ -96,9 +126,13 @@ def test_disk_exhaustion_kills_flags_and_moves_work(tmp_path: Path,
     h2 = testbed_hosts[1]
     with hsm_background("run", sweep, "--distributed", cwd=root) as proc:
         wait_for(lambda: list(h2.disk_dir.glob("*/sweeps/*/*/task_*/status.json")),
-                 what="a task running on h2", timeout=30)
+                 what="a task running on h2", timeout=60)
         h2.fill_disk(leave_bytes=2_000_000)
-        assert proc.wait(timeout=150) == 0, outputs(root)
+        # Wait on the sweep's state, not on a fixed time; on a timeout, say where it was.
+        wait_for(lambda: proc.poll() is not None or sweep_state(root) not in (None, "running"),
+                 what="the sweep to end", timeout=240, interval=0.5,
+                 on_timeout=lambda: diagnostics(root))
+        assert proc.wait(timeout=60) == 0, outputs(root)
     _, err = outputs(root)
     assert re.search(r"CRITICAL CRITICAL: h2 has critical disk space shortage: "
                      r"Critical: \d+\.\dGB \(\d+%\) free", err), err

@@ -434,8 +434,12 @@ def test_the_page_shows_the_sweep_in_chromium_without_any_request(
         # Close the panel, then sort the metrics table by loss, largest first (two clicks).
         browser.click("#detail-close")
         closed = browser.evaluate("document.getElementById('detail').hidden")
-        browser.click("table.metrics-table th[title='metric']")
-        browser.click("table.metrics-table th[title='metric']")
+        # The header's own click handler, twice (not mouse events at coordinates, which
+        # land elsewhere when the page reflows late on a loaded machine).
+        sorted_by = browser.evaluate(
+            "(() => { const th = document.querySelector("
+            "\"table.metrics-table th[title='metric']\"); th.click(); th.click();"
+            " return [th.textContent, th.className]; })()")
         losses = browser.evaluate(
             "Array.from(document.querySelectorAll('table.metrics-table tbody tr'))"
             ".map((r) => r.children[r.children.length - 2].textContent)")
@@ -465,6 +469,7 @@ def test_the_page_shows_the_sweep_in_chromium_without_any_request(
     assert facts["sourceRows"][0].startswith("localyes8")
     # Parameters against metrics: the 4 completed tasks, in a table and a plot.
     assert facts["metricRows"] == 4 and facts["pcLines"] == 4
+    assert sorted_by[0] == "loss" and "sorted-desc" in sorted_by[1], sorted_by
     assert [float(x) for x in losses] == sorted((float(x) for x in losses), reverse=True)
     assert (facts["resume"], facts["retry"]) == ("hsm resume e2e",
                                                  "hsm resume e2e --retry-failed")

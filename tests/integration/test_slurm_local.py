@@ -214,3 +214,47 @@ def test_health_probe_and_a_dead_controller(slurm: SlurmCluster, tmp_path: Path)
     finally:
         slurm.start_controller()
         slurm.wait_node_ready()
+
+
+@pytest.mark.timeout(420)
+def test_timeouts_rerun_with_a_longer_walltime_keep_their_numbers(slurm: SlurmCluster,
+                                                                  tmp_path: Path) -> None:
+    # Task 1 needs two minutes; with a one-minute walltime Slurm stops it (TIMEOUT).
+    root = cluster_project(tmp_path / "p", local_cluster(max_parallel_jobs=2))
+    sweep_file(root, sleep=[120, 0], resources={"walltime": 1, "mem": "100M"})
+    first = hsm("run", "sweep.yaml", "--source", "cluster", "--name", "short", "--json",
+                cwd=root, env=slurm.env(), timeout=240)
+    assert first.returncode == 1, first
+    tasks = tasks_by_number(first)
+    assert {n: (t["status"], t["cause"]) for n, t in tasks.items()} == {
+        1: ("failed", "timeout"), 2: ("completed", "completed")}
+    assert "1 of them hit the walltime" in first.stderr
+    assert "hsm resume short --retry-failed --cause timeout --walltime" in first.stderr
+    [array] = submitted_arrays(root, "short")
+    assert sorted(slurm.job_states(array)) == ["COMPLETED", "TIMEOUT"]
+    table = hsm("status", "short", cwd=root, env=slurm.env()).stdout
+    head, row = [line for line in table.splitlines() if "completed" in line or "│" in line][:2]
+    cells = dict(zip([c.strip() for c in head.strip("┃ ").split("┃")],
+                     [c.strip() for c in row.strip("│ ").split("│")], strict=True))
+    assert (cells["failed"], cells["timed out"], cells["completed"]) == ("0", "1", "1"), table
+
+    rerun = hsm("resume", "short", "--retry-failed", "--cause", "timeout", "--walltime",
+                "00:05:00", "--json", cwd=root, env=slurm.env(), timeout=300)
+    assert rerun.returncode == 0, rerun
+    tasks = tasks_by_number(rerun)
+    assert {n: (t["status"], t["attempts"]) for n, t in tasks.items()} == {
+        1: ("completed", 2), 2: ("completed", 1)}
+    assert tasks[1]["task_dir"].endswith("task_0001")
+    assert [(a["number"], a["state"], a["cause"]) for a in attempts(root, "short")] == [
+        (1, "failed", "timeout"), (1, "completed", "completed"), (2, "completed", "completed")]
+    _, again = submitted_arrays(root, "short")
+    assert slurm.job_states(again) == ["COMPLETED"]
+    scripts = sorted(run_dir(root, "short").joinpath(".hsm", "jobs").iterdir(),
+                     key=lambda p: p.stat().st_mtime)
+    assert "#SBATCH --time=00:01:00" in scripts[0].read_text()
+    assert "#SBATCH --time=00:05:00" in scripts[-1].read_text()
+    # The change is in the state, and status shows it.
+    status = hsm("status", "short", cwd=root, env=slurm.env())
+    assert status.returncode == 0, status
+    assert "rerun " in status.stdout and "failed tasks (timeout)" in status.stdout
+    assert "walltime=00:05:00" in status.stdout

@@ -93,6 +93,11 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> No
         time.sleep(0.02)
 
 
+def _default_signals() -> None:
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 @dataclass
 class Runner:
     """Starts wrappers in sessions of their own, and kills whatever is left at the end."""
@@ -107,6 +112,9 @@ class Runner:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            # The wrapper gets the default dispositions, whatever the test runner has (under
+            # nohup SIGHUP is ignored, and bash cannot trap a signal ignored at its start).
+            preexec_fn=_default_signals,
         )
         self.procs.append(proc)
         self.sessions.append(proc.pid)

@@ -350,3 +350,32 @@ def test_several_problems_report_the_first_and_count_the_rest(tmp_path: Path) ->
 def test_a_typo_is_reported_before_the_missing_key_it_causes(tmp_path: Path) -> None:
     message = error_for(tmp_path, "distributed:\n  remotes:\n    a:\n      hots: x\n")
     assert_clean_message(message, "unknown key", "did you mean 'host'?", "line 4")
+
+
+def test_the_init_template_writes_every_key_at_its_default() -> None:
+    from importlib import resources
+
+    import yaml
+    from pydantic import BaseModel
+
+    from hsm.spec.config import ProjectConfig
+
+    text = (resources.files("hsm.cli") / "templates" / "hsm_config.yaml").read_text()
+    data = yaml.safe_load(text)
+
+    def missing(model: type[BaseModel], values: dict[str, object], where: str) -> list[str]:
+        out = []
+        for name, info in model.model_fields.items():
+            key = f"{where}{name}"
+            if name not in values:
+                out.append(key)
+                continue
+            sub = info.annotation
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                value = values[name]
+                assert isinstance(value, dict), key
+                out += missing(sub, value, key + ".")
+        return out
+
+    assert missing(ProjectConfig, data, "") == []
+    assert ProjectConfig.model_validate(data) == ProjectConfig()

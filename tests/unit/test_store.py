@@ -210,3 +210,41 @@ def test_concurrent_first_opens_migrate_once(tmp_path: Path) -> None:
     assert errors == []
     conn = sqlite3.connect(tmp_path / "race.db")
     assert conn.execute("PRAGMA user_version").fetchone()[0] >= 2
+
+
+def test_a_version_2_database_gains_the_reruns_table(tmp_path: Path) -> None:
+    from hsm.state.schema import MIGRATIONS, _split
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for script in MIGRATIONS[:2]:
+        for statement in _split(script):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    store = Store.open(path)
+    assert store.reruns("none") == []
+
+
+def test_a_rerun_puts_back_the_failures_of_its_causes_and_is_recorded(tmp_path: Path) -> None:
+    store = make(tmp_path, n=4)
+    for number, cause in ((1, Cause.TIMEOUT), (2, Cause.TASK_FAILED), (3, Cause.COMPLETED)):
+        a = store.begin_attempt("s1", number, source="local", slot=0)
+        done = cause is Cause.COMPLETED
+        store.finish_attempt(a, state=AttemptState.COMPLETED if done else AttemptState.FAILED,
+                             cause=cause, exit_code=0 if done else 1,
+                             task_status=TaskStatus.COMPLETED if done else TaskStatus.FAILED)
+    assert store.failed_causes("s1") == {"timeout": 1, "task_failed": 1}
+    count = store.record_rerun("s1", retry_failed=True, causes=["timeout"],
+                               resources={"walltime": "04:00:00"}, sources=["cluster"])
+    assert count == 1
+    assert [t.status for t in store.tasks("s1")] == [
+        TaskStatus.PENDING, TaskStatus.FAILED, TaskStatus.COMPLETED, TaskStatus.PENDING]
+    [rerun] = store.reruns("s1")
+    assert (rerun.causes, rerun.resources, rerun.sources, rerun.tasks) == (
+        ["timeout"], {"walltime": "04:00:00"}, ["cluster"], 1)
+    # A plain resume changes nothing and records nothing.
+    assert store.record_rerun("s1", retry_failed=False, causes=None, resources={},
+                              sources=None) == 0
+    assert len(store.reruns("s1")) == 1

@@ -13,7 +13,13 @@ from pathlib import Path
 import click
 
 from hsm import __version__
-from hsm.cli.common import announce_defaults, config_option, json_option, project_from
+from hsm.cli.common import (
+    announce_defaults,
+    config_option,
+    json_option,
+    project_from,
+    sweep_or_latest,
+)
 from hsm.cli.distributed import distributed
 from hsm.cli.render import (
     ProgressView,
@@ -22,6 +28,7 @@ from hsm.cli.render import (
     out_console,
     print_json,
     print_summary_json,
+    rerun_lines,
     setup_console_logging,
     sources_table,
     summary_table,
@@ -29,6 +36,7 @@ from hsm.cli.render import (
 from hsm.cli.report import report
 from hsm.cli.results import results
 from hsm.engine.preview import job_scripts
+from hsm.engine.resume import Rerun, resume_run
 from hsm.engine.run import RunOutcome
 from hsm.engine.service import (
     Project,
@@ -37,11 +45,11 @@ from hsm.engine.service import (
     plan_run,
     preview_argv,
     request_cancel,
-    resume_run,
     start_run,
 )
 from hsm.engine.summary import summarize
 from hsm.errors import ConfigError, ExitCode, HsmError, StateError
+from hsm.spec.overrides import parse_causes
 from hsm.states import SweepState
 
 log = logging.getLogger("hsm.cli")
@@ -169,17 +177,8 @@ def _finish(project: Project, outcome: RunOutcome, as_json: bool) -> None:
 def status(sweep_id: str | None, as_json: bool, config_path: Path | None) -> None:
     """Show one sweep (the latest if no ID is given)."""
     project = project_from(config_path, quiet=True)
-    if not project.has_state():
-        if sweep_id:
-            raise StateError(f"unknown sweep ID {sweep_id!r}: no sweep has run in "
-                             f"{project.root} yet")
-        raise StateError(f"no sweep has run in {project.root} yet; start one with: hsm run")
+    sweep_id = sweep_or_latest(project, sweep_id)
     store = project.open_store()
-    if sweep_id is None:
-        latest = store.latest_sweep()
-        if latest is None:
-            raise StateError(f"no sweep has run in {project.root} yet")
-        sweep_id = latest.id
     summary = summarize(store, sweep_id)
     if as_json:
         print_summary_json(summary, store)
@@ -191,6 +190,12 @@ def status(sweep_id: str | None, as_json: bool, config_path: Path | None) -> Non
     if summary.causes:
         console.print("causes: " + ", ".join(f"{k} {v}" for k, v in
                                               sorted(summary.causes.items())), markup=False)
+    if summary.failed_causes:
+        console.print("failed: " + ", ".join(f"{k} {v}" for k, v in
+                                             sorted(summary.failed_causes.items())),
+                      markup=False)
+    for line in rerun_lines(summary):
+        console.print(line, markup=False)
     console.print(f"folder: {sweep.sweep_dir}\nstarted: {fmt_time(sweep.created)}  "
                   f"finished: {fmt_time(sweep.finished)}", markup=False)
     if sweep.abort_reason:
@@ -232,31 +237,43 @@ def list_(as_json: bool, config_path: Path | None) -> None:
 @cli.command()
 @click.argument("sweep_id")
 @click.option("--retry-failed", is_flag=True, help="Run the failed tasks again.")
+@click.option("--cause", "causes", multiple=True, metavar="CAUSE[,CAUSE...]",
+              help="With --retry-failed: rerun only the failures of these causes"
+                   " (e.g. timeout,disk_kill).")
+@click.option("--walltime", default=None, metavar="HH:MM:SS",
+              help="Change the walltime of the tasks run from now on.")
+@click.option("--mem", default=None, metavar="SIZE", help="Change the memory (e.g. 32G).")
+@click.option("--cpus", type=click.IntRange(min=1), default=None, help="Change the CPUs.")
+@click.option("--gpus", type=click.IntRange(min=0), default=None, help="Change the GPUs.")
+@click.option("--source", "sources", multiple=True, metavar="NAME",
+              help="Run the rest of the sweep on this source (repeatable).")
 @json_option
 @config_option
-def resume(sweep_id: str, retry_failed: bool, as_json: bool, config_path: Path | None) -> None:
+def resume(sweep_id: str, retry_failed: bool, causes: tuple[str, ...], walltime: str | None,
+           mem: str | None, cpus: int | None, gpus: int | None, sources: tuple[str, ...],
+           as_json: bool, config_path: Path | None) -> None:
     """Continue a sweep: reattach running tasks, run what is left."""
     project = project_from(config_path, quiet=True)
+    rerun = Rerun(retry_failed=retry_failed, causes=parse_causes(causes),
+                  resources={"walltime": walltime, "mem": mem, "cpus": cpus, "gpus": gpus},
+                  sources=sources)
     if not project.has_state():
         raise StateError(f"unknown sweep ID {sweep_id!r}: no sweep has run in "
                          f"{project.root} yet")
     view = ProgressView(live=not as_json)
     with view.active():
-        outcome = resume_run(project, sweep_id, retry_failed=retry_failed,
-                             on_progress=view.update)
+        outcome = resume_run(project, sweep_id, rerun=rerun, on_progress=view.update)
     _finish(project, outcome, as_json)
 
 
 @cli.command()
-@click.argument("sweep_id")
+@click.argument("sweep_id", required=False)
 @config_option
-def cancel(sweep_id: str, config_path: Path | None) -> None:
-    """Stop a running sweep: kill its tasks everywhere and record them as cancelled."""
+def cancel(sweep_id: str | None, config_path: Path | None) -> None:
+    """Stop a running sweep (the latest if no ID is given): kill its tasks everywhere and
+    record them as cancelled."""
     project = project_from(config_path, quiet=True)
-    if not project.has_state():
-        raise StateError(f"unknown sweep ID {sweep_id!r}: no sweep has run in "
-                         f"{project.root} yet")
-    sweep = request_cancel(project, sweep_id)
+    sweep = request_cancel(project, sweep_or_latest(project, sweep_id))
     click.echo(f"sweep {sweep.id}: {sweep.state.value}")
 
 
@@ -329,4 +346,4 @@ def _main() -> None:
         except OSError:
             pass
         err_console.print(f"hsm: internal error: {exc!r}; details in {path}", markup=False)
-        sys.exit(ExitCode.ABORTED)
+        sys.exit(ExitCode.INTERNAL)

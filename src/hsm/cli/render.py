@@ -7,8 +7,10 @@ import logging
 import math
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -16,14 +18,17 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
-from hsm.engine.service import LOG_DATEFMT, LOG_FORMAT
+from hsm.engine.service import FILE_ONLY, LOG_DATEFMT, LOG_FORMAT
 from hsm.engine.summary import SweepSummary, iter_task_json
+from hsm.spec.overrides import describe_resources
 from hsm.state import Store
 from hsm.states import TaskStatus
 
@@ -40,6 +45,8 @@ class ConsoleHandler(logging.Handler):
         self.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, FILE_ONLY, False):
+            return
         try:
             line = self.format(record)
             if self.console.is_terminal:  # a live progress may be drawn below the logs
@@ -67,6 +74,52 @@ def setup_console_logging(verbose: bool = False) -> ConsoleHandler:
     return handler
 
 
+class EtaEstimator:
+    """The time a sweep has left, from the durations of its finished tasks and the number
+    of tasks that run at once.
+
+    Tasks are taken to end in the order they started (the counts say how many, not which).
+    Nothing is estimated until a task has finished."""
+
+    def __init__(self) -> None:
+        self._starts: deque[float] = deque()  # start times of the running tasks, oldest first
+        self._finished = 0
+        self._durations = 0.0
+        self._ended = 0
+        self._slots = 0  # the most tasks seen running at once
+
+    def observe(self, now: float, counts: dict[TaskStatus, int]) -> float | None:
+        running = counts.get(TaskStatus.RUNNING, 0)
+        finished = counts.get(TaskStatus.COMPLETED, 0) + counts.get(TaskStatus.FAILED, 0)
+        pending = counts.get(TaskStatus.PENDING, 0)
+        for _ in range(max(0, finished - self._finished)):
+            if self._starts:
+                self._durations += now - self._starts.popleft()
+                self._ended += 1
+        self._finished = finished
+        while len(self._starts) > running:  # back to the queue (a retry), not finished
+            self._starts.popleft()
+        while len(self._starts) < running:
+            self._starts.append(now)
+        self._slots = max(self._slots, running)
+        if not self._ended:
+            return None
+        mean = self._durations / self._ended
+        running_left = sum(max(0.0, mean - (now - start)) for start in self._starts)
+        return (running_left + pending * mean) / max(self._slots, 1)
+
+
+class EtaColumn(ProgressColumn):
+    """``ETA 0:01:23``, counting down between updates; ``ETA -:--:--`` before an estimate."""
+
+    def render(self, task: Task) -> Text:
+        finish_at = task.fields.get("finish_at")
+        if finish_at is None:
+            return Text("ETA -:--:--", style="progress.remaining")
+        left = max(0, int(finish_at - time.monotonic() + 0.999))
+        return Text(f"ETA {timedelta(seconds=left)}", style="progress.remaining")
+
+
 class ProgressView:
     """A rich progress bar on a terminal; plain periodic lines otherwise."""
 
@@ -76,17 +129,18 @@ class ProgressView:
         self._task: Any = None
         self._last_plain = 0.0
         self._last: dict[TaskStatus, int] = {}
+        self._eta = EtaEstimator()
 
     @contextmanager
     def active(self) -> Iterator[ProgressView]:
         if self.live:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
-                TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
-                transient=False, refresh_per_second=4)
+                TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), EtaColumn(),
+                console=err_console, transient=False, refresh_per_second=4)
             with self._progress:
-                self._task = self._progress.add_task("sweep", total=None, detail="")
+                self._task = self._progress.add_task("sweep", total=None, detail="",
+                                                     finish_at=None)
                 yield self
         else:
             yield self
@@ -95,13 +149,16 @@ class ProgressView:
     def update(self, counts: dict[TaskStatus, int]) -> None:
         self._last = counts
         if self._progress is not None:
+            now = time.monotonic()
+            left = self._eta.observe(now, counts)
             total = sum(counts.values())
-            done = counts.get(TaskStatus.COMPLETED, 0) + counts.get(TaskStatus.FAILED, 0) \
-                + counts.get(TaskStatus.CANCELLED, 0)
+            # Cancelled tasks did not run: a cancelled sweep's bar shows what was done.
+            done = counts.get(TaskStatus.COMPLETED, 0) + counts.get(TaskStatus.FAILED, 0)
             detail = (f"[green]{counts.get(TaskStatus.COMPLETED, 0)} done[/] "
                       f"[red]{counts.get(TaskStatus.FAILED, 0)} failed[/] "
                       f"[cyan]{counts.get(TaskStatus.RUNNING, 0)} running[/]")
-            self._progress.update(self._task, total=total, completed=done, detail=detail)
+            self._progress.update(self._task, total=total, completed=done, detail=detail,
+                                  finish_at=None if left is None else now + left)
         else:
             self._plain()
 
@@ -161,15 +218,36 @@ def write_summary_json(summary: SweepSummary, store: Store, out: TextIO) -> None
 
 
 def summary_table(summary: SweepSummary) -> Table:
+    """The counts of a sweep; tasks that hit their walltime apart from the other failures."""
     sweep = summary.sweep
     table = Table(title=f"sweep {sweep.id} — {sweep.state.value}", show_header=True)
-    for col in ("completed", "failed", "running", "pending", "cancelled", "total"):
-        table.add_column(col, justify="right")
     c = summary.counts
-    table.add_row(*(str(c.get(k, 0)) for k in
-                    ("completed", "failed", "running", "pending", "cancelled")),
-                  str(summary.total))
+    timeouts = summary.timeouts
+    cells = {"completed": c.get("completed", 0), "failed": c.get("failed", 0) - timeouts,
+             "timed out": timeouts, "running": c.get("running", 0),
+             "pending": c.get("pending", 0), "cancelled": c.get("cancelled", 0)}
+    if not timeouts:
+        del cells["timed out"]
+    for col in (*cells, "total"):
+        table.add_column(col, justify="right")
+    table.add_row(*(str(v) for v in cells.values()), str(summary.total))
     return table
+
+
+def rerun_lines(summary: SweepSummary) -> list[str]:
+    """One line per recorded rerun of the sweep: what it reran, changed and moved."""
+    lines = []
+    for r in summary.reruns:
+        what = []
+        if r.retry_failed:
+            what.append("failed tasks" + (f" ({', '.join(r.causes)})" if r.causes else ""))
+        if r.resources:
+            what.append("resources " + describe_resources(r.resources))
+        if r.sources:
+            what.append("on " + ", ".join(r.sources))
+        lines.append(f"rerun {fmt_time(r.time)}: {r.tasks} task(s) back in the queue; "
+                     + "; ".join(what))
+    return lines
 
 
 def sources_table(summary: SweepSummary) -> Table:

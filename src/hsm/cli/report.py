@@ -10,20 +10,21 @@ from pathlib import Path
 
 import click
 
-from hsm.cli.common import config_option, project_from
+from hsm.cli.common import config_option, project_from, sweep_or_latest
 from hsm.errors import StateError
 
 REPORT_FILE = "report.html"
 
 
 @click.command()
-@click.argument("sweep_id")
+@click.argument("sweep_id", required=False)
 @click.option("-o", "--output", type=click.Path(path_type=Path, allow_dash=True), default=None,
               help=f"Write the report here ('-' for stdout; default: <sweep folder>/"
                    f"{REPORT_FILE}).")
 @config_option
-def report(sweep_id: str, output: Path | None, config_path: Path | None) -> None:
-    """Write an HTML report of SWEEP_ID: timeline, source health, failures, metrics.
+def report(sweep_id: str | None, output: Path | None, config_path: Path | None) -> None:
+    """Write an HTML report of SWEEP_ID (the latest if none is given): timeline, source
+    health, failures, metrics.
 
     The file needs no network: open it anywhere, or attach it to a message. It works
     while the sweep runs (it shows the state so far).
@@ -32,9 +33,7 @@ def report(sweep_id: str, output: Path | None, config_path: Path | None) -> None
     from hsm.report.render import render_html
 
     project = project_from(config_path, quiet=True)
-    if not project.has_state():
-        raise StateError(f"unknown sweep ID {sweep_id!r}: no sweep has run in "
-                         f"{project.root} yet")
+    sweep_id = sweep_or_latest(project, sweep_id)
     store = project.open_store()
     try:
         model = build_report(store, sweep_id, health=project.loaded.config.health,

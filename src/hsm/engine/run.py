@@ -14,13 +14,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hsm.engine import fence, lifecycle
+from hsm.engine.bringup import broken_sources, prepare_all, settle_lost
 from hsm.engine.failsafe import TASK_LEVEL_CAUSES, FailsafeConfig
 from hsm.engine.lifecycle import Next, Verdict
 from hsm.engine.messages import event_level, failed_task_message
 from hsm.engine.monitor import SourceMonitor
 from hsm.engine.policy import judge_attempt
 from hsm.engine.strategy import make_strategy, views
-from hsm.errors import ConfigError, ExitCode, HsmError, SourceUnavailableError
+from hsm.engine.summary import failed_message
+from hsm.errors import ConfigError, ExitCode
 from hsm.jobscript import read_events, read_status
 from hsm.sources.base import (
     JobHandle,
@@ -71,6 +73,7 @@ class EngineOptions:
     health: HealthConfig = field(default_factory=HealthConfig)
     health_interval: float = 60.0
     stall_timeout: float = 600.0  # nothing running, nothing can start: give up after this
+    explicit_alone: bool = False  # the run's one source was named by the user
 
 
 ProgressFn = Callable[[dict[TaskStatus, int]], None]
@@ -166,16 +169,13 @@ class Engine:
         self.wake.set()
 
     async def _prepare(self) -> None:
-        async def one(source: Source) -> None:
-            try:
-                await source.prepare(ctx=self.ctx)
-            except HsmError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any backend failure is reported
-                raise SourceUnavailableError(
-                    f"source {source.name!r} could not be prepared: {exc}") from None
-
-        await asyncio.gather(*(one(s) for s in self.sources.values()))
+        failures = await prepare_all(self.sources, self.ctx)
+        for name, reason in broken_sources(failures, explicit_alone=self.options.explicit_alone,
+                                           what="setup and code push").items():
+            self.monitor.disable(name, f"{reason}; going on with the other sources")
+            await self.sources.pop(name).close()
+            self.order.remove(name)
+            settle_lost(self.store, self.sweep_id, name)
         per_task = self.ctx.gpus_per_task
         for source in self.sources.values():
             source.configure_gpus(per_task)
@@ -727,8 +727,7 @@ class Engine:
             message = f"interrupted; continue with: hsm resume {self.sweep_id}"
         elif counts[TaskStatus.FAILED]:
             state, code = SweepState.FAILED, ExitCode.TASKS_FAILED
-            message = (f"{counts[TaskStatus.FAILED]} task(s) failed; rerun them with:"
-                       f" hsm resume {self.sweep_id} --retry-failed")
+            message = failed_message(self.store, self.sweep_id, counts[TaskStatus.FAILED])
         else:
             state, code, message = SweepState.COMPLETED, ExitCode.OK, None
         self.store.set_sweep_state(self.sweep_id, state, abort_reason=message)

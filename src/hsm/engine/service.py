@@ -9,30 +9,40 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from hsm.engine.bringup import broken_sources, gather_failures, settle_lost
 from hsm.engine.failsafe import FailsafeConfig
 from hsm.engine.run import Engine, EngineOptions, ProgressFn, RunOutcome
-from hsm.errors import ConfigError, HsmError, StateError, SweepAborted
+from hsm.errors import ConfigError, ExitCode, HsmError, StateError, SweepAborted
 from hsm.jobscript import GuardSettings
 from hsm.sources.base import Source, SweepContext, task_folder_name
-from hsm.sources.registry import build_sources, local_gpus, resolve_names
+from hsm.sources.registry import (
+    build_sources,
+    known_sources,
+    local_gpus,
+    local_python,
+    resolve_names,
+)
 from hsm.spec.config import LoadedConfig, load_config
 from hsm.spec.expand import count_tasks, iter_tasks
+from hsm.spec.overrides import apply_resources
 from hsm.spec.program import check_local_program
 from hsm.spec.render import task_argv
 from hsm.spec.sweep import SweepSpec, load_sweep, sweep_from_data
-from hsm.state import DB_NAME, Store, SweepRow
+from hsm.state import DB_NAME, RerunRow, SourceRow, Store, SweepRow
 from hsm.states import SweepState, TaskStatus
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
 SWEEP_LOG = "hsm.log"
+FILE_ONLY = "hsm_file_only"  # a log record's attribute: for the sweep log, not the console
 
 sweep_log = logging.getLogger("hsm.sweep")
 
@@ -71,6 +81,7 @@ class Plan:
     total: int
     sources: list[str]
     parallel: int | None
+    explicit_alone: bool = False  # one source, named by the user (or this machine alone)
 
 
 def plan_run(project: Project, spec_path: Path, *, sources: Sequence[str] = (),
@@ -87,7 +98,8 @@ def plan_run(project: Project, spec_path: Path, *, sources: Sequence[str] = (),
     check_gpus(project, spec_path, spec, names)
     if names == ["local"]:
         check_local_program(spec, project.root)
-    return Plan(spec_path, spec, count_tasks(spec), names, parallel)
+    return Plan(spec_path, spec, count_tasks(spec), names, parallel,
+                explicit_alone=len(names) == 1 and not distributed)
 
 
 def check_gpus(project: Project, spec_path: Path, spec: SweepSpec, names: Sequence[str]) -> None:
@@ -146,13 +158,67 @@ def preview_argv(plan: Plan, *, project: Project | None = None,
     sweep_dir = str(project.output_dir / sweep_id) if project else f"OUTPUT_DIR/{sweep_id}"
     for number, params in enumerate(iter_tasks(plan.spec), start=1):
         task_dir = f"{sweep_dir}/tasks/{task_folder_name(number)}"
-        yield task_argv(plan.spec, params, python="python3", task_dir=task_dir,
+        python = local_python(project.loaded) if project else "python3"
+        yield task_argv(plan.spec, params, python=python, task_dir=task_dir,
                         sweep_id=sweep_id)
 
 
-def stored_spec(sweep: SweepRow) -> SweepSpec:
-    """The spec as it was when the sweep started (the file may have changed since)."""
-    return sweep_from_data(sweep.spec, Path(sweep.spec_path), None)
+def stored_spec(sweep: SweepRow, reruns: Sequence[RerunRow] = ()) -> SweepSpec:
+    """The spec as it was when the sweep started (the file may have changed since), with
+    the resources changed by its reruns."""
+    data = apply_resources(sweep.spec, [r.resources for r in reruns]) if reruns else sweep.spec
+    return sweep_from_data(data, Path(sweep.spec_path), None)
+
+
+def current_sources(sweep: SweepRow, reruns: Sequence[RerunRow]) -> list[str]:
+    """The sources the sweep runs on: the last ones a rerun moved it to, else its own."""
+    for rerun in reversed(reruns):
+        if rerun.sources:
+            return list(rerun.sources)
+    return list(sweep.sources)
+
+
+def disabled_reason(project: Project, states: Mapping[str, SourceRow], name: str) -> str | None:
+    """Why a source is disabled (in the state, or by ``enabled: false``), or None."""
+    row = states.get(name)
+    if row is not None and not row.enabled:
+        return f"{row.disabled_reason}; re-enable it with: hsm distributed enable {name}"
+    remote = project.loaded.config.distributed.remotes.get(name)
+    if remote is not None and not remote.enabled:
+        return (f"enabled: false in {project.loaded.path}"
+                f" (distributed.remotes.{name}.enabled)")
+    return None
+
+
+def available_sources(project: Project, store: Store, sweep: SweepRow, names: Sequence[str],
+                      *, settle: bool) -> list[str]:
+    """Of a stored sweep's sources, those a resume (or cancel) can build. A source gone from
+    the config is left out, and its running attempts are settled as lost, with their job
+    handles, so that they are checked again if it comes back. A disabled source takes part
+    only while attempts of the sweep run on it (to collect them); it takes no new tasks.
+    Without ``settle``, nothing is written or logged (to check a resume before it starts)."""
+    known = set(known_sources(project.loaded))
+    states = store.enabled_states()
+    active = store.attempts(sweep.id, active_only=True)
+    busy = {a.source for a in active}
+    kept: list[str] = []
+    for name in dict.fromkeys([*names, *sorted(busy)]):
+        if name not in known:
+            if not settle:
+                continue
+            lost = settle_lost(store, sweep.id, name)
+            sweep_log.warning(
+                "source %s is no longer in %s: not using it%s", name,
+                project.loaded.path or "the config",
+                f"; its {lost} running task(s) go back to the queue" if lost else "")
+            continue
+        why = disabled_reason(project, states, name)
+        if why is not None and name not in busy:
+            if settle:
+                sweep_log.warning("source %s is disabled (%s); not using it", name, why)
+            continue
+        kept.append(name)
+    return kept
 
 
 def new_sweep_id() -> str:
@@ -193,12 +259,15 @@ def start_run(project: Project, plan: Plan, *, name: str | None, command_line: s
     # One event loop for the checks and the run: the connections the checks opened serve
     # the run (sources hold asyncio objects bound to their loop).
     with _event_loop(sources) as runner:
-        preflight(sources, runner)
+        sources = preflight_sources(project, sources, runner,
+                                    explicit_alone=plan.explicit_alone)
+        plan = replace(plan, sources=list(sources))
         store, sweep = create_sweep(project, plan, sweep_id=sweep_id,
                                     command_line=command_line)
         if on_created is not None:
             on_created(sweep)
-        return _drive(project, store, sweep, sources, on_progress, runner=runner)
+        return _drive(project, store, sweep, sources, on_progress, runner=runner,
+                      explicit_alone=plan.explicit_alone)
 
 
 def create_sweep(project: Project, plan: Plan, *, sweep_id: str,
@@ -230,31 +299,32 @@ def check_sweep_name(name: str | None) -> None:
             " '_.+-', not starting with '.', '+' or '-'")
 
 
-def resume_run(project: Project, sweep_id: str, *, retry_failed: bool,
-               on_progress: ProgressFn | None = None, on_created: Any = None) -> RunOutcome:
-    store = project.open_store(create=False)
-    sweep = store.sweep(sweep_id)
-    spec = stored_spec(sweep)
-    sources = build_sources(project.loaded, sweep.sources, parallel=sweep.parallel)
-    with controller_lock(Path(sweep.sweep_dir)):
-        reset = [TaskStatus.CANCELLED]
-        if retry_failed:
-            reset.append(TaskStatus.FAILED)
-        store.reset_tasks(sweep.id, reset)
-        store.set_cancel_requested(sweep.id, False)
-        store.set_sweep_state(sweep.id, SweepState.RUNNING, controller_pid=os.getpid())
-    if on_created is not None:
-        on_created(sweep)
-    with _event_loop(sources) as runner:
-        return _drive(project, store, sweep, sources, on_progress, spec=spec, runner=runner)
+def preflight_sources(project: Project, sources: dict[str, Source], runner: asyncio.Runner,
+                      *, explicit_alone: bool) -> dict[str, Source]:
+    """Check every source before the sweep is written or changed. A source that fails is
+    disabled with the reason and left out (see :mod:`hsm.engine.bringup`); the sources
+    left are returned."""
+    async def check(source: Source) -> None:
+        await source.preflight()
 
+    failures = runner.run(gather_failures(sources, check))
+    broken = broken_sources(failures, explicit_alone=explicit_alone, what="checks")
+    if not broken:
+        return sources
+    store = project.open_store(create=True)
+    try:
+        for name, reason in broken.items():
+            sweep_log.error("%s; disabling it and going on with the other sources. After"
+                            " fixing it: hsm distributed enable %s", reason, name)
+            store.set_source_enabled(name, False, reason=reason)
+    finally:
+        store.close()
 
-def preflight(sources: dict[str, Source], runner: asyncio.Runner) -> None:
-    """Fail before anything is written when a source cannot be used at all."""
-    async def check() -> None:
-        await asyncio.gather(*(s.preflight() for s in sources.values()))
+    async def close() -> None:
+        await asyncio.gather(*(sources[n].close() for n in broken), return_exceptions=True)
 
-    runner.run(check())
+    runner.run(close())
+    return {n: s for n, s in sources.items() if n not in broken}
 
 
 @contextmanager
@@ -277,7 +347,12 @@ def _event_loop(sources: dict[str, Source]) -> Iterator[asyncio.Runner]:
 
 def _drive(project: Project, store: Store, sweep: SweepRow, sources: dict[str, Source],
            on_progress: ProgressFn | None, *, runner: asyncio.Runner,
-           spec: SweepSpec | None = None) -> RunOutcome:
+           spec: SweepSpec | None = None, previous: SweepRow | None = None,
+           explicit_alone: bool = False) -> RunOutcome:
+    """Run the engine on a recorded sweep. ``previous`` is the sweep as it was before a
+    resume (None: the sweep is new). When the run stops on bad input before any task
+    started (exit 2), it leaves nothing behind: a new sweep is removed, a resumed one gets
+    back its state."""
     spec = spec or stored_spec(sweep)
     ctx = sweep_context(project, sweep, spec)
     dist = project.loaded.config.distributed
@@ -285,25 +360,54 @@ def _drive(project: Project, store: Store, sweep: SweepRow, sources: dict[str, S
                             failsafe=FailsafeConfig.from_config(dist),
                             health=project.loaded.config.health,
                             health_interval=float(dist.health_check_interval),
-                            stall_timeout=float(dist.stall_timeout))
-    with controller_lock(Path(sweep.sweep_dir)), sweep_log_file(Path(sweep.sweep_dir)):
-        store.set_sweep_state(sweep.id, SweepState.RUNNING, controller_pid=os.getpid())
-        sweep_log.info("sweep %s: %d task(s) on %s; folder %s", sweep.id, sum(
-            store.task_counts(sweep.id).values()), ", ".join(sources), sweep.sweep_dir)
-        engine = Engine(store=store, sweep_id=sweep.id, ctx=ctx, sources=sources,
-                        options=options, on_progress=on_progress)
-        try:
-            outcome = runner.run(engine.run())
-        except HsmError as exc:
-            store.set_sweep_state(sweep.id, SweepState.ABORTED, abort_reason=exc.message)
-            raise
-        if outcome.message:
-            level = logging.INFO if outcome.exit_code == 0 else logging.WARNING
-            sweep_log.log(level, "sweep %s %s: %s", sweep.id, outcome.state.value,
-                          outcome.message)
+                            stall_timeout=float(dist.stall_timeout),
+                            explicit_alone=explicit_alone)
+    attempts_before = len(store.attempts(sweep.id))
+    try:
+        with controller_lock(Path(sweep.sweep_dir)), sweep_log_file(Path(sweep.sweep_dir)):
+            store.set_sweep_state(sweep.id, SweepState.RUNNING, controller_pid=os.getpid())
+            sweep_log.info("sweep %s: %d task(s) on %s; folder %s", sweep.id, sum(
+                store.task_counts(sweep.id).values()), ", ".join(sources), sweep.sweep_dir)
+            engine = Engine(store=store, sweep_id=sweep.id, ctx=ctx, sources=sources,
+                            options=options, on_progress=on_progress)
+            try:
+                outcome = runner.run(engine.run())
+            except HsmError as exc:
+                if exc.exit_code != ExitCode.BAD_INPUT or \
+                        len(store.attempts(sweep.id)) != attempts_before:
+                    store.set_sweep_state(sweep.id, SweepState.ABORTED,
+                                          abort_reason=exc.message)
+                    raise
+                sweep_log.error("%s", exc.message)
+                raise _Undo(exc) from None
+            if outcome.message:
+                level = logging.INFO if outcome.exit_code == 0 else logging.WARNING
+                # The command prints the message once, below its table: the log file
+                # alone gets it as a line.
+                sweep_log.log(level, "sweep %s %s: %s", sweep.id, outcome.state.value,
+                              outcome.message, extra={FILE_ONLY: True})
+            else:
+                sweep_log.info("sweep %s %s", sweep.id, outcome.state.value)
+            return outcome
+    except _Undo as undo:
+        _undo(store, sweep, previous)
+        raise undo.error from None
+
+
+class _Undo(Exception):
+    def __init__(self, error: HsmError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _undo(store: Store, sweep: SweepRow, previous: SweepRow | None) -> None:
+    """Leave no trace of a run that stopped on bad input before any task started."""
+    with contextlib.suppress(HsmError, OSError):
+        if previous is None:
+            store.delete_sweep(sweep.id)
+            shutil.rmtree(sweep.sweep_dir, ignore_errors=True)
         else:
-            sweep_log.info("sweep %s %s", sweep.id, outcome.state.value)
-        return outcome
+            store.set_sweep_state(sweep.id, previous.state, abort_reason=previous.abort_reason)
 
 
 @contextmanager
@@ -385,8 +489,11 @@ def request_cancel(project: Project, sweep_id: str, *, wait: float = 30.0) -> Sw
         raise StateError(f"the controller of sweep {sweep_id} did not stop within {wait:.0f} s")
     if store.sweep(sweep_id).state is not SweepState.CANCELLED:
         # No controller was alive: drive the cancel ourselves (it reattaches and stops).
-        spec = stored_spec(sweep)
-        sources = build_sources(project.loaded, sweep.sources, parallel=sweep.parallel)
+        reruns = store.reruns(sweep_id)
+        spec = stored_spec(sweep, reruns)
+        names = available_sources(project, store, sweep, current_sources(sweep, reruns),
+                                  settle=True)
+        sources = build_sources(project.loaded, names, parallel=sweep.parallel)
         store.set_cancel_requested(sweep_id, True)
         with _event_loop(sources) as runner:
             _drive(project, store, sweep, sources, None, spec=spec, runner=runner)

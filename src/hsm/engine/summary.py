@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hsm.sources.base import task_folder_name
-from hsm.state import Store, SweepRow
-from hsm.states import TaskStatus
+from hsm.state import RerunRow, Store, SweepRow
+from hsm.states import Cause, TaskStatus
 
 JSON_COUNT_KEYS = ("completed", "failed", "pending", "running", "cancelled")
 
@@ -32,6 +32,13 @@ class SweepSummary:
     counts: dict[str, int]
     causes: dict[str, int]
     sources: list[SourceSummary]
+    failed_causes: dict[str, int] = field(default_factory=dict)  # of the failed tasks
+    reruns: list[RerunRow] = field(default_factory=list)
+
+    @property
+    def timeouts(self) -> int:
+        """Failed tasks that hit their walltime (shown apart from the other failures)."""
+        return self.failed_causes.get(Cause.TIMEOUT.value, 0)
 
     def to_json(self, store: Store | None = None, *, with_tasks: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -69,14 +76,29 @@ def iter_task_json(store: Store, sweep: SweepRow) -> Iterator[dict[str, Any]]:
 def summarize(store: Store, sweep_id: str) -> SweepSummary:
     sweep = store.sweep(sweep_id)
     counts = {k.value: v for k, v in store.task_counts(sweep_id).items()}
+    reruns = store.reruns(sweep_id)
+    names = [*sweep.sources, *(n for r in reruns for n in r.sources or ()),
+             *store.attempt_sources(sweep_id)]
     sources = []
-    for name in sweep.sources:
+    for name in dict.fromkeys(names):
         row = store.source(name)
         c = store.source_counts(name, sweep_id=sweep_id)
         sources.append(SourceSummary(name, row.enabled, row.disabled_reason, c.submitted,
                                      c.completed, c.failed, c.failure_rate))
     return SweepSummary(sweep, sum(counts.values()), counts, store.cause_counts(sweep_id),
-                        sources)
+                        sources, store.failed_causes(sweep_id), reruns)
+
+
+def failed_message(store: Store, sweep_id: str, failed: int) -> str:
+    """The end-of-run line of a sweep with failed tasks: how to rerun them, and the
+    timeouts with a longer walltime."""
+    message = f"{failed} task(s) failed; rerun them with: hsm resume {sweep_id} --retry-failed"
+    timeouts = store.failed_causes(sweep_id).get(Cause.TIMEOUT.value, 0)
+    if timeouts:
+        message += (f"; {timeouts} of them hit the walltime: rerun those with a longer one,"
+                    f" e.g. hsm resume {sweep_id} --retry-failed --cause timeout"
+                    f" --walltime HH:MM:SS")
+    return message
 
 
 def is_done(counts: dict[str, int]) -> bool:

@@ -60,8 +60,8 @@ class LocalSource(Source):
     capabilities = Capabilities(detached=True, remote=False, queue=False)
 
     def __init__(self, name: str = "local", *, slots: int, gpus: Sequence[int] = (),
-                 disk_path: str | None = None) -> None:
-        super().__init__(name, slots=slots, gpus=gpus, python="python3")
+                 disk_path: str | None = None, python: str = "python3") -> None:
+        super().__init__(name, slots=slots, gpus=gpus, python=python)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._launched_at: dict[str, float] = {}
         # pidfd -> (task folder, wrapper process), for the wrappers started here

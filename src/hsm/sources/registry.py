@@ -56,6 +56,11 @@ def local_slots(loaded: LoadedConfig, parallel: int | None) -> int:
     return configured if configured is not None else (os.cpu_count() or 1)
 
 
+def local_python(loaded: LoadedConfig) -> str:
+    """``local.python``, with a leading ``~`` expanded (no shell runs the task's argv)."""
+    return os.path.expanduser(loaded.config.local.python)
+
+
 def local_gpus(loaded: LoadedConfig) -> list[int]:
     gpus = loaded.config.local.gpus
     if gpus is None:
@@ -76,7 +81,8 @@ def build_sources(loaded: LoadedConfig, names: Sequence[str], *, parallel: int |
         if name == LOCAL:
             sources[name] = LocalSource(slots=local_slots(loaded, parallel),
                                         gpus=local_gpus(loaded),
-                                        disk_path=str(loaded.project_root))
+                                        disk_path=str(loaded.project_root),
+                                        python=local_python(loaded))
         else:
             sources[name] = build_remote(loaded, name, resources=resources)
     if len(sources) > 1:

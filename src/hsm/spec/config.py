@@ -90,6 +90,7 @@ class LocalConfig(_Model):
 
     max_parallel_jobs: Annotated[int, Field(ge=1)] | None = None
     gpus: Gpus = None
+    python: Annotated[str, Field(min_length=1)] = "python3"  # runs a `script:` here
 
 
 class DiskConfig(_Model):

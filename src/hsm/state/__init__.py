@@ -5,6 +5,7 @@ from hsm.state.store import (
     AttemptRow,
     EventRow,
     HealthRow,
+    RerunRow,
     SourceCounts,
     SourceRow,
     Store,
@@ -12,5 +13,5 @@ from hsm.state.store import (
     TaskRow,
 )
 
-__all__ = ["DB_NAME", "AttemptRow", "EventRow", "HealthRow", "SourceCounts", "SourceRow",
-           "Store", "SweepRow", "TaskRow"]
+__all__ = ["DB_NAME", "AttemptRow", "EventRow", "HealthRow", "RerunRow", "SourceCounts",
+           "SourceRow", "Store", "SweepRow", "TaskRow"]

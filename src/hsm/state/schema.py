@@ -101,6 +101,21 @@ MIGRATIONS: list[str] = [
     ALTER TABLE attempts ADD COLUMN nonce TEXT NOT NULL DEFAULT '';
     ALTER TABLE attempts ADD COLUMN outcome TEXT;
     """,
+    # 3 -> 4: reruns of a sweep (resume --retry-failed, resource or source changes): which
+    # failures were rerun, the resources changed and the sources moved to.
+    """
+    CREATE TABLE reruns (
+        id INTEGER PRIMARY KEY,
+        sweep_id TEXT NOT NULL REFERENCES sweeps(id),
+        time REAL NOT NULL,
+        retry_failed INTEGER NOT NULL,
+        causes_json TEXT,
+        resources_json TEXT NOT NULL,
+        sources_json TEXT,
+        tasks INTEGER NOT NULL
+    );
+    CREATE INDEX reruns_sweep ON reruns(sweep_id, id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -72,6 +72,19 @@ class AttemptRow:
 
 
 @dataclass(frozen=True)
+class RerunRow:
+    """One ``hsm resume`` that changed what runs: the failures it put back (``causes`` None:
+    every one), the resources it changed and the sources it moved the sweep to."""
+
+    time: float
+    retry_failed: bool
+    causes: list[str] | None
+    resources: dict[str, Any]
+    sources: list[str] | None
+    tasks: int
+
+
+@dataclass(frozen=True)
 class SourceRow:
     name: str
     enabled: bool
@@ -334,16 +347,65 @@ class Store:
             (sweep_id, TaskStatus.PENDING.value))
         return [r[0] for r in rows]
 
-    def reset_tasks(self, sweep_id: str, statuses: Iterable[TaskStatus]) -> int:
-        """Put tasks back to pending (resume --retry-failed, resume after cancel)."""
-        values = [s.value for s in statuses]
-        marks = ",".join("?" * len(values))
+    def record_rerun(self, sweep_id: str, *, retry_failed: bool, causes: Iterable[str] | None,
+                     resources: Mapping[str, Any], sources: list[str] | None) -> int:
+        """Put the cancelled tasks (and with ``retry_failed`` the failed ones, of ``causes``
+        only when given) back to pending, and record the rerun when it changes anything, in
+        one transaction. Returns the number of tasks put back."""
+        cause_list = None if causes is None else list(causes)
+        where = "status = ?"
+        args: list[Any] = [TaskStatus.CANCELLED.value]
+        if retry_failed:
+            where += " OR (status = ?"
+            args.append(TaskStatus.FAILED.value)
+            if cause_list is not None:
+                where += f" AND cause IN ({','.join('?' * len(cause_list))})"
+                args += cause_list
+            where += ")"
         with self.transaction() as tx:
-            cur = tx.execute(
+            count = tx.execute(
                 f"UPDATE tasks SET status = ?, cause = NULL, exit_code = NULL"
-                f" WHERE sweep_id = ? AND status IN ({marks})",
-                (TaskStatus.PENDING.value, sweep_id, *values))
-            return cur.rowcount
+                f" WHERE sweep_id = ? AND ({where})",
+                (TaskStatus.PENDING.value, sweep_id, *args)).rowcount
+            if retry_failed or resources or sources:
+                tx.execute(
+                    "INSERT INTO reruns (sweep_id, time, retry_failed, causes_json,"
+                    " resources_json, sources_json, tasks) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (sweep_id, time.time(), int(retry_failed),
+                     None if cause_list is None else json.dumps(cause_list),
+                     json.dumps(dict(resources)),
+                     None if sources is None else json.dumps(sources), count))
+            return count
+
+    def reruns(self, sweep_id: str) -> list[RerunRow]:
+        rows = self._conn.execute("SELECT * FROM reruns WHERE sweep_id = ? ORDER BY id",
+                                  (sweep_id,))
+        return [RerunRow(r["time"], bool(r["retry_failed"]),
+                         None if r["causes_json"] is None else json.loads(r["causes_json"]),
+                         json.loads(r["resources_json"]),
+                         None if r["sources_json"] is None else json.loads(r["sources_json"]),
+                         r["tasks"]) for r in rows]
+
+    def failed_causes(self, sweep_id: str) -> dict[str, int]:
+        """The causes of the failed tasks, with their counts."""
+        rows = self._conn.execute(
+            "SELECT coalesce(cause, 'unknown'), count(*) FROM tasks WHERE sweep_id = ?"
+            " AND status = ? GROUP BY 1", (sweep_id, TaskStatus.FAILED.value))
+        return {r[0]: r[1] for r in rows}
+
+    def attempt_sources(self, sweep_id: str) -> list[str]:
+        """Every source an attempt of the sweep ran on, in order of first use."""
+        rows = self._conn.execute(
+            "SELECT source FROM attempts WHERE sweep_id = ? GROUP BY source ORDER BY min(id)",
+            (sweep_id,))
+        return [r[0] for r in rows]
+
+    def delete_sweep(self, sweep_id: str) -> None:
+        """Forget a sweep that never started a task (its run stopped on bad input)."""
+        with self.transaction() as tx:
+            for table in ("reruns", "attempts", "tasks"):
+                tx.execute(f"DELETE FROM {table} WHERE sweep_id = ?", (sweep_id,))
+            tx.execute("DELETE FROM sweeps WHERE id = ?", (sweep_id,))
 
     # -- attempts ------------------------------------------------------------------------
     def begin_attempt(
