@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from hsm import clock
 from hsm.engine.failsafe import TASK_LEVEL_CAUSES, FailsafeConfig
 from hsm.engine.monitor import SourceMonitor
 from hsm.engine.policy import judge_attempt
@@ -550,8 +550,8 @@ class Engine:
                      self.running.items()}
         await asyncio.gather(*(self.sources[n].cancel(handles=h) for n, h in by_source.items()
                                if h), return_exceptions=True)
-        deadline = time.monotonic() + CANCEL_GRACE
-        while any(self.running.values()) and time.monotonic() < deadline:
+        deadline = clock.monotonic() + CANCEL_GRACE
+        while any(self.running.values()) and clock.monotonic() < deadline:
             for name in self.sources:
                 self.sources[name].wake.set()
             await asyncio.sleep(0.2)

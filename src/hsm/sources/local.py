@@ -9,10 +9,10 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from hsm import clock
 from hsm.jobscript import WRAPPER_PATH, read_events, read_status, write_spec
 from hsm.sources.base import (
     Capabilities,
@@ -94,7 +94,7 @@ class LocalSource(Source):
             handle = JobHandle(source=self.name, number=req.number, attempt=req.attempt,
                                task_dir=task_dir, job_id=str(proc.pid), host=host)
             self._procs[task_dir] = proc
-            self._launched_at[task_dir] = time.monotonic()
+            self._launched_at[task_dir] = clock.monotonic()
             self._notify_exit(task_dir, proc)
             handles.append(handle)
         return handles
@@ -142,11 +142,11 @@ class LocalSource(Source):
             if wrapper_alive(status.pid, handle.task_dir):
                 return PollResult(PollState.RUNNING, status)
             return PollResult(PollState.LOST, status, f"wrapper pid {status.pid} is gone")
-        started = self._launched_at.setdefault(handle.task_dir, time.monotonic())
+        started = self._launched_at.setdefault(handle.task_dir, clock.monotonic())
         if handle.job_id and wrapper_alive(int(handle.job_id), handle.task_dir):
             return PollResult(PollState.STARTING)
         grace = START_GRACE if handle.job_id else UNKNOWN_START_GRACE
-        if time.monotonic() - started > grace:
+        if clock.monotonic() - started > grace:
             return PollResult(PollState.LOST, None, "the attempt never started")
         return PollResult(PollState.STARTING)
 
@@ -182,8 +182,8 @@ class LocalSource(Source):
     async def close(self) -> None:
         # A wrapper exits within milliseconds of writing its final status: reap those.
         # Wrappers still running (detached tasks) are left alone.
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
+        deadline = clock.monotonic() + 2.0
+        while clock.monotonic() < deadline:
             for fd, (_, proc) in list(self._exit_fds.items()):
                 if proc.poll() is not None:
                     self._exited(fd)

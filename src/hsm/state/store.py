@@ -6,13 +6,13 @@ import contextlib
 import errno
 import json
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hsm import clock
 from hsm.errors import StateError, UnknownSweepError
 from hsm.state.schema import migrate
 from hsm.states import AttemptState, Cause, SweepState, TaskStatus
@@ -225,7 +225,7 @@ class Store:
         project_root: str, sources: list[str], parallel: int | None, command_line: str,
         params: Iterable[Mapping[str, Any]],
     ) -> int:
-        now = time.time()
+        now = clock.time()
         with self.transaction() as tx:
             if tx.execute("SELECT 1 FROM sweeps WHERE id = ?", (sweep_id,)).fetchone():
                 raise StateError(f"a sweep named {sweep_id!r} exists already; pick another --name")
@@ -267,7 +267,7 @@ class Store:
         self, sweep_id: str, state: SweepState, *, abort_reason: str | None = None,
         controller_pid: int | None = None,
     ) -> None:
-        now = time.time()
+        now = clock.time()
         finished = None if state is SweepState.RUNNING else now
         with self.transaction() as tx:
             tx.execute(
@@ -354,7 +354,7 @@ class Store:
                slot: int | None, state: AttemptState = AttemptState.LAUNCHING,
                handle: Mapping[str, Any] | None = None, host: str | None = None,
                ) -> AttemptRow:
-        now = time.time()
+        now = clock.time()
         row = tx.execute("SELECT attempts FROM tasks WHERE sweep_id = ? AND number = ?",
                          (sweep_id, number)).fetchone()
         attempt = row[0] + 1
@@ -403,7 +403,7 @@ class Store:
 
         ``task_status`` is PENDING when the task goes back to the queue for a retry.
         """
-        now = time.time()
+        now = clock.time()
         cause_value = cause.value if cause else None
         with self.transaction() as tx:
             tx.execute(
@@ -542,11 +542,11 @@ class Store:
 
     def _upsert_source(self, tx: sqlite3.Connection, name: str) -> None:
         tx.execute("INSERT OR IGNORE INTO sources (name, updated) VALUES (?, ?)",
-                   (name, time.time()))
+                   (name, clock.time()))
 
     def set_source_enabled(self, name: str, enabled: bool, *, reason: str | None,
                            sweep_id: str | None = None) -> None:
-        now = time.time()
+        now = clock.time()
         with self.transaction() as tx:
             self._upsert_source(tx, name)
             tx.execute(
@@ -566,7 +566,7 @@ class Store:
                       cores: int | None, memory_percent: float | None,
                       disk_status: str | None, status: str, detail: str | None,
                       consecutive_failures: int) -> None:
-        now = time.time()
+        now = clock.time()
         with self.transaction() as tx:
             self._upsert_source(tx, source)
             tx.execute(
@@ -599,7 +599,7 @@ class Store:
         with self.transaction() as tx:
             tx.execute(
                 "INSERT INTO source_events (time, source, kind, message, sweep_id)"
-                " VALUES (?, ?, ?, ?, ?)", (time.time(), source, kind, message, sweep_id))
+                " VALUES (?, ?, ?, ?, ?)", (clock.time(), source, kind, message, sweep_id))
 
     def last_event_time(self, source: str, kind: str) -> float | None:
         row = self._one("SELECT max(time) FROM source_events WHERE source = ? AND kind = ?",
