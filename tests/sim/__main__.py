@@ -11,7 +11,6 @@ import logging
 import sys
 
 from hsm import clock
-from tests.sim.faults import FAULT_KINDS
 from tests.sim.runner import KNOWN_FAILING_FAULTS, report, run_many, run_seed
 
 

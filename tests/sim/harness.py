@@ -171,7 +171,7 @@ def _run(schedule: Schedule, world: World, root: Path, errors: _Errors) -> Resul
         store.commits = 0
         store.kill_at = kills[generation - 1] if generation <= len(kills) else None
 
-        def kill(loop: VirtualLoop = loop) -> None:
+        def kill(loop: VirtualLoop = loop, generation: int = generation) -> None:
             loop.kill()
             world.generation = -generation
             world.sources = {}

@@ -117,11 +117,11 @@ def check(world: World, store: Store, sweep_dir: Path, outcomes: list[RunOutcome
 
     # A task failure is excused only by a task failure on another source.
     for a in rows:
-        if a.counted is False and a.cause in TASK_LEVEL:
-            if not any(b.source != a.source and b.state is AttemptState.FAILED
-                       and b.cause in TASK_LEVEL for b in by_task[a.number]):
-                v.append(f"attempt {a.number}.{a.attempt} on {a.source} ({a.cause}) was"
-                         f" excused without a task failure elsewhere")
+        if a.counted is False and a.cause in TASK_LEVEL and not any(
+                b.source != a.source and b.state is AttemptState.FAILED
+                and b.cause in TASK_LEVEL for b in by_task[a.number]):
+            v.append(f"attempt {a.number}.{a.attempt} on {a.source} ({a.cause}) was"
+                     f" excused without a task failure elsewhere")
 
     # The failure counts behind a disable message stay on record.
     for ev in store.events(limit=10_000):

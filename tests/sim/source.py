@@ -10,9 +10,11 @@ folder at once, as the SSH source's prefetch does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 from collections.abc import Sequence
 from pathlib import Path
+
 from hsm.jobscript import parse_status
 from hsm.sources.base import (
     Capabilities,
@@ -207,10 +209,8 @@ class SimSource(Source):
             return
         if self.world.now - watched[1] > PRUNE_AFTER or not self.reachable:
             return
-        try:
+        with contextlib.suppress(OSError):
             self._pull(e.task_dir)
-        except OSError:
-            pass
         self.wake.set()
 
     async def probe(self) -> HealthSample:
