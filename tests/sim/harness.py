@@ -1,5 +1,21 @@
 """Run one schedule: the real engine, policy and SQLite store against simulated hosts, on
-virtual time; kill and resume the controller as the schedule says; check the invariants."""
+virtual time; kill and resume the controller as the schedule says; check the invariants.
+
+The simulation tier, module by module:
+
+- loop.py: an asyncio loop on virtual time (hsm reads time through ``hsm.clock``);
+- world.py: hosts whose job wrappers are state machines writing real status records;
+- source.py: SimSource, a backend with the SSH backend's behaviour, on those hosts;
+- faults.py: a schedule (a small sweep and its faults), drawn from one seed;
+- invariants.py: what must hold after every schedule;
+- runner.py / __main__.py: many schedules in worker processes, shrinking, replay;
+- regressions.py: one schedule per known defect (strict xfails while it is there).
+
+A killed controller is a SimStore whose commit N raises ControllerKilled (a BaseException:
+the transaction rolls back) and refuses every later write; its sources refuse to act, and
+its loop no longer moves the world. The next controller opens a new connection on the same
+database and finds the same hosts, as ``hsm resume`` does.
+"""
 
 from __future__ import annotations
 
