@@ -20,6 +20,7 @@ database and finds the same hosts, as ``hsm resume`` does.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import os
@@ -115,6 +116,7 @@ def _template_db() -> Path:
     if _template is None or not _template.exists():
         path = Path(tempfile.mkdtemp(dir=_tmp_root(), prefix="hsm-sim-template-")) / "hsm.db"
         Store.open(path).close()
+        atexit.register(shutil.rmtree, path.parent, ignore_errors=True)
         _template = path
     return _template
 

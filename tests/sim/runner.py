@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from tests.sim.faults import Schedule, generate
-from tests.sim.harness import Result, run_schedule
+from tests.sim.harness import Result, _template_db, run_schedule
 
 # Fault kinds today's engine is known to fail (see the regression table in
 # tests/sim/regressions.py). The random schedules of CI leave them out so that they pass;
@@ -81,6 +81,7 @@ def _chunk(args: tuple[int, int, tuple[str, ...]]) -> list[str]:
 def run_many(start: int, count: int, *, workers: int = 2,
              exclude: Iterable[str] = KNOWN_FAILING_FAULTS) -> Summary:
     banned = tuple(exclude)
+    _template_db()  # made once here, so that the forked workers share it
     t0 = time.perf_counter()
     step = 500
     jobs = [(s, min(step, start + count - s), banned) for s in range(start, start + count, step)]
