@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hsm import clock
 from hsm.engine.health import HealthVerdict, percent_free
 from hsm.engine.monitor import RECENT, assess, probe_all, recent_counts
 from hsm.engine.service import Project
@@ -74,7 +74,7 @@ def check_health(project: Project, names: Sequence[str]) -> list[SourceHealth]:
 def _row(store: Store, project: Project, name: str, sample: HealthSample) -> SourceHealth:
     cfg = project.loaded.config.health
     row = store.source(name)
-    counts = recent_counts(store, name, since=time.time() - RECENT)
+    counts = recent_counts(store, name, since=clock.time() - RECENT)
     running = store.running_attempts(name)
     verdict, _ = assess(store, cfg, name, sample, own_tasks=running if name == "local" else 0,
                         previous=row.consecutive_health_failures, count=False)

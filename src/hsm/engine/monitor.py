@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from hsm import clock
 from hsm.engine.failsafe import (
     TASK_LEVEL_CAUSES,
     FailsafeConfig,
@@ -82,7 +82,7 @@ def assess(store: Store, cfg: HealthConfig, name: str, sample: HealthSample, *,
            own_tasks: int, previous: int, count: bool) -> tuple[HealthVerdict, int]:
     """Classify a sample with the source's recent disk failures and record it. Returns the
     verdict and the count of failed checks in a row (advanced only when ``count``)."""
-    counts = recent_counts(store, name, since=time.time() - RECENT)
+    counts = recent_counts(store, name, since=clock.time() - RECENT)
     disk_rate = counts.disk_failures / counts.submitted if counts.submitted else 0.0
     verdict = classify(sample, cfg, own_tasks=own_tasks, disk_failure_rate=disk_rate)
     consecutive = next_failure_count(previous, verdict) if count else previous
@@ -145,7 +145,7 @@ class SourceMonitor:
 
     def refresh(self) -> None:
         """Pick up enable/disable done by ``hsm distributed`` from another process."""
-        now = time.monotonic()
+        now = clock.monotonic()
         if now - self._last_refresh < 1.0:
             return
         self._last_refresh = now

@@ -7,12 +7,12 @@ import contextlib
 import logging
 import re
 import signal
-import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from hsm import clock
 from hsm.engine import fence, lifecycle
 from hsm.engine.bringup import broken_sources, prepare_all, settle_lost
 from hsm.engine.failsafe import TASK_LEVEL_CAUSES, FailsafeConfig
@@ -269,7 +269,7 @@ class Engine:
     def _check_stall(self) -> None:
         """Tasks pending, none running, no source able to take one: say what the sweep waits
         for, and give up after ``stall_timeout``."""
-        now = time.monotonic()
+        now = clock.monotonic()
         if not self.pending or any(self.running.values()) or any(
                 self._takes_work(n) for n in self.sources):
             self._stalled_since = None
@@ -695,8 +695,8 @@ class Engine:
                      self.running.items()}
         await asyncio.gather(*(self.sources[n].cancel(handles=h) for n, h in by_source.items()
                                if h), return_exceptions=True)
-        deadline = time.monotonic() + CANCEL_GRACE
-        while any(self.running.values()) and time.monotonic() < deadline:
+        deadline = clock.monotonic() + CANCEL_GRACE
+        while any(self.running.values()) and clock.monotonic() < deadline:
             for name in self.sources:
                 self.sources[name].wake.set()
             await asyncio.sleep(0.2)

@@ -9,10 +9,10 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from hsm import clock
 from hsm.engine.lifecycle import Ack, Facts
 from hsm.jobscript import SPEC_FILE, WRAPPER_PATH, read_events, read_status, write_spec
 from hsm.sources.base import (
@@ -93,7 +93,7 @@ class LocalSource(Source):
                                task_dir=task_dir, job_id=str(proc.pid), host=host,
                                nonce=req.nonce)
             self._procs[task_dir] = proc
-            self._launched_at[task_dir] = time.monotonic()
+            self._launched_at[task_dir] = clock.monotonic()
             self._notify_exit(task_dir, proc)
             results.append(handle)
         errors = [r for r in results if isinstance(r, Exception)]
@@ -143,11 +143,11 @@ class LocalSource(Source):
             alive = wrapper_alive(int(handle.job_id), handle.task_dir)
         else:  # recorded, no pid known (the controller died mid-launch): look for it
             alive = find_wrapper(handle.task_dir) is not None
-        started = self._launched_at.setdefault(handle.task_dir, time.monotonic())
+        started = self._launched_at.setdefault(handle.task_dir, clock.monotonic())
         facts = Facts(attempt=handle.attempt, nonce=nonce, status=status, wrapper_alive=alive,
                       received=spec_nonce(task_dir) == nonce if nonce else None,
                       ack=Ack.CONFIRMED if proc is not None else Ack.UNKNOWN,
-                      since_launch=time.monotonic() - started)
+                      since_launch=clock.monotonic() - started)
         if alive is False and proc is not None:
             self._forget(handle)
         events: tuple[str, ...] = ()
@@ -188,8 +188,8 @@ class LocalSource(Source):
     async def close(self) -> None:
         # A wrapper exits within milliseconds of writing its final status: reap those.
         # Wrappers still running (detached tasks) are left alone.
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
+        deadline = clock.monotonic() + 2.0
+        while clock.monotonic() < deadline:
             for fd, (_, proc) in list(self._exit_fds.items()):
                 if proc.poll() is not None:
                     self._exited(fd)

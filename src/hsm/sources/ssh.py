@@ -19,9 +19,9 @@ import contextlib
 import hashlib
 import logging
 import posixpath
-import time
 from collections.abc import Sequence
 
+from hsm import clock
 from hsm.engine import fence
 from hsm.engine.lifecycle import Ack, Facts
 from hsm.errors import HsmError
@@ -209,14 +209,14 @@ class SshSource(Source):
             return
         reason = str(exc) if exc else "the host closed the connection"
         silent = "keepalive" in reason.lower()
-        now = time.monotonic()
+        now = clock.monotonic()
         self._mark_down(reason, since=now - self.transport.target.silence_limit if silent
                         else now)
 
     def _mark_down(self, reason: str, since: float | None = None) -> None:
         if self._down_since is not None:
             return
-        now = time.monotonic()
+        now = clock.monotonic()
         self._down_since = since if since is not None else now
         self._down_reason = reason
         self.reachable = False
@@ -285,7 +285,7 @@ class SshSource(Source):
         except (RemoteError, TimeoutError) as exc:
             # Some may have started: the handles let the engine find (or lose) them.
             results = [exc] * len(items)
-        now = time.monotonic()
+        now = clock.monotonic()
         handles: list[JobHandle | Exception] = []
         refused = 0
         for req, (ident, task_dir, _, _), result in zip(requests, items, results, strict=True):
@@ -310,7 +310,7 @@ class SshSource(Source):
 
     async def poll(self, *, handles: Sequence[JobHandle]) -> dict[JobHandle, PollResult]:
         monitor = self._monitor
-        now = time.monotonic()
+        now = clock.monotonic()
         if not self.reachable or monitor is None or not monitor.alive:
             return self._unreachable(handles, now)
         fresh = []

@@ -7,13 +7,13 @@ import errno
 import json
 import secrets
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hsm import clock
 from hsm.errors import StateError, UnknownSweepError
 from hsm.state.schema import migrate
 from hsm.states import TRIED_ATTEMPT, AttemptState, Cause, SweepState, TaskStatus
@@ -242,7 +242,7 @@ class Store:
         project_root: str, sources: list[str], parallel: int | None, command_line: str,
         params: Iterable[Mapping[str, Any]],
     ) -> int:
-        now = time.time()
+        now = clock.time()
         with self.transaction() as tx:
             if tx.execute("SELECT 1 FROM sweeps WHERE id = ?", (sweep_id,)).fetchone():
                 raise StateError(f"a sweep named {sweep_id!r} exists already; pick another --name")
@@ -284,7 +284,7 @@ class Store:
         self, sweep_id: str, state: SweepState, *, abort_reason: str | None = None,
         controller_pid: int | None = None,
     ) -> None:
-        now = time.time()
+        now = clock.time()
         finished = None if state is SweepState.RUNNING else now
         with self.transaction() as tx:
             tx.execute(
@@ -371,7 +371,7 @@ class Store:
                 tx.execute(
                     "INSERT INTO reruns (sweep_id, time, retry_failed, causes_json,"
                     " resources_json, sources_json, tasks) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (sweep_id, time.time(), int(retry_failed),
+                    (sweep_id, clock.time(), int(retry_failed),
                      None if cause_list is None else json.dumps(cause_list),
                      json.dumps(dict(resources)),
                      None if sources is None else json.dumps(sources), count))
@@ -420,7 +420,7 @@ class Store:
                slot: int | None, state: AttemptState = AttemptState.LAUNCHING,
                handle: Mapping[str, Any] | None = None, host: str | None = None,
                ) -> AttemptRow:
-        now = time.time()
+        now = clock.time()
         row = tx.execute("SELECT attempts FROM tasks WHERE sweep_id = ? AND number = ?",
                          (sweep_id, number)).fetchone()
         attempt = row[0] + 1
@@ -486,7 +486,7 @@ class Store:
 
         ``task_status`` is PENDING when the task goes back to the queue for a retry.
         """
-        now = time.time()
+        now = clock.time()
         cause_value = cause.value if cause else None
         with self.transaction() as tx:
             tx.execute(
@@ -635,11 +635,11 @@ class Store:
 
     def _upsert_source(self, tx: sqlite3.Connection, name: str) -> None:
         tx.execute("INSERT OR IGNORE INTO sources (name, updated) VALUES (?, ?)",
-                   (name, time.time()))
+                   (name, clock.time()))
 
     def set_source_enabled(self, name: str, enabled: bool, *, reason: str | None,
                            sweep_id: str | None = None) -> None:
-        now = time.time()
+        now = clock.time()
         with self.transaction() as tx:
             self._upsert_source(tx, name)
             tx.execute(
@@ -659,7 +659,7 @@ class Store:
                       cores: int | None, memory_percent: float | None,
                       disk_status: str | None, status: str, detail: str | None,
                       consecutive_failures: int) -> None:
-        now = time.time()
+        now = clock.time()
         with self.transaction() as tx:
             self._upsert_source(tx, source)
             tx.execute(
@@ -692,7 +692,7 @@ class Store:
         with self.transaction() as tx:
             tx.execute(
                 "INSERT INTO source_events (time, source, kind, message, sweep_id)"
-                " VALUES (?, ?, ?, ?, ?)", (time.time(), source, kind, message, sweep_id))
+                " VALUES (?, ?, ?, ?, ?)", (clock.time(), source, kind, message, sweep_id))
 
     def last_event_time(self, source: str, kind: str) -> float | None:
         row = self._one("SELECT max(time) FROM source_events WHERE source = ? AND kind = ?",

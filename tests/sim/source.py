@@ -1,0 +1,231 @@
+"""SimSource: a backend on a simulated host, with the SSH backend's behaviour.
+
+It reports what the SSH source reports: ``starting`` until a status appears (``lost ... it
+never started`` after START_GRACE), ``unknown`` while the connection is down and ``lost``
+LOST_AFTER seconds after the host went silent; launches wait for the host's acknowledgement
+(ACK_TIMEOUT); an attempt that ends while it is watched is pulled into the local task
+folder at once, as the SSH source's prefetch does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+from collections.abc import Sequence
+from pathlib import Path
+
+from hsm.jobscript import parse_status
+from hsm.sources.base import (
+    Capabilities,
+    HealthSample,
+    JobHandle,
+    LaunchRequest,
+    PollResult,
+    PollState,
+    Source,
+    SweepContext,
+    classify_status,
+    task_folder_name,
+)
+from tests.sim.world import LATENCY, LOST_AFTER, Execution, Host, World
+
+START_GRACE = 10.0
+ACK_TIMEOUT = 30.0
+PROBE_TIMEOUT = 15.0
+PRUNE_AFTER = 10.0
+
+
+class ControllerKilled(BaseException):
+    """SIGKILL of the controller: raised wherever the killed controller tries to act."""
+
+
+class SimRemoteError(Exception):
+    pass
+
+
+class SimSource(Source):
+    capabilities = Capabilities(detached=True, remote=True, queue=False)
+
+    def __init__(self, world: World, host: Host, *, slots: int, generation: int) -> None:
+        super().__init__(host.name, slots=slots)
+        self.world = world
+        self.host = host
+        self.generation = generation
+        self.ctx: SweepContext | None = None
+        self._first_seen: dict[tuple[str, int], float] = {}
+        self._failed: dict[tuple[str, int], str] = {}
+        self._watched: dict[str, tuple[int, float]] = {}  # task_dir -> (attempt, touched)
+
+    @property  # type: ignore[override]
+    def reachable(self) -> bool:
+        return self.host.view(self.world.now)[0]
+
+    @reachable.setter
+    def reachable(self, value: bool) -> None:
+        pass
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _alive(self) -> None:
+        if self.world.generation != self.generation:
+            raise ControllerKilled()
+
+    async def _rpc(self, what: str) -> None:
+        """One round trip. Blocks while the host is silent but not yet known to be."""
+        self._alive()
+        world, host = self.world, self.host
+        up, _ = host.view(world.now)
+        if not up:
+            raise SimRemoteError(f"{host.name} is unreachable ({what})")
+        o = host.outage_at(world.now)
+        if o is not None:
+            if o.detect < o.t1:
+                await asyncio.sleep(max(0.0, o.detect - world.now))
+                self._alive()
+                raise SimRemoteError(f"connection to {host.name} lost ({what})")
+            await asyncio.sleep(o.t1 - world.now)
+        await asyncio.sleep(LATENCY)
+        self._alive()
+
+    def task_dir(self, ctx: SweepContext, number: int) -> str:
+        return f"/remote/{self.name}/{ctx.sweep_id}/{task_folder_name(number)}"
+
+    # -- the contract --------------------------------------------------------------------
+    async def prepare(self, *, ctx: SweepContext) -> None:
+        self._alive()
+        self.ctx = ctx
+
+    async def launch(self, *, ctx: SweepContext,
+                     requests: Sequence[LaunchRequest]) -> list[JobHandle]:
+        self._alive()
+        world, host = self.world, self.host
+        if not self.reachable:
+            raise SimRemoteError(f"{host.name} is unreachable")
+        if host.take("launch_refused") is not None:
+            await asyncio.sleep(LATENCY)
+            raise SimRemoteError(f"{host.name} refused the launch")
+        lost = host.take("launch_lost") is not None
+        late = host.take("launch_late") or 0.0
+        partial = len(requests) > 1 and host.take("launch_partial") is not None
+        send = list(requests[:1]) if partial else list(requests)
+        now = world.now
+        if not lost:
+            for req in send:
+                task_dir = self.task_dir(ctx, req.number)
+                nonce = str(getattr(req, "nonce", "") or "")
+                info = (f"Task: {req.number}\nSource: {self.name}\nAttempt: {req.attempt}\n"
+                        f"Nonce: {nonce}\n")
+                host.after(LATENCY, lambda r=req, d=task_dir, n=nonce, i=info:
+                           host.receive(d, r.number, r.attempt, n, i))
+        if partial:
+            await asyncio.sleep(LATENCY)
+            self._alive()
+            raise OSError(errno.ENOSPC, "No space left on device (writing the task spec)")
+        # The acknowledgement: a round trip, plus the fault's delay; while the host is
+        # frozen, it comes after the thaw. The wait ends early when the connection breaks.
+        ack = now + 2 * LATENCY + late
+        o = host.outage_at(now)
+        if o is not None:
+            ack += o.t1 - now
+        wait_until = min(ack if not lost else float("inf"), now + ACK_TIMEOUT)
+        for o in host.outages:
+            if now <= o.detect < wait_until and o.detect < o.t1:
+                wait_until = o.detect
+        await asyncio.sleep(wait_until - now)
+        self._alive()
+        handles = []
+        for req in requests:
+            task_dir = self.task_dir(ctx, req.number)
+            self._first_seen[(task_dir, req.attempt)] = world.now
+            self._watched[task_dir] = (req.attempt, world.now)
+            handles.append(JobHandle(source=self.name, number=req.number, attempt=req.attempt,
+                                     task_dir=task_dir, host=self.name))
+        return handles
+
+    async def poll(self, *, handles: Sequence[JobHandle]) -> dict[JobHandle, PollResult]:
+        self._alive()
+        world, host = self.world, self.host
+        up, since = host.view(world.now)
+        if not up:
+            assert since is not None
+            state = PollState.LOST if world.now - since >= LOST_AFTER else PollState.UNKNOWN
+            return {h: PollResult(state, None, f"{host.name} is unreachable") for h in handles}
+        # The host monitor's last report: a frozen host changes nothing, so it is current.
+        await asyncio.sleep(LATENCY)
+        self._alive()
+        now = world.now
+        out = {}
+        for h in handles:
+            self._watched[h.task_dir] = (h.attempt, now)
+            out[h] = self._judge(h, now)
+        return out
+
+    def _judge(self, h: JobHandle, now: float) -> PollResult:
+        key = (h.task_dir, h.attempt)
+        if key in self._failed:
+            return PollResult(PollState.LOST, None, self._failed[key])
+        text = self.host.files.get(h.task_dir, {}).get("status.json")
+        if text is not None and self.host.take("torn_status") is not None:
+            text = text[: len(text) // 2]  # read while the wrapper was writing it
+        status = parse_status(text) if text is not None else None
+        state = classify_status(status, h.attempt)
+        if state is PollState.FINISHED:
+            return PollResult(PollState.FINISHED, status)
+        if state is PollState.RUNNING:
+            return PollResult(PollState.RUNNING, status)
+        if now - self._first_seen.setdefault(key, now) > START_GRACE:
+            return PollResult(PollState.LOST, None, f"it never started on {self.name}")
+        return PollResult(PollState.STARTING)
+
+    async def cancel(self, *, handles: Sequence[JobHandle]) -> None:
+        if not handles:
+            return
+        await self._rpc("cancel")
+        for h in handles:
+            self.host.cancel(h.task_dir, h.attempt)
+
+    async def collect(self, *, ctx: SweepContext, handle: JobHandle) -> None:
+        await self._rpc("collect")
+        self._pull(handle.task_dir)
+
+    def _pull(self, task_dir: str) -> None:
+        """Copy the host's task folder into the local task folder (as the SSH pull does)."""
+        assert self.ctx is not None
+        local = Path(self.ctx.sweep_dir, "tasks", Path(task_dir).name)
+        local.mkdir(parents=True, exist_ok=True)
+        full = self.host.take("enospc") is not None
+        for name, text in sorted(self.host.files.get(task_dir, {}).items()):
+            if full:
+                (local / name).write_text(text[: len(text) // 3])
+                raise OSError(errno.ENOSPC, f"No space left on device: {local / name}")
+            (local / name).write_text(text)
+
+    def wrapper_ended(self, e: Execution) -> None:
+        """The host monitor saw a wrapper end: a watched attempt is pulled at once."""
+        if self.world.generation != self.generation or self.ctx is None:
+            return
+        watched = self._watched.get(e.task_dir)
+        if watched is None or watched[0] != e.attempt:
+            return
+        if self.world.now - watched[1] > PRUNE_AFTER or not self.reachable:
+            return
+        with contextlib.suppress(OSError):
+            self._pull(e.task_dir)
+        self.wake.set()
+
+    async def probe(self) -> HealthSample:
+        self._alive()
+        world, host = self.world, self.host
+        if not self.reachable:
+            return HealthSample(reachable=False, error=f"unreachable: {host.name}")
+        o = host.outage_at(world.now)
+        if o is not None:
+            end = min(o.detect if o.detect < o.t1 else o.t1, world.now + PROBE_TIMEOUT)
+            await asyncio.sleep(end - world.now)
+            self._alive()
+            if not host.answering(world.now) or not self.reachable:
+                return HealthSample(reachable=False, error="the probe timed out")
+        await asyncio.sleep(LATENCY)
+        self._alive()
+        return HealthSample(reachable=True, disk_path="/remote", free_bytes=500 * 10**9,
+                            total_bytes=1000 * 10**9, load1=0.1, cores=8, memory_percent=10.0)
