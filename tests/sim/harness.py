@@ -37,7 +37,7 @@ from hsm.engine.run import Engine, EngineOptions, RunOutcome
 from hsm.jobscript import GuardSettings
 from hsm.sources.base import Source, SweepContext
 from hsm.state import Store
-from hsm.states import SweepState, TaskStatus
+from hsm.states import SweepState
 from tests.sim import invariants
 from tests.sim.faults import Schedule
 from tests.sim.loop import SimDeadlock, SimHang, VirtualLoop
@@ -256,6 +256,6 @@ def _resume(store: SimStore, names: list[str], *, aborted: bool) -> None:
         for name in names:
             if not store.source(name).enabled:
                 store.set_source_enabled(name, True, reason=None, sweep_id=SWEEP)
-    store.reset_tasks(SWEEP, [TaskStatus.CANCELLED])
+    store.record_rerun(SWEEP, retry_failed=False, causes=None, resources={}, sources=None)
     store.set_cancel_requested(SWEEP, False)
     store.set_sweep_state(SWEEP, SweepState.RUNNING, controller_pid=os.getpid())

@@ -34,12 +34,21 @@ def check(world: World, store: Store, sweep_dir: Path, outcomes: list[RunOutcome
         by_task[a.number].append(a)
 
     # Every task ends.
+    # After an abort, a task may wait in the queue, or hold an attempt whose launch was never
+    # confirmed: that stays on record, unresolved, for the next resume to check on its host.
     aborted = bool(outcomes) and outcomes[-1].state is SweepState.ABORTED
+
+    def unconfirmed(a: AttemptRow) -> bool:
+        return aborted and a.state is AttemptState.LAUNCHING
+
     for t in tasks:
-        if t.status not in TERMINAL_TASK and not (aborted and t.status is TaskStatus.PENDING):
+        waits = t.status is TaskStatus.PENDING or (
+            t.status is TaskStatus.RUNNING and all(
+                unconfirmed(a) for a in by_task[t.number] if a.state in ACTIVE_ATTEMPT))
+        if t.status not in TERMINAL_TASK and not (aborted and waits):
             v.append(f"task {t.number} did not end: it is {t.status.value}")
     for a in rows:
-        if a.state in ACTIVE_ATTEMPT:
+        if a.state in ACTIVE_ATTEMPT and not unconfirmed(a):
             v.append(f"attempt {a.number}.{a.attempt} on {a.source} is still {a.state.value}")
 
     # At most one completed attempt per task, and its outputs are in the task folder.
@@ -132,7 +141,8 @@ def check(world: World, store: Store, sweep_dir: Path, outcomes: list[RunOutcome
                 v.append(f"{ev.source} was disabled for {m.group(1)}/{m.group(2)} failures;"
                          f" the record now counts {counted}")
 
-    # Lost tasks go first: no new task starts between a loss and its task's next attempt.
+    # Lost tasks go first: no new task starts, on a source the lost task may go to, between a
+    # loss and its task's next attempt (a retry waits for a source it has not failed on).
     for a in rows:
         if a.state is not AttemptState.LOST or a.finished is None:
             continue
@@ -140,8 +150,10 @@ def check(world: World, store: Store, sweep_dir: Path, outcomes: list[RunOutcome
         if not later:
             continue
         t_retry = min(b.started for b in later)
+        failed_on = {b.source for b in by_task[a.number] if b.id <= a.id
+                     and b.state in (AttemptState.FAILED, AttemptState.LOST)}
         fresh = [b for b in rows if b.attempt == 1 and b.number != a.number
-                 and a.finished < b.started < t_retry]
+                 and a.finished < b.started < t_retry and b.source not in failed_on]
         if fresh:
             v.append(f"task {a.number} was lost at t={a.finished - EPOCH:.2f}, and"
                      f" {len(fresh)} new task(s) started before its retry")

@@ -13,8 +13,7 @@ from tests.sim.harness import Result, _template_db, run_schedule
 # Fault kinds today's engine is known to fail (see the regression table in
 # tests/sim/regressions.py). The random schedules of CI leave them out so that they pass;
 # a fix of the engine removes its kinds from here.
-KNOWN_FAILING_FAULTS: tuple[str, ...] = (
-    "bad_task", "host_fails_task", "launch_partial", "interrupt", "freeze", "kill", "link")
+KNOWN_FAILING_FAULTS: tuple[str, ...] = ()
 
 
 def run_seed(seed: int, *, exclude: Iterable[str] = KNOWN_FAILING_FAULTS,

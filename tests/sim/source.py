@@ -15,6 +15,8 @@ import errno
 from collections.abc import Sequence
 from pathlib import Path
 
+from hsm.engine import fence
+from hsm.engine.lifecycle import Ack, Facts
 from hsm.jobscript import parse_status
 from hsm.sources.base import (
     Capabilities,
@@ -46,6 +48,7 @@ class SimRemoteError(Exception):
 
 class SimSource(Source):
     capabilities = Capabilities(detached=True, remote=True, queue=False)
+    lost_after = LOST_AFTER
 
     def __init__(self, world: World, host: Host, *, slots: int, generation: int) -> None:
         super().__init__(host.name, slots=slots)
@@ -96,7 +99,7 @@ class SimSource(Source):
         self.ctx = ctx
 
     async def launch(self, *, ctx: SweepContext,
-                     requests: Sequence[LaunchRequest]) -> list[JobHandle]:
+                     requests: Sequence[LaunchRequest]) -> list[JobHandle | Exception]:
         self._alive()
         world, host = self.world, self.host
         if not self.reachable:
@@ -117,10 +120,9 @@ class SimSource(Source):
                         f"Nonce: {nonce}\n")
                 host.after(LATENCY, lambda r=req, d=task_dir, n=nonce, i=info:
                            host.receive(d, r.number, r.attempt, n, i))
-        if partial:
+        if partial:  # the host wrote the first spec, then its disk was full
             await asyncio.sleep(LATENCY)
             self._alive()
-            raise OSError(errno.ENOSPC, "No space left on device (writing the task spec)")
         # The acknowledgement: a round trip, plus the fault's delay; while the host is
         # frozen, it comes after the thaw. The wait ends early when the connection breaks.
         ack = now + 2 * LATENCY + late
@@ -133,13 +135,18 @@ class SimSource(Source):
                 wait_until = o.detect
         await asyncio.sleep(wait_until - now)
         self._alive()
-        handles = []
-        for req in requests:
+        confirmed = not lost and world.now >= ack
+        handles: list[JobHandle | Exception] = []
+        for index, req in enumerate(requests):
+            if partial and index > 0:
+                handles.append(OSError(errno.ENOSPC, "No space left on device (task spec)"))
+                continue
             task_dir = self.task_dir(ctx, req.number)
             self._first_seen[(task_dir, req.attempt)] = world.now
             self._watched[task_dir] = (req.attempt, world.now)
             handles.append(JobHandle(source=self.name, number=req.number, attempt=req.attempt,
-                                     task_dir=task_dir, host=self.name))
+                                     task_dir=task_dir, host=self.name, confirmed=confirmed,
+                                     nonce=str(getattr(req, "nonce", "") or "")))
         return handles
 
     async def poll(self, *, handles: Sequence[JobHandle]) -> dict[JobHandle, PollResult]:
@@ -148,8 +155,11 @@ class SimSource(Source):
         up, since = host.view(world.now)
         if not up:
             assert since is not None
-            state = PollState.LOST if world.now - since >= LOST_AFTER else PollState.UNKNOWN
-            return {h: PollResult(state, None, f"{host.name} is unreachable") for h in handles}
+            return {h: PollResult(PollState.UNKNOWN, None, f"{host.name} is unreachable",
+                                  facts=Facts(attempt=h.attempt, nonce=h.nonce,
+                                              host_answered=False,
+                                              silent_for=world.now - since))
+                    for h in handles}
         # The host monitor's last report: a frozen host changes nothing, so it is current.
         await asyncio.sleep(LATENCY)
         self._alive()
@@ -161,21 +171,22 @@ class SimSource(Source):
         return out
 
     def _judge(self, h: JobHandle, now: float) -> PollResult:
+        """The facts, as the SSH backend reports them (its host monitor tells whether the
+        wrapper lives; it has no word yet on whether the host got a launch)."""
         key = (h.task_dir, h.attempt)
-        if key in self._failed:
-            return PollResult(PollState.LOST, None, self._failed[key])
         text = self.host.files.get(h.task_dir, {}).get("status.json")
         if text is not None and self.host.take("torn_status") is not None:
             text = text[: len(text) // 2]  # read while the wrapper was writing it
         status = parse_status(text) if text is not None else None
         state = classify_status(status, h.attempt)
-        if state is PollState.FINISHED:
-            return PollResult(PollState.FINISHED, status)
-        if state is PollState.RUNNING:
-            return PollResult(PollState.RUNNING, status)
-        if now - self._first_seen.setdefault(key, now) > START_GRACE:
-            return PollResult(PollState.LOST, None, f"it never started on {self.name}")
-        return PollResult(PollState.STARTING)
+        e = self.host.current.get(h.task_dir)
+        mine = status is not None and status.belongs_to(h.attempt, h.nonce)
+        alive = (e is not None and e.ended is None and e.attempt == h.attempt) if mine else None
+        facts = Facts(attempt=h.attempt, nonce=h.nonce, status=status, wrapper_alive=alive,
+                      status_unreadable=text is not None and status is None,
+                      ack=Ack.CONFIRMED if h.confirmed else Ack.UNCONFIRMED,
+                      since_launch=now - self._first_seen.setdefault(key, now))
+        return PollResult(state or PollState.STARTING, status, facts=facts)
 
     async def cancel(self, *, handles: Sequence[JobHandle]) -> None:
         if not handles:
@@ -189,9 +200,10 @@ class SimSource(Source):
         self._pull(handle.task_dir)
 
     def _pull(self, task_dir: str) -> None:
-        """Copy the host's task folder into the local task folder (as the SSH pull does)."""
+        """Copy the host's task folder into the staging folder (as the SSH pull does)."""
         assert self.ctx is not None
-        local = Path(self.ctx.sweep_dir, "tasks", Path(task_dir).name)
+        local = fence.incoming_dir(self.ctx.sweep_dir, self.name) / Path(task_dir).name
+        fence.clear_staging(local)
         local.mkdir(parents=True, exist_ok=True)
         full = self.host.take("enospc") is not None
         for name, text in sorted(self.host.files.get(task_dir, {}).items()):

@@ -94,3 +94,8 @@ def test_states_of_scheduler_backends_map_to_verdicts() -> None:
 def test_a_final_status_whose_results_are_on_the_way_waits() -> None:
     v = decide(facts(status=DONE, collectable=False), lost_after=4)
     assert v.next is Next.RUNNING
+
+
+def test_a_status_caught_half_written_is_read_again_not_lost() -> None:
+    v = decide(facts(status=None, status_unreadable=True, since_launch=600), lost_after=4)
+    assert v.next is Next.UNKNOWN

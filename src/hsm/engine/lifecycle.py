@@ -59,6 +59,7 @@ class Facts:
     since_launch: float = 0.0  # seconds since the launch was sent, or first seen
     scheduler_cause: Cause | None = None  # e.g. timeout, node_fail, from the scheduler
     collectable: bool = True  # False: the results of a final status are still on the way
+    status_unreadable: bool = False  # a status file is there, but was caught half-written
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ def decide(facts: Facts, *, lost_after: float, start_grace: float = START_GRACE,
             return Verdict(Next.LOST, facts.scheduler_cause or Cause.LOST,
                            f"{host} has not answered for {facts.silent_for:.0f} s")
         return Verdict(Next.UNKNOWN)
+    if facts.status is None and facts.status_unreadable:
+        return Verdict(Next.UNKNOWN, None, "its status was caught half-written: read again")
     if status is not None:  # running
         if facts.wrapper_alive is False:
             return Verdict(Next.LOST, facts.scheduler_cause or Cause.LOST,

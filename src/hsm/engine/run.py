@@ -54,6 +54,7 @@ class Running:
     handle: JobHandle | None = None
     ended: bool = False  # its wrapper recorded the end; the slot is free, results may come
     events_seen: int = 0  # event lines of the attempt already logged
+    reattached: bool = False  # started by an earlier controller
 
 
 @dataclass
@@ -104,6 +105,7 @@ class Engine:
         self._cancelled = False
         self._aborted: str | None = None
         self._stalled_since: float | None = None
+        self._fatal: BaseException | None = None  # raised by a background task: re-raised
         self._stall_logged = 0.0
         self.monitor = SourceMonitor(
             store=store, sweep_id=sweep_id, sources=self.sources, health=options.health,
@@ -153,6 +155,11 @@ class Engine:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
+            if not isinstance(exc, Exception):  # e.g. SystemExit: the run ends with it
+                self._fatal = self._fatal or exc
+                self._stop.set()
+                self.wake.set()
+                return
             log.error("internal error in the run loop: %r", exc, exc_info=exc)
             # Stop here, without stopping the tasks (they go on, and resume reattaches
             # them), and never report the sweep as completed.
@@ -215,7 +222,7 @@ class Engine:
                 slots.remove(attempt.slot)
             else:  # fewer slots than before: it holds another one (or none) until it ends
                 attempt = replace(attempt, slot=slots.pop() if slots else None)
-            self.running[source.name][attempt.id] = Running(attempt, handle)
+            self.running[source.name][attempt.id] = Running(attempt, handle, reattached=True)
             log.info("reattached task %d (attempt %d) on %s", attempt.number, attempt.attempt,
                      source.name)
         # The last lost attempt of each task on each source may still be running there.
@@ -230,6 +237,7 @@ class Engine:
     # -- the main loop -------------------------------------------------------------------
     async def _main_loop(self) -> None:
         while not self._stop.is_set():
+            self._raise_fatal()
             self.monitor.refresh()
             self._check_abort()
             if self._interrupted or self._cancelled or self._aborted:
@@ -588,6 +596,11 @@ class Engine:
             task_status = TaskStatus.PENDING
         elif (self._interrupted or self._aborted) and cause is Cause.CANCELLED:
             task_status = TaskStatus.PENDING  # Ctrl-C: resume runs it again
+        elif cause is Cause.CANCELLED and run.reattached and not self._cancelled:
+            # Stopped by an earlier controller's Ctrl-C, which died before recording it:
+            # this resume runs it again, as it would have.
+            task_status = TaskStatus.PENDING
+            self.pending.appendleft(attempt.number)
         else:
             task_status = verdict.task_status
         # A lost attempt is the host's silence, and a task refused by the disk pre-check a
@@ -697,6 +710,7 @@ class Engine:
                                if h), return_exceptions=True)
         deadline = clock.monotonic() + CANCEL_GRACE
         while any(self.running.values()) and clock.monotonic() < deadline:
+            self._raise_fatal()
             for name in self.sources:
                 self.sources[name].wake.set()
             await asyncio.sleep(0.2)
@@ -711,7 +725,12 @@ class Engine:
             self.store.cancel_pending(self.sweep_id)
 
     # -- the end -------------------------------------------------------------------------
+    def _raise_fatal(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+
     async def _finish(self) -> RunOutcome:
+        self._raise_fatal()
         for name, source in self.sources.items():  # old runs on hosts that are back: stop
             if self.orphans[name] and source.reachable:
                 await self._resolve_orphans(name)

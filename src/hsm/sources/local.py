@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hsm import clock
 from hsm.engine.lifecycle import Ack, Facts
-from hsm.jobscript import SPEC_FILE, WRAPPER_PATH, read_events, read_status, write_spec
+from hsm.jobscript import SPEC_FILE, STATUS_FILE, WRAPPER_PATH, read_events, read_status, write_spec
 from hsm.sources.base import (
     Capabilities,
     HealthSample,
@@ -145,6 +145,7 @@ class LocalSource(Source):
             alive = find_wrapper(handle.task_dir) is not None
         started = self._launched_at.setdefault(handle.task_dir, clock.monotonic())
         facts = Facts(attempt=handle.attempt, nonce=nonce, status=status, wrapper_alive=alive,
+                      status_unreadable=status is None and (task_dir / STATUS_FILE).exists(),
                       received=spec_nonce(task_dir) == nonce if nonce else None,
                       ack=Ack.CONFIRMED if proc is not None else Ack.UNKNOWN,
                       since_launch=clock.monotonic() - started)

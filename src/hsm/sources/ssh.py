@@ -345,6 +345,7 @@ class SshSource(Source):
         if mine and state is PollState.RUNNING:
             events = tuple(parse_events(monitor.events.get(self._id(task_dir), ""), h.attempt))
         facts = Facts(attempt=h.attempt, nonce=h.nonce, status=status,
+                      status_unreadable=seen is not None and bool(seen.text) and status is None,
                       wrapper_alive=seen.alive if mine and seen is not None else None,
                       ack=Ack.CONFIRMED if h.confirmed else Ack.UNCONFIRMED,
                       since_launch=now - self._first_seen.setdefault(key, now),
