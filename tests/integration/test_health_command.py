@@ -12,13 +12,15 @@ import time
 from pathlib import Path
 
 from tests.hsmcli import HSM, hsm, hsm_env
-from tests.integration.bedproject import bed_project
+from tests.integration.bedproject import SMALL_HEALTH, bed_project
 from tests.testbed import Host
 
 
 def test_health_table_json_and_exit_code(tmp_path: Path, testbed_hosts: list[Host]) -> None:
     h1, h2, h3 = testbed_hosts
-    root = bed_project(tmp_path, testbed_hosts, include_local=True)
+    # This machine's real load is not the test's to choose (a loaded CI box): a high limit.
+    root = bed_project(tmp_path, testbed_hosts, include_local=True,
+                       extra={"health": {**SMALL_HEALTH, "max_load_per_core": 10}})
     healthy = hsm("distributed", "health", "--all", "--json", cwd=root, timeout=60)
     assert healthy.returncode == 0, healthy
     rows = {r["name"]: r for r in healthy.json()["sources"]}
@@ -29,7 +31,7 @@ def test_health_table_json_and_exit_code(tmp_path: Path, testbed_hosts: list[Hos
     assert 50e6 < disk["total_bytes"] < 80e6 and 0 < disk["free_bytes"] <= disk["total_bytes"]
     assert rows["h1"]["load"]["cores"] >= 1 and rows["h1"]["memory_percent"] is not None
 
-    h1.set_load(40.0)  # overload: degraded
+    h1.set_load(100.0)  # overload: degraded
     h2.fill_disk(leave_bytes=1_000_000)  # critical
     h3.cut_link()  # unreachable
     started = time.monotonic()

@@ -98,10 +98,12 @@ def test_too_small_disk_is_refused_before_the_task_starts(tmp_path: Path,
                         config={"disk": guard, "distributed": {"max_retries": 0}})
     with Background("run", "sweep.yaml", "--source", "h1", "--json", cwd=root) as run:
         result = run.wait(timeout=30)
-    assert result.returncode == 1, result
+    # The only source refuses it: one clear message and exit 3; the task stays pending.
+    assert result.returncode == 3, result
+    assert "the disk of h1 is too full to start tasks" in result.stderr, result.stderr
+    assert "disk.project_min_free: 0.1GB" in result.stderr
     task = result.json()["tasks"][0]
-    assert (task["status"], task["cause"], task["exit_code"]) == ("failed", "disk_precheck",
-                                                                  None)
+    assert (task["status"], task["attempts"]) == ("pending", 1)
     info = (Path(task["task_dir"]) / "task_info.txt").read_text()
     assert "Disk space check FAILED" in info and "Status: FAILED_DISK_SPACE" in info
     assert "Started:" not in info

@@ -57,7 +57,7 @@ def test_openssh_command_matches_the_target(tmp_path: Path) -> None:
                  "UserKnownHostsFile=/kh", "GlobalKnownHostsFile=/dev/null",
                  "StrictHostKeyChecking=yes", "BatchMode=yes", "ServerAliveInterval=0"):
         assert part in joined, part
-    assert target.lost_after == 4.0
+    assert target.lost_after == 3.25
 
 
 @pytest.mark.parametrize("data", [
