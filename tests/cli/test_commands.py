@@ -29,7 +29,8 @@ pytestmark = pytest.mark.timeout(90)
 
 REPO = Path(__file__).resolve().parents[2]
 
-RESULT_KEYS = {"sweep_id", "sweep_dir", "state", "total", "counts", "sources", "tasks"}
+RESULT_KEYS = {"sweep_id", "sweep_dir", "state", "code_version", "total", "counts", "sources",
+               "tasks"}
 COUNT_KEYS = {"completed", "failed", "pending", "running", "cancelled"}
 SOURCE_KEYS = {"enabled", "disabled_reason", "submitted", "completed", "failed", "failure_rate"}
 TASK_KEYS = {"number", "params", "status", "cause", "source", "attempts", "task_dir",

@@ -193,3 +193,12 @@ def test_concurrent_first_opens_migrate_once(tmp_path: Path) -> None:
     assert errors == []
     conn = sqlite3.connect(tmp_path / "race.db")
     assert conn.execute("PRAGMA user_version").fetchone()[0] >= 2
+
+
+def test_the_code_version_is_stored_with_the_sweep(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    assert store.sweep("s1").code_version is None  # not recorded
+    store.create_sweep(sweep_id="s2", spec_path="sweep.yaml", spec={}, sweep_dir="s2",
+                       project_root=str(tmp_path), sources=["local"], parallel=None,
+                       command_line="", params=[{}], code_version={"git": "ab", "dirty": True})
+    assert store.sweep("s2").code_version == {"git": "ab", "dirty": True}

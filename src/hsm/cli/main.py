@@ -27,6 +27,7 @@ from hsm.cli.render import (
     summary_table,
 )
 from hsm.cli.report import report
+from hsm.engine.codeversion import describe as describe_code
 from hsm.engine.run import RunOutcome
 from hsm.engine.service import (
     Project,
@@ -170,8 +171,9 @@ def status(sweep_id: str | None, as_json: bool, config_path: Path | None) -> Non
     if summary.causes:
         console.print("causes: " + ", ".join(f"{k} {v}" for k, v in
                                               sorted(summary.causes.items())), markup=False)
-    console.print(f"folder: {sweep.sweep_dir}\nstarted: {fmt_time(sweep.created)}  "
-                  f"finished: {fmt_time(sweep.finished)}", markup=False)
+    console.print(f"folder: {sweep.sweep_dir}\ncode: {describe_code(sweep.code_version)}\n"
+                  f"started: {fmt_time(sweep.created)}  finished: {fmt_time(sweep.finished)}",
+                  markup=False)
     if sweep.abort_reason:
         console.print(sweep.abort_reason, markup=False)
     if sweep.state is SweepState.RUNNING and not controller_alive(sweep):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hsm.engine.codeversion import code_version
 from hsm.engine.failsafe import FailsafeConfig
 from hsm.engine.run import Engine, EngineOptions, ProgressFn, RunOutcome
 from hsm.errors import ConfigError, HsmError, StateError, SweepAborted
@@ -208,7 +209,9 @@ def create_sweep(project: Project, plan: Plan, *, sweep_id: str,
             sweep_id=sweep_id, spec_path=str(plan.spec_path.resolve()),
             spec=plan.spec.raw, sweep_dir=str(sweep_dir),
             project_root=str(project.root), sources=plan.sources, parallel=plan.parallel,
-            command_line=command_line, params=iter_tasks(plan.spec))
+            command_line=command_line, params=iter_tasks(plan.spec),
+            code_version=code_version(project.root,
+                                      [project.loaded.state_dir, project.output_dir]))
         sweep_dir.mkdir(parents=True)
         (sweep_dir / "sweep.yaml").write_bytes(plan.spec_path.read_bytes())
     except OSError as exc:

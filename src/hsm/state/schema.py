@@ -95,6 +95,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE attempts ADD COLUMN counted INTEGER;
     """,
+    # 2 -> 3: the code a sweep runs (JSON: {"git", "dirty"} or {"hash"}; NULL: not recorded).
+    """
+    ALTER TABLE sweeps ADD COLUMN code_version_json TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
