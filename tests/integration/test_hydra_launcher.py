@@ -3,10 +3,12 @@ multirun as an ordinary hsm sweep, blocks, and gives each job's return value bac
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -14,11 +16,13 @@ import yaml
 
 from tests.hsmcli import hsm
 from tests.integration.cluster_support import QUIET
+from tests.testbed import Host
 
 pytest.importorskip("hydra")
 pytestmark = pytest.mark.timeout(180)
 
 APP = Path(__file__).resolve().parents[1] / "apps" / "hydra_strict"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def project(root: Path) -> Path:
@@ -83,3 +87,30 @@ def test_the_launcher_returns_each_jobs_value_and_failure(tmp_path: Path,
     with pytest.raises(RuntimeError, match="task 2 of hsm sweep direct failed"):
         _ = returns[1].return_value
     assert "hsm resume direct --retry-failed" in str(returns[1]._return_value)
+
+
+def test_the_launcher_runs_the_jobs_on_an_ssh_host(tmp_path: Path,
+                                                   testbed_hosts: list[Host]) -> None:
+    host = testbed_hosts[0]
+    # The host's python imports Hydra and the launcher's callback from this checkout.
+    path = ":".join([sysconfig.get_paths()["purelib"], str(SRC)])
+    remote = {"host": host.name, "remote_root": "/srv/hsm/root", "max_parallel_jobs": 2,
+              "setup": [f"export PYTHONPATH={path}"]}
+    root = project(tmp_path / "p")
+    (root / "hsm_config.yaml").write_text(yaml.safe_dump(
+        {**QUIET, "distributed": {"include_local": False,
+                                  "ssh_config": str(host.ssh_config_path),
+                                  "remotes": {"h1": remote}}}))
+    proc = subprocess.run(
+        [sys.executable, "train.py", "-m", "hydra/launcher=hsm", "lr=0.5,1.5",
+         "hydra.launcher.sources=[h1]", "hydra.launcher.name=remote"],
+        cwd=root, capture_output=True, text=True, timeout=150, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    data = hsm("status", "remote", "--json", cwd=root).json()
+    assert [t["source"] for t in data["tasks"]] == ["h1", "h1"]
+    for task in data["tasks"]:
+        task_dir = Path(task["task_dir"])
+        assert pickle.loads((task_dir / "hsm_return.pkl").read_bytes()) == \
+            task["params"]["lr"] * 2
+        values = json.loads((task_dir / "values.json").read_text())
+        assert values["output_dir"].startswith("/srv/hsm/root/p/sweeps/remote/h1/"), values
