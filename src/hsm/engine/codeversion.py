@@ -12,11 +12,14 @@ hsm's folders).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 CONTENT_LIMIT = 16 * 1024 * 1024
 _SKIP_DIRS = {".git", "__pycache__", ".hsm"}
@@ -90,3 +93,19 @@ def describe(version: dict[str, Any] | None) -> str:
     if "git" in version:
         return f"git {str(version['git'])[:12]}" + (" (dirty)" if version.get("dirty") else "")
     return f"content {str(version.get('hash', ''))[:12]}"
+
+
+def warn_if_changed(recorded: dict[str, Any] | None, root: Path, skip: Iterable[Path],
+                    sweep_id: str) -> bool:
+    """On resume: warn when the project's code is no longer the one the sweep started with.
+    Returns whether it changed (``False`` when nothing was recorded)."""
+    if not recorded:
+        return False
+    now = code_version(root, skip)
+    if now == recorded:
+        return False
+    log.warning("the code changed since sweep %s started (%s, now %s): tasks on this machine, "
+                "and on hosts that get their first copy of the sweep's code now, run the "
+                "current code; hosts that have the sweep's snapshot keep it", sweep_id,
+                describe(recorded), describe(now))
+    return True

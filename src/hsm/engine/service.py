@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hsm.engine.codeversion import code_version
+from hsm.engine.codeversion import code_version, warn_if_changed
 from hsm.engine.failsafe import FailsafeConfig
 from hsm.engine.run import Engine, EngineOptions, ProgressFn, RunOutcome
 from hsm.errors import ConfigError, HsmError, StateError, SweepAborted
@@ -199,6 +199,11 @@ def start_run(project: Project, plan: Plan, *, name: str | None, command_line: s
         return _drive(project, store, sweep, sources, on_progress, runner=runner)
 
 
+def hsm_folders(project: Project) -> list[Path]:
+    """hsm's own folders in the project: they are not part of its code version."""
+    return [project.loaded.state_dir, project.output_dir]
+
+
 def create_sweep(project: Project, plan: Plan, *, sweep_id: str,
                  command_line: str) -> tuple[Store, SweepRow]:
     """Record the sweep and all its tasks (one transaction), and make its folder."""
@@ -210,8 +215,7 @@ def create_sweep(project: Project, plan: Plan, *, sweep_id: str,
             spec=plan.spec.raw, sweep_dir=str(sweep_dir),
             project_root=str(project.root), sources=plan.sources, parallel=plan.parallel,
             command_line=command_line, params=iter_tasks(plan.spec),
-            code_version=code_version(project.root,
-                                      [project.loaded.state_dir, project.output_dir]))
+            code_version=code_version(project.root, hsm_folders(project)))
         sweep_dir.mkdir(parents=True)
         (sweep_dir / "sweep.yaml").write_bytes(plan.spec_path.read_bytes())
     except OSError as exc:
@@ -236,6 +240,7 @@ def resume_run(project: Project, sweep_id: str, *, retry_failed: bool,
     sweep = store.sweep(sweep_id)
     spec = stored_spec(sweep)
     sources = build_sources(project.loaded, sweep.sources, parallel=sweep.parallel)
+    warn_if_changed(sweep.code_version, project.root, hsm_folders(project), sweep.id)
     with controller_lock(Path(sweep.sweep_dir)):
         reset = [TaskStatus.CANCELLED]
         if retry_failed:
