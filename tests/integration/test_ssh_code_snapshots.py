@@ -4,6 +4,7 @@ changed between them while the first one still has tasks queued and running."""
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 
 import yaml
@@ -45,7 +46,7 @@ def test_two_sweeps_each_run_their_own_code(tmp_path: Path, testbed_hosts: list[
                         remotes={"h1": remote(host, max_parallel_jobs=1)})
     (root / "task.py").write_text(TASK)
     (root / "VERSION").write_text("one\n")
-    gate = "/srv/hsm/gate-a"
+    gate = f"/srv/hsm/gate-{secrets.token_hex(4)}"  # host disks outlive a test: a new name
     (root / "a.yaml").write_text(yaml.safe_dump(
         {"script": "task.py", "sweep": {"grid": {"i": [1, 2, 3]}}, "defaults": {"gate": gate}}))
     (root / "b.yaml").write_text(yaml.safe_dump(

@@ -107,7 +107,10 @@ async def push_code(transport: SshTransport, *, project_root: str, code_dir: str
     each folder's .gitignore and the excludes. Deletions come after the transfer, so that a
     .gitignore pushed now already protects the host's own ignored files (data, venvs).
     Files equal to those in ``link_dest`` (a folder on the host) become hard links to them."""
-    args = ["-a", "--delete-after", "--mkpath", "--filter=:- .gitignore"]
+    # Times compared to the nanosecond (rsync >= 3.1.3 on the host): a file changed within
+    # the second of the last push, at the same size, is still seen as changed.
+    args = ["-a", "--delete-after", "--mkpath", "--modify-window=-1",
+            "--filter=:- .gitignore"]
     if link_dest is not None:
         args.append(f"--link-dest={link_dest.rstrip('/')}/")
     args += [f"--exclude={e}" for e in (*PUSH_EXCLUDE, *exclude)]
