@@ -29,7 +29,8 @@ pytestmark = pytest.mark.timeout(90)
 
 REPO = Path(__file__).resolve().parents[2]
 
-RESULT_KEYS = {"sweep_id", "sweep_dir", "state", "total", "counts", "sources", "tasks"}
+RESULT_KEYS = {"sweep_id", "sweep_dir", "state", "code_version", "total", "counts", "sources",
+               "tasks"}
 COUNT_KEYS = {"completed", "failed", "pending", "running", "cancelled"}
 SOURCE_KEYS = {"enabled", "disabled_reason", "submitted", "completed", "failed", "failure_rate"}
 TASK_KEYS = {"number", "params", "status", "cause", "source", "attempts", "task_dir",
@@ -96,17 +97,16 @@ def test_dry_run_prints_the_exact_argv_of_every_task(project: Path) -> None:
                  cwd=project)
     assert result.returncode == 0, result
     data = result.json()
-    task_dir = str(project.resolve() / "runs" / "demo" / "tasks")
     assert data["total"] == 4 and data["sources"] == ["local"]
     assert data["argv"] == [
         ["python3", "task.sh", "seed=1", "optimizer.lr=0.001", "model.name=small",
-         "model.width=128", "steps=5", f"output.dir={task_dir}/task_0001", "wandb.group=demo"],
+         "model.width=128", "steps=5"],
         ["python3", "task.sh", "seed=1", "optimizer.lr=0.001", "model.name='big one'",
-         "model.width=1024", "steps=5", f"output.dir={task_dir}/task_0002", "wandb.group=demo"],
+         "model.width=1024", "steps=5"],
         ["python3", "task.sh", "seed=2", "optimizer.lr=0.001", "model.name=small",
-         "model.width=128", "steps=5", f"output.dir={task_dir}/task_0003", "wandb.group=demo"],
+         "model.width=128", "steps=5"],
         ["python3", "task.sh", "seed=2", "optimizer.lr=0.001", "model.name='big one'",
-         "model.width=1024", "steps=5", f"output.dir={task_dir}/task_0004", "wandb.group=demo"],
+         "model.width=1024", "steps=5"],
     ]
     text = hsm("run", "sweeps/sweep.yaml", "--dry-run", "--name", "demo", cwd=project)
     assert text.returncode == 0, text
@@ -127,10 +127,8 @@ def test_dry_run_of_the_example_sweep_matches_the_docs() -> None:
     assert result.returncode == 0, result
     lines = result.stdout.splitlines()
     assert len(lines) == 12
-    task_dir = examples / "runs" / "demo" / "tasks" / "task_0001"
     assert lines[0] == ("[1] python3 train.py seed=1 optimizer.lr=0.001 model.name=small"
-                        " model.width=128 steps=5 step_time=0.05"
-                        f" output.dir={task_dir} wandb.group=demo")
+                        " model.width=128 steps=5 step_time=0.05")
     spec = load_sweep(examples / "sweeps" / "sweep.yaml", examples)
     params = list(iter_tasks(spec))
     assert params[-1] == {"seed": 3, "optimizer.lr": 0.01, "model.name": "large",
@@ -186,7 +184,7 @@ def test_run_json_status_and_list(project: Path) -> None:
     # What the script got: one argv element per parameter, and the environment.
     task_dir = Path(first["task_dir"])
     assert (task_dir / "args.txt").read_text().splitlines() == [
-        "a=1", "b='x y'", f"output.dir={task_dir}", "wandb.group=s1"]
+        "a=1", "b='x y'"]
     env = dict(line.split("=", 1) for line in (task_dir / "env.txt").read_text().splitlines())
     assert env["HSM_SWEEP_ID"] == "s1" and env["HSM_TASK_NUMBER"] == "1"
     assert env["HSM_TASK_DIR"] == str(task_dir) and env["HSM_SOURCE"] == "local"

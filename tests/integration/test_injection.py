@@ -112,6 +112,7 @@ def project(root: Path, config: dict[str, Any], python: str) -> Path:
     shutil.copytree(APPS, root / "apps", ignore=shutil.ignore_patterns("__pycache__"))
     (root / "hsm_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     spec = {"command": ["bash", "-c", SCRIPT, python], "hydra_append": True,
+            "output_dir_arg": "output.dir", "wandb_group_arg": "wandb.group",
             "defaults": params(), "sweep": {"grid": {"task": [1]}}}
     (root / "sweep.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True),
                                      encoding="utf-8")

@@ -65,7 +65,7 @@ def test_hostile_values_arrive_exactly_and_nothing_is_evaluated(tmp_path: Path) 
         'HYDRA_DUMP_OUT="$HSM_TASK_DIR/hydra.json" exec "$0" "$HSM_APPS/hydra_dump.py" "$@"')
     write(project / "sweeps" / "sweep.yaml",
           f"command: [bash, -c, {json.dumps(script)}, {json.dumps(sys.executable)}]\n"
-          "hydra_append: true\n"
+          "hydra_append: true\noutput_dir_arg: output.dir\nwandb_group_arg: wandb.group\n"
           f"sweep:\n  grid:\n{grid}")
     result = hsm("run", "sweeps/sweep.yaml", "--json", "--name", "h", cwd=project,
                  env={"HSM_APPS": str(APPS)})

@@ -5,6 +5,7 @@ missing python or script, remote_root not writable."""
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import time
@@ -174,8 +175,8 @@ def test_python_from_setup_lines_is_found(tmp_path: Path, testbed_hosts: list[Ho
 def test_missing_script_on_the_host(tmp_path: Path, testbed_hosts: list[Host]) -> None:
     root, result = run_h1(tmp_path, testbed_hosts[0], exclude=["task.py"])
     assert result.returncode == 2, result
-    assert "the script 'task.py' is not in /srv/hsm/root/proj/code after the code push" \
-        in result.stderr, result
+    assert re.search(r"the script 'task.py' is not in /srv/hsm/root/proj/sweeps/[^/]+/h1/code "
+                     "after the code push", result.stderr), result
     assert "exclude" in result.stderr
 
 

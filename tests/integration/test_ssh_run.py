@@ -42,16 +42,16 @@ def test_sweep_on_one_host_pulls_every_result(tmp_path: Path,
         assert "Disk space check PASSED" in info
         record = json.loads((folder / "result.json").read_text())
         assert record["host"] == host.name
-        assert record["cwd"] == f"{REMOTE_ROOT}/proj/code"
+        # Tasks run from the sweep's own snapshot of the code.
+        assert record["cwd"] == f"{REMOTE_ROOT}/proj/sweeps/{data['sweep_id']}/h1/code"
         assert record["env"]["HSM_SOURCE"] == "h1"
         assert record["env"]["TMPDIR"] == f"{record['env']['HSM_TASK_DIR']}/tmp"
         assert (folder / "stdout.log").read_text() == f"task {task['number']} on {host.name}\n"
         assert json.loads((folder / "status.json").read_text())["status"] == "completed"
         assert not (folder / "tmp").exists()  # the private scratch folder stays remote
-    # Everything completed: the remote sweep folder is gone, the code stays.
+    # Everything completed: the remote sweep folder is gone, its code snapshot with it.
     sweeps = remote_path(host, f"{REMOTE_ROOT}/proj/sweeps")
     assert list(sweeps.iterdir()) == []
-    assert (remote_path(host, f"{REMOTE_ROOT}/proj/code") / "task.py").is_file()
 
 
 def test_sweep_on_three_hosts_runs_setup_lines_first(tmp_path: Path,
@@ -88,7 +88,9 @@ def test_keep_remote_keeps_the_task_folders(tmp_path: Path,
     assert result.returncode == 0, result
     sweep_id = result.json()["sweep_id"]
     kept = remote_path(host, f"{REMOTE_ROOT}/proj/sweeps/{sweep_id}/h2")
-    assert sorted(p.name for p in kept.iterdir()) == ["task_0001", "task_0002"]
+    assert sorted(p.name for p in kept.iterdir()) == ["code", "code.done", "task_0001",
+                                                      "task_0002"]
+    assert (kept / "code" / "task.py").is_file()
     assert "Status: COMPLETED" in (kept / "task_0001" / "task_info.txt").read_text()
 
 
@@ -110,7 +112,7 @@ def test_failed_sweep_keeps_the_remote_folder(tmp_path: Path,
 def test_code_push_honours_gitignore_and_exclude(tmp_path: Path,
                                                  testbed_hosts: list[Host]) -> None:
     host = testbed_hosts[0]
-    remotes = {"h1": remote(host, exclude=["secrets.txt", "/big/"])}
+    remotes = {"h1": remote(host, exclude=["secrets.txt", "/big/"], keep_remote=True)}
     root = make_project(tmp_path / "proj", [host], n=1, remotes=remotes)
     (root / ".gitignore").write_text("data/\n*.ckpt\n")
     for rel in ("data/train.csv", "model.ckpt", "secrets.txt", "big/blob", "lib/util.py",
@@ -119,29 +121,26 @@ def test_code_push_honours_gitignore_and_exclude(tmp_path: Path,
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"{rel}\n")
-    code = remote_path(host, f"{REMOTE_ROOT}/proj/code")
-    code.mkdir(parents=True)
-    (code / "stale.py").write_text("left over from an old push\n")
-    (code / "data").mkdir()
-    (code / "data" / "downloaded.bin").write_text("made on the host\n")
+    def snapshot(sweep_id: str) -> Path:
+        return remote_path(host, f"{REMOTE_ROOT}/proj/sweeps/{sweep_id}/h1/code")
 
-    assert hsm("run", "sweep.yaml", "--source", "h1", cwd=root).returncode == 0
+    assert hsm("run", "sweep.yaml", "--source", "h1", "--name", "a", cwd=root).returncode == 0
+    code = snapshot("a")
     present = {str(p.relative_to(code)) for p in code.rglob("*") if p.is_file()}
     assert {"task.py", "sweep.yaml", "hsm_config.yaml", "lib/util.py", "unchanged.txt",
             "changed.txt", ".gitignore"} <= present
     for absent in ("model.ckpt", "secrets.txt", "big/blob", "lib/sub/w.ckpt", ".git/HEAD",
-                   "stale.py", "lib/data/keep.txt"):
+                   "lib/data/keep.txt", "data/train.csv"):
         assert absent not in present, absent
-    # Excluded files on the host are not deleted (no --delete-excluded).
-    assert "data/downloaded.bin" in present
     assert not any(p.startswith((".hsm/", "runs/")) for p in present)
 
-    # Incremental: an unchanged file is not rewritten, a changed one is.
-    inode = os.stat(code / "unchanged.txt").st_ino
+    # The next sweep's snapshot hard-links what did not change to the previous one.
     (root / "changed.txt").write_text("new content\n")
-    assert hsm("run", "sweep.yaml", "--source", "h1", cwd=root).returncode == 0
-    assert os.stat(code / "unchanged.txt").st_ino == inode
-    assert (code / "changed.txt").read_text() == "new content\n"
+    assert hsm("run", "sweep.yaml", "--source", "h1", "--name", "b", cwd=root).returncode == 0
+    assert os.stat(snapshot("b") / "unchanged.txt").st_ino == \
+        os.stat(code / "unchanged.txt").st_ino
+    assert (snapshot("b") / "changed.txt").read_text() == "new content\n"
+    assert (code / "changed.txt").read_text() == "changed.txt\n"  # a's own code is untouched
 
 
 def test_a_slot_takes_its_next_task_while_the_last_results_are_pulled(

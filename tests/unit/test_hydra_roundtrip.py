@@ -131,11 +131,13 @@ def test_every_value_reaches_the_app_exactly(tmp_path: Path) -> None:
         "script": str(APP),
         "sweep": {"grid": grid, "paired": [{"+p.a": ["x y"], "+p.b": [[1, 2]]}]},
         "defaults": {"model": {"width": 64}, "+d.empty": "", "+d.one": "1"},
+        "output_dir_arg": "output.dir", "wandb_group_arg": "wandb.group",
     }
     # JSON is YAML: this goes through the real loader, and keeps every string quoted.
     path = tmp_path / "sweep.yaml"
     path.write_text(json.dumps(sweep, ensure_ascii=False), encoding="utf-8")
     spec = load_sweep(path, tmp_path)
+    assert spec.hydra  # recognised by its @hydra.main
     params = only_task(spec)
     for index, value in enumerate(OTHER_VALUES):
         assert same(params[f"+o.v{index:02d}"], value)
@@ -156,7 +158,8 @@ def test_every_value_reaches_the_app_exactly(tmp_path: Path) -> None:
     assert cfg["d"] == {"empty": "", "one": "1"}
     assert cfg["output"]["dir"] == task_dir
     assert cfg["wandb"]["group"] == sweep_id
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump.json", "sweep.yaml"]
+    assert Path(task_dir).is_dir()  # hydra.run.dir=<task dir> made it Hydra's run folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump.json", "runs", "sweep.yaml"]
 
 
 def test_hydra_append_adds_keys_the_app_does_not_have(tmp_path: Path) -> None:
@@ -165,8 +168,10 @@ def test_hydra_append_adds_keys_the_app_does_not_have(tmp_path: Path) -> None:
         textwrap.dedent(
             """
             script: APP
+            hydra: false
             hydra_append: true
             output_dir_arg: paths.task
+            wandb_group_arg: wandb.group
             sweep:
               grid:
                 optimizer: {lr: [1e-4]}

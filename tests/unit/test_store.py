@@ -248,3 +248,12 @@ def test_a_rerun_puts_back_the_failures_of_its_causes_and_is_recorded(tmp_path: 
     assert store.record_rerun("s1", retry_failed=False, causes=None, resources={},
                               sources=None) == 0
     assert len(store.reruns("s1")) == 1
+
+
+def test_the_code_version_is_stored_with_the_sweep(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    assert store.sweep("s1").code_version is None  # not recorded
+    store.create_sweep(sweep_id="s2", spec_path="sweep.yaml", spec={}, sweep_dir="s2",
+                       project_root=str(tmp_path), sources=["local"], parallel=None,
+                       command_line="", params=[{}], code_version={"git": "ab", "dirty": True})
+    assert store.sweep("s2").code_version == {"git": "ab", "dirty": True}

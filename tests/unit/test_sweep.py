@@ -73,8 +73,8 @@ def test_design_example(project: Path) -> None:
     assert s.resources.mem == "16G" and s.resources.mem_megabytes == 16 * 1024
     assert s.resources.walltime_seconds == 4 * 3600
     assert s.max_runs == 100
-    assert s.output_dir_arg == "output.dir" and s.wandb_group_arg == "wandb.group"
-    assert s.hydra_append is False
+    assert s.output_dir_arg is None and s.wandb_group_arg is None
+    assert s.hydra_append is False and s.hydra is False
     assert s.path == project / "sweep.yaml"
     assert count_tasks(s) == 12
     assert next(iter_tasks(s)) == {
@@ -125,6 +125,38 @@ def test_arguments_can_be_renamed_or_switched_off(project: Path) -> None:
         "output_dir_arg: ++paths.out\nwandb_group_arg: null\nhydra_append: true\n",
     )
     assert s.output_dir_arg == "++paths.out" and s.wandb_group_arg is None and s.hydra_append
+
+
+HYDRA_APP = """import hydra
+
+@hydra.main(version_base=None, config_path="conf", config_name="config")
+def main(cfg):
+    pass
+"""
+
+
+def test_a_hydra_app_is_recognised_by_its_decorator(project: Path) -> None:
+    (project / "train.py").write_text(HYDRA_APP, encoding="utf-8")
+    s = load(project, "script: train.py\nsweep: {grid: {a: [1]}}\n")
+    assert s.hydra and s.raw["hydra"] is True
+    # The decision is kept with the stored copy: a resume gives the same arguments.
+    assert sweep_from_data(s.raw, project / "sweep.yaml", None).hydra
+    (project / "pkg").mkdir()
+    (project / "pkg" / "run.py").write_text(HYDRA_APP, encoding="utf-8")
+    s = load(project, "command: [python3, pkg/run.py]\nsweep: {grid: {a: [1]}}\n")
+    assert s.hydra
+
+
+def test_a_plain_script_is_no_hydra_app_and_the_key_decides(project: Path) -> None:
+    (project / "train.py").write_text("# mentions @hydra.main in a comment only\n"
+                                      "import sys\n", encoding="utf-8")
+    s = load(project, "script: train.py\nsweep: {grid: {a: [1]}}\n")
+    assert not s.hydra and s.raw["hydra"] is False
+    assert load(project, "script: train.py\nhydra: true\nsweep: {grid: {a: [1]}}\n").hydra
+    assert not load(project, "command: [python3, -m, pkg]\nsweep: {grid: {a: [1]}}\n").hydra
+    (project / "train.py").write_text(HYDRA_APP, encoding="utf-8")
+    s = load(project, "script: train.py\nhydra: false\nsweep: {grid: {a: [1]}}\n")
+    assert not s.hydra and "hydra" in s.raw
 
 
 def test_hydra_prefixes_are_kept_in_keys(project: Path) -> None:

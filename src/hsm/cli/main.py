@@ -35,6 +35,7 @@ from hsm.cli.render import (
 )
 from hsm.cli.report import report
 from hsm.cli.results import results
+from hsm.engine.codeversion import describe as describe_code
 from hsm.engine.preview import job_scripts
 from hsm.engine.resume import Rerun, resume_run
 from hsm.engine.run import RunOutcome
@@ -196,8 +197,9 @@ def status(sweep_id: str | None, as_json: bool, config_path: Path | None) -> Non
                       markup=False)
     for line in rerun_lines(summary):
         console.print(line, markup=False)
-    console.print(f"folder: {sweep.sweep_dir}\nstarted: {fmt_time(sweep.created)}  "
-                  f"finished: {fmt_time(sweep.finished)}", markup=False)
+    console.print(f"folder: {sweep.sweep_dir}\ncode: {describe_code(sweep.code_version)}\n"
+                  f"started: {fmt_time(sweep.created)}  finished: {fmt_time(sweep.finished)}",
+                  markup=False)
     if sweep.abort_reason:
         console.print(sweep.abort_reason, markup=False)
     if sweep.state is SweepState.RUNNING and not controller_alive(sweep):

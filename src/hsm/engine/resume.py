@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hsm.engine.codeversion import warn_if_changed
 from hsm.engine.run import ProgressFn, RunOutcome
 from hsm.engine.service import (
     Project,
@@ -19,6 +20,7 @@ from hsm.engine.service import (
     current_sources,
     disabled_reason,
     drop_disabled,
+    hsm_folders,
     preflight_sources,
     stored_spec,
 )
@@ -127,6 +129,7 @@ def resume_run(project: Project, sweep_id: str, *, rerun: Rerun | None = None,
     if plan.finished is not None:
         return plan.finished
     sweep = plan.sweep
+    warn_if_changed(sweep.code_version, project.root, hsm_folders(project), sweep.id)
     with controller_lock(Path(sweep.sweep_dir)):
         names = available_sources(project, store, sweep, plan.sources, settle=True)
     sources = build_sources(project.loaded, names, parallel=sweep.parallel,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hsm.engine.bringup import broken_sources, gather_failures, settle_lost
+from hsm.engine.codeversion import code_version
 from hsm.engine.failsafe import FailsafeConfig
 from hsm.engine.run import Engine, EngineOptions, ProgressFn, RunOutcome
 from hsm.errors import ConfigError, ExitCode, HsmError, StateError, SweepAborted
@@ -270,6 +271,11 @@ def start_run(project: Project, plan: Plan, *, name: str | None, command_line: s
                       explicit_alone=plan.explicit_alone)
 
 
+def hsm_folders(project: Project) -> list[Path]:
+    """hsm's own folders in the project: they are not part of its code version."""
+    return [project.loaded.state_dir, project.output_dir]
+
+
 def create_sweep(project: Project, plan: Plan, *, sweep_id: str,
                  command_line: str) -> tuple[Store, SweepRow]:
     """Record the sweep and all its tasks (one transaction), and make its folder."""
@@ -280,7 +286,8 @@ def create_sweep(project: Project, plan: Plan, *, sweep_id: str,
             sweep_id=sweep_id, spec_path=str(plan.spec_path.resolve()),
             spec=plan.spec.raw, sweep_dir=str(sweep_dir),
             project_root=str(project.root), sources=plan.sources, parallel=plan.parallel,
-            command_line=command_line, params=iter_tasks(plan.spec))
+            command_line=command_line, params=iter_tasks(plan.spec),
+            code_version=code_version(project.root, hsm_folders(project)))
         sweep_dir.mkdir(parents=True)
         (sweep_dir / "sweep.yaml").write_bytes(plan.spec_path.read_bytes())
     except OSError as exc:

@@ -45,6 +45,7 @@ class SweepSummary:
             "sweep_id": self.sweep.id,
             "sweep_dir": self.sweep.sweep_dir,
             "state": self.sweep.state.value,
+            "code_version": self.sweep.code_version,
             "total": self.total,
             "counts": {k: self.counts.get(k, 0) for k in JSON_COUNT_KEYS},
             "sources": {

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hsm.engine.codeversion import describe as describe_code
 from hsm.jobscript import STDERR_LOG
 from hsm.report.files import failure_key, json_safe, read_tail, task_metrics
 from hsm.sources.base import task_folder_name
@@ -46,6 +47,7 @@ class SweepInfo:
     spec_path: str
     spec_text: str
     command_line: str
+    code_version: str
     message: str | None
     sources: list[str]
     total: int
@@ -273,7 +275,8 @@ def sweep_info(sweep: SweepRow, tasks: Sequence[TaskRow], now: float) -> SweepIn
         id=sweep.id, state=sweep.state.value, running=running, created=sweep.created,
         finished=None if running else sweep.finished, duration=max(0.0, end - sweep.created),
         sweep_dir=sweep.sweep_dir, spec_path=sweep.spec_path, spec_text=spec_text(sweep),
-        command_line=sweep.command_line, message=sweep.abort_reason,
+        command_line=sweep.command_line, code_version=describe_code(sweep.code_version),
+        message=sweep.abort_reason,
         sources=list(sweep.sources), total=sum(counts.values()), counts=counts,
         causes=dict(sorted(causes.items())),
         resume_command=f"hsm resume {ident}",

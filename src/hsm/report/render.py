@@ -116,7 +116,7 @@ def summary_html(sweep: SweepInfo, generated: float, utc_offset: int) -> str:
          "not yet" if sweep.running else "–"),
         ("duration", fmt_duration(sweep.duration)), ("sources", ", ".join(sweep.sources)),
         ("folder", sweep.sweep_dir), ("sweep file", sweep.spec_path),
-        ("command", sweep.command_line or "–"),
+        ("command", sweep.command_line or "–"), ("code", sweep.code_version),
         ("report made", fmt_time(generated, utc_offset)),
     ]
     out = [f'<h1>Sweep <span class="sweep-id">{e(sweep.id)}</span> '

@@ -3,9 +3,12 @@
 Remote layout under ``remote_root`` (default ``~/hsm``)::
 
     .hsm/wrapper-<hash>.sh                      the job wrapper, one per version
-    <project>/code/                             the pushed code (rsync --delete)
+    <project>/code-latest -> sweeps/.../code    the newest snapshot (for --link-dest)
+    <project>/sweeps/<sweep id>/<source>/code/  the sweep's own snapshot of the code
     <project>/sweeps/<sweep id>/<source>/task_NNNN/   one folder per task
 
+Tasks run from their own sweep's snapshot, pushed once per sweep (a resume keeps it), with
+unchanged files hard-linked to the previous snapshot; it goes with the source's folder.
 The source's folder is per source name, so that hosts sharing a file system never share a
 task folder. A host monitor (``ssh_monitor``) starts the wrappers and reports their status
 files; when the connection breaks, the source is unreachable until it reconnects, and its
@@ -100,7 +103,10 @@ class SshSource(Source):
         return f"{self._root or self.remote_root}/{ctx.project_name}"
 
     def project_dir(self, ctx: SweepContext) -> str:
-        return f"{self.base(ctx)}/code"
+        return f"{self.sweep_root(ctx)}/code"
+
+    def latest_code(self, ctx: SweepContext) -> str:
+        return f"{self.base(ctx)}/code-latest"
 
     def sweep_root(self, ctx: SweepContext) -> str:
         return f"{self.base(ctx)}/sweeps/{ctx.sweep_id}/{self.name}"
@@ -152,8 +158,10 @@ class SshSource(Source):
                 project_name=ctx.project_name, sweep_id=ctx.sweep_id, source=self.name,
                 wrapper_name=self.wrapper_name())
             if not self._pushed:
-                await ssh_host.push_code(self.transport, project_root=ctx.project_root,
-                                         code_dir=self.project_dir(ctx), exclude=self.exclude)
+                await ssh_host.push_snapshot(
+                    self.transport, project_root=ctx.project_root,
+                    code_dir=self.project_dir(ctx), latest=self.latest_code(ctx),
+                    exclude=self.exclude)
                 self._pushed = True
             if self.host_tasks and not self._checked:
                 gpus = await ssh_host.check(

@@ -21,10 +21,13 @@ so that a Hydra app receives exactly the value from the sweep file:
 Keys are written as given. Hydra refuses ``key=value`` for a key that is not in the
 app's config; for such keys, write Hydra's own prefix in the sweep file:
 ``+key`` (add a new key) or ``++key`` (add or override), or set ``hydra_append: true``
-in the sweep spec to prefix every parameter (and the output-folder and W&B-group
-arguments) with ``++``. ``++`` does not work for config-group choices
+in the sweep spec to prefix every parameter (and the opt-in output-folder and
+W&B-group arguments) with ``++``. ``++`` does not work for config-group choices
 (``model=resnet`` selecting ``conf/model/resnet.yaml``): leave ``hydra_append`` off
 for those and prefix only the new keys.
+
+After the parameters, a Hydra app (``spec.hydra``) gets ``hydra.run.dir=<task dir>``,
+a key every Hydra config has, so it needs no prefix and cannot break a strict config.
 """
 
 from __future__ import annotations
@@ -62,6 +65,10 @@ _ESCAPED_IN_KEYS = "\\()[]{}:=, \t"
 _DICT_KEY_CHARS = re.compile(r"[A-Za-z0-9_\-/.+%*@?|$\\()\[\]{}:=, \t]+")
 _INTERPOLATION = re.compile(r"(\\*)\$\{")
 _QUOTE_OR_END = {q: re.compile(rf"(\\*)({q}|\Z)") for q in ("'", '"')}
+
+
+HYDRA_RUN_DIR = "hydra.run.dir"
+"""The key that puts a Hydra app's run folder (``.hydra/``, its log) in the task folder."""
 
 
 def key_problem(key: str) -> str | None:
@@ -190,13 +197,16 @@ def task_argv(
     """The exact argv of one task.
 
     ``[python, script, *overrides]`` for a ``script`` sweep, ``[*command, *overrides]``
-    for a ``command`` sweep. The overrides are the task's parameters in order, then
-    ``<output_dir_arg>=<task_dir>`` (left out when ``task_dir`` is ``None`` or the
-    argument is switched off) and ``<wandb_group_arg>=<sweep_id>`` (unless switched off).
+    for a ``command`` sweep. The overrides are the task's parameters in order, then, when
+    ``task_dir`` is known, ``hydra.run.dir=<task_dir>`` for a Hydra app and
+    ``<output_dir_arg>=<task_dir>`` when that key is set, and
+    ``<wandb_group_arg>=<sweep_id>`` when that key is set.
     """
     argv = [python, spec.script] if spec.script is not None else list(spec.command or ())
     append = spec.hydra_append
     argv.extend(hydra_override(with_append_prefix(k, append), v) for k, v in params.items())
+    if spec.hydra and task_dir is not None:
+        argv.append(hydra_override(HYDRA_RUN_DIR, task_dir))
     if spec.output_dir_arg is not None and task_dir is not None:
         argv.append(hydra_override(with_append_prefix(spec.output_dir_arg, append), task_dir))
     if spec.wandb_group_arg is not None:

@@ -20,10 +20,17 @@ sweep:
 defaults: {batch_size: 32}  # applied to every task; grid/paired win
 resources: {gpus: 1, cpus: 4, mem: 16G, walltime: "04:00:00"}
 max_runs: 100
-output_dir_arg: output.dir  # null switches the argument off
-wandb_group_arg: wandb.group
+hydra: null                 # true: a Hydra app; false: not; null: look for @hydra.main
+output_dir_arg: null        # e.g. output.dir: also pass the task folder as an argument
+wandb_group_arg: null       # e.g. wandb.group: also pass the sweep ID as an argument
 hydra_append: false         # true: pass every argument as ++key=value
 ```
+
+A Hydra app gets ``hydra.run.dir=<task folder>`` after its parameters, so its
+``.hydra/`` folder and its log land in the task folder; the task folder and the sweep
+ID otherwise reach the script through the environment (``HSM_TASK_DIR``,
+``WANDB_RUN_GROUP``) and only become arguments when ``output_dir_arg`` /
+``wandb_group_arg`` name a key (see docs/hydra.md).
 
 Each grid entry is a list of values; a single value that is itself a list is written
 as a list of lists (``layers: [[64, 64]]``). Parameter keys may carry Hydra's ``+``
@@ -186,8 +193,9 @@ class _SweepFile(_Model):
     defaults: dict[str, Any] | None = None
     resources: Resources = Field(default_factory=Resources)
     max_runs: Annotated[int, Field(ge=1)] | None = None
-    output_dir_arg: ArgKey | None = "output.dir"
-    wandb_group_arg: ArgKey | None = "wandb.group"
+    hydra: bool | None = None
+    output_dir_arg: ArgKey | None = None
+    wandb_group_arg: ArgKey | None = None
     hydra_append: bool = False
 
 
@@ -213,8 +221,10 @@ class SweepSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     resources: Resources = field(default_factory=Resources)
     max_runs: int | None = None
-    output_dir_arg: str | None = "output.dir"
-    wandb_group_arg: str | None = "wandb.group"
+    hydra: bool = False
+    """A Hydra app: it gets ``hydra.run.dir=<task folder>``."""
+    output_dir_arg: str | None = None
+    wandb_group_arg: str | None = None
     hydra_append: bool = False
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
@@ -541,8 +551,43 @@ def _check_program(doc: YamlDocument, parsed: _SweepFile, project_root: Path | N
                 raise problem(doc, ("script",), f"{parsed.script!r} not found (looked at {looked})")
 
 
+_HYDRA_MAIN = re.compile(rb"^[ \t]*@hydra\.main\b", re.M)
+
+
+def _program_file(parsed: _SweepFile, project_root: Path) -> Path | None:
+    """The Python file the sweep runs: ``script``, else the first ``*.py`` of ``command``."""
+    names = [parsed.script] if parsed.script is not None else [
+        part for part in parsed.command or () if part.endswith(".py")][:1]
+    for name in names:
+        path = Path(name).expanduser()
+        return path if path.is_absolute() else project_root / path
+    return None
+
+
+def is_hydra_app(path: Path) -> bool:
+    """Whether the Python file at ``path`` has a ``@hydra.main`` decorator."""
+    try:
+        return _HYDRA_MAIN.search(path.read_bytes()) is not None
+    except OSError:
+        return False
+
+
+def _resolve_hydra(parsed: _SweepFile, project_root: Path | None) -> bool:
+    if parsed.hydra is not None:
+        return parsed.hydra
+    if project_root is None:
+        return False
+    program = _program_file(parsed, project_root)
+    return program is not None and is_hydra_app(program)
+
+
 def parse_sweep(doc: YamlDocument, project_root: Path | None) -> SweepSpec:
-    """Validate a loaded sweep file. ``project_root=None`` skips the script check."""
+    """Validate a loaded sweep file. ``project_root=None`` skips the script check.
+
+    Without a ``hydra`` key, the script is read to decide whether it is a Hydra app
+    (when ``project_root`` is given); the decision is kept in ``raw``, so a stored
+    copy of the spec gives the same arguments on resume.
+    """
     try:
         parsed = _SweepFile.model_validate(doc.data)
     except ValidationError as exc:
@@ -550,6 +595,9 @@ def parse_sweep(doc: YamlDocument, project_root: Path | None) -> SweepSpec:
     _check_program(doc, parsed, project_root)
     grid, paired, defaults, params = _check_params(doc, parsed)
     combinations, random, exclude, include = _check_designs(doc, parsed, params, defaults)
+    hydra = _resolve_hydra(parsed, project_root)
+    detected = parsed.hydra is None and project_root is not None
+    raw = {**doc.data, "hydra": hydra} if detected else doc.data
     return SweepSpec(
         script=parsed.script,
         command=tuple(parsed.command) if parsed.command is not None else None,
@@ -562,11 +610,12 @@ def parse_sweep(doc: YamlDocument, project_root: Path | None) -> SweepSpec:
         defaults=defaults,
         resources=parsed.resources,
         max_runs=parsed.max_runs,
+        hydra=hydra,
         output_dir_arg=parsed.output_dir_arg,
         wandb_group_arg=parsed.wandb_group_arg,
         hydra_append=parsed.hydra_append,
         path=doc.path,
-        raw=doc.data,
+        raw=raw,
     )
 
 

@@ -116,6 +116,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX reruns_sweep ON reruns(sweep_id, id);
     """,
+    # 4 -> 5: the code a sweep runs (JSON: {"git", "dirty"} or {"hash"}; NULL: not recorded).
+    """
+    ALTER TABLE sweeps ADD COLUMN code_version_json TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

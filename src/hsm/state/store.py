@@ -38,6 +38,7 @@ class SweepRow:
     controller_pid: int | None
     abort_reason: str | None
     cancel_requested: bool
+    code_version: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ def _sweep(row: sqlite3.Row) -> SweepRow:
         parallel=row["parallel"], command_line=row["command_line"],
         controller_pid=row["controller_pid"], abort_reason=row["abort_reason"],
         cancel_requested=bool(row["cancel_requested"]),
+        code_version=json.loads(row["code_version_json"] or "null"),
     )
 
 
@@ -240,7 +242,7 @@ class Store:
     def create_sweep(
         self, *, sweep_id: str, spec_path: str, spec: Mapping[str, Any], sweep_dir: str,
         project_root: str, sources: list[str], parallel: int | None, command_line: str,
-        params: Iterable[Mapping[str, Any]],
+        params: Iterable[Mapping[str, Any]], code_version: Mapping[str, Any] | None = None,
     ) -> int:
         now = clock.time()
         with self.transaction() as tx:
@@ -248,10 +250,11 @@ class Store:
                 raise StateError(f"a sweep named {sweep_id!r} exists already; pick another --name")
             tx.execute(
                 "INSERT INTO sweeps (id, created, updated, state, spec_path, spec_json,"
-                " sweep_dir, project_root, sources_json, parallel, command_line)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " sweep_dir, project_root, sources_json, parallel, command_line,"
+                " code_version_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (sweep_id, now, now, SweepState.RUNNING.value, spec_path, json.dumps(spec),
-                 sweep_dir, project_root, json.dumps(sources), parallel, command_line),
+                 sweep_dir, project_root, json.dumps(sources), parallel, command_line,
+                 None if code_version is None else json.dumps(dict(code_version))),
             )
             cur = tx.executemany(
                 "INSERT INTO tasks (sweep_id, number, params_json, status) VALUES (?, ?, ?, ?)",

@@ -1,7 +1,8 @@
 """A small training script for trying hsm. Needs only the standard library.
 
 It takes Hydra-style ``key=value`` arguments, pretends to train for a few steps, and
-writes ``metrics.json`` into its output folder (``output.dir=...``, added by hsm).
+writes ``metrics.json`` into its task folder (``$HSM_TASK_DIR``, set by hsm, or an
+``output.dir=...`` argument when the sweep sets ``output_dir_arg: output.dir``).
 """
 
 import json
