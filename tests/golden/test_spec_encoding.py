@@ -53,6 +53,7 @@ def hostile_spec() -> TaskSpec:
         setup=["module load cuda/12", "source ~/venv/bin/activate"],
         argv=["python", "train.py", *(f"p{i}={v}" for i, v in enumerate(HOSTILE)), ""],
         info="Task: 7\nSweep: sweep_20240101_120000\nCommand: python train.py 'it'\"'\"'s'\n",
+        nonce="0123456789abcdef0123456789abcdef",
     )
 
 
@@ -76,8 +77,9 @@ def test_golden_layout() -> None:
     spec = hostile_spec()
     f = fields(GOLDEN.read_bytes())
     assert f[0] == SPEC_MAGIC.encode()
-    assert f[1:8] == [
+    assert f[1:9] == [
         b"2",
+        spec.nonce.encode(),
         spec.project_dir.encode(),
         b"2000000000",
         b"1000000000",
@@ -85,10 +87,10 @@ def test_golden_layout() -> None:
         b"1000000000",
         b"200000000",
     ]
-    n_env = int(f[8])
+    n_env = int(f[9])
     assert n_env == len(spec.env)
-    assert f[9 : 9 + n_env] == [f"{k}={v}".encode() for k, v in spec.env.items()]
-    i = 9 + n_env
+    assert f[10 : 10 + n_env] == [f"{k}={v}".encode() for k, v in spec.env.items()]
+    i = 10 + n_env
     assert int(f[i]) == len(spec.setup)
     assert f[i + 1 : i + 1 + len(spec.setup)] == [s.encode() for s in spec.setup]
     i += 1 + len(spec.setup)

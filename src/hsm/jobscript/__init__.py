@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 WRAPPER_PATH: Path = Path(__file__).with_name("wrapper.sh")
 
-SPEC_MAGIC = "hsm-spec-1"
+SPEC_MAGIC = "hsm-spec-2"
 HSM_DIR = ".hsm"
 SPEC_FILE = f"{HSM_DIR}/spec"
 EVENTS_FILE = f"{HSM_DIR}/events.log"
@@ -37,9 +37,10 @@ STDERR_LOG = "stderr.log"
 TMP_DIR = "tmp"
 CUDA_CACHE_DIR = "cuda_cache"
 STATUS_SIZE = 1024  # every status.json the wrapper writes has exactly this size
-STATUS_VERSION = 1
+STATUS_VERSION = 2
 
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NONCE = re.compile(r"[0-9a-f]{0,32}")
 
 
 def wrapper_text() -> str:
@@ -69,6 +70,7 @@ class TaskSpec:
     setup: Sequence[str]
     argv: Sequence[str]
     info: str
+    nonce: str = ""  # the attempt's launch nonce, written into every status.json
 
 
 def _field(name: str, value: str) -> bytes:
@@ -93,7 +95,11 @@ def encode_spec(spec: TaskSpec) -> bytes:
             raise ValueError(f"{name} must be a non-negative integer, got {number!r}")
     if not spec.argv:
         raise ValueError("argv is empty: a task needs a command")
-    out = [_field("magic", SPEC_MAGIC), _field("attempt", str(spec.attempt))]
+    if not isinstance(spec.nonce, str) or not _NONCE.fullmatch(spec.nonce):
+        raise ValueError(f"nonce must be 1 to 32 lower-case hex digits or empty, "
+                         f"got {spec.nonce!r}")
+    out = [_field("magic", SPEC_MAGIC), _field("attempt", str(spec.attempt)),
+           _field("nonce", spec.nonce)]
     out.append(_field("project_dir", spec.project_dir))
     out += [_field(name, str(number)) for name, number in list(numbers.items())[1:]]
     out.append(_field("env", str(len(spec.env))))
@@ -156,6 +162,7 @@ class WrapperStatus:
     host: str
     started: float
     finished: float | None
+    nonce: str = ""  # the launch nonce of the attempt that wrote it ("" when it had none)
 
     @property
     def terminal(self) -> bool:
@@ -181,6 +188,9 @@ def parse_status(text: str) -> WrapperStatus | None:
         if not isinstance(data, dict) or not isinstance(data.get("host"), str):
             return None
         cause = data["cause"]
+        nonce = data.get("nonce", "")  # version 1 statuses have none
+        if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce):
+            return None
         return WrapperStatus(
             version=_int(data["version"]),
             attempt=_int(data["attempt"]),
@@ -192,6 +202,7 @@ def parse_status(text: str) -> WrapperStatus | None:
             host=data["host"],
             started=_float(data["started"]),
             finished=None if data["finished"] is None else _float(data["finished"]),
+            nonce=nonce,
         )
     except (ValueError, KeyError, TypeError, RecursionError):
         return None

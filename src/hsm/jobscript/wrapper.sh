@@ -36,19 +36,21 @@ hsm_months=(Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec)
 mapfile -d '' -t hsm_f <"$hsm_meta/spec" || hsm_die "cannot read $hsm_meta/spec"
 hsm_uint='^[0-9]+$'
 hsm_bad_spec() { hsm_die "invalid task spec in $hsm_meta/spec: $1"; }
-[[ ${hsm_f[0]-} == hsm-spec-1 ]] || hsm_bad_spec "unknown format"
-((${#hsm_f[@]} >= 12)) || hsm_bad_spec "too few fields"
-for hsm_i in 1 3 4 5 6 7; do
+[[ ${hsm_f[0]-} == hsm-spec-2 ]] || hsm_bad_spec "unknown format"
+((${#hsm_f[@]} >= 13)) || hsm_bad_spec "too few fields"
+for hsm_i in 1 4 5 6 7 8; do
   [[ ${hsm_f[hsm_i]} =~ $hsm_uint ]] || hsm_bad_spec "field $hsm_i is not a number"
 done
+[[ ${hsm_f[2]} =~ ^[0-9a-f]{0,32}$ ]] || hsm_bad_spec "field 2 is not a nonce"
 hsm_attempt=$((10#${hsm_f[1]}))
-hsm_project_dir=${hsm_f[2]}
-hsm_project_min=$((10#${hsm_f[3]}))
-hsm_task_min=$((10#${hsm_f[4]}))
-hsm_interval=$((10#${hsm_f[5]}))
-hsm_warn_below=$((10#${hsm_f[6]}))
-hsm_kill_below=$((10#${hsm_f[7]}))
-hsm_i=8
+hsm_nonce=${hsm_f[2]}
+hsm_project_dir=${hsm_f[3]}
+hsm_project_min=$((10#${hsm_f[4]}))
+hsm_task_min=$((10#${hsm_f[5]}))
+hsm_interval=$((10#${hsm_f[6]}))
+hsm_warn_below=$((10#${hsm_f[7]}))
+hsm_kill_below=$((10#${hsm_f[8]}))
+hsm_i=9
 hsm_take() { # hsm_take NAME: the next counted group of fields into the array NAME
   local n=${hsm_f[hsm_i]-}
   [[ $n =~ $hsm_uint ]] || hsm_bad_spec "field $hsm_i is not a count"
@@ -129,8 +131,8 @@ hsm_df() {
 # is renamed over it, or else the spare file reserved in .hsm (same fixed size).
 hsm_write_status() {
   local body pad
-  printf -v body '{"version": 1, "attempt": %d, "status": "%s", "cause": %s, "exit_code": %s, "pid": %d, "pgid": %s, "host": "%s", "started": %s, "finished": %s}' \
-    "$hsm_attempt" "$1" "$2" "$3" "$$" "${hsm_pgid:-null}" "$hsm_host" "$hsm_started" "$4"
+  printf -v body '{"version": 2, "attempt": %d, "nonce": "%s", "status": "%s", "cause": %s, "exit_code": %s, "pid": %d, "pgid": %s, "host": "%s", "started": %s, "finished": %s}' \
+    "$hsm_attempt" "$hsm_nonce" "$1" "$2" "$3" "$$" "${hsm_pgid:-null}" "$hsm_host" "$hsm_started" "$4"
   printf -v pad '%*s' $((hsm_status_size - 1 - ${#body})) ''
   body+=$pad$'\n'
   if [[ -f $hsm_status_file ]]; then

@@ -45,6 +45,7 @@ class LaunchRequest:
     params: Mapping[str, Any]
     slot: int
     attempt_id: int
+    nonce: str = ""  # the launch nonce recorded before the launch ([0-9a-f]{1,32}, or empty)
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,8 @@ class Source(ABC):
             f"Parameters:\n{params}\nCommand: {shlex.join(argv)}\n"
         )
         return TaskSpec(attempt=req.attempt, project_dir=self.project_dir(ctx),
-                        guard=ctx.guard, env=env, setup=self.setup, argv=argv, info=info)
+                        guard=ctx.guard, env=env, setup=self.setup, argv=argv, info=info,
+                        nonce=req.nonce)
 
 
 def task_folder_name(number: int) -> str:

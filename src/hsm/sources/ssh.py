@@ -40,7 +40,7 @@ from hsm.sources.base import (
     task_folder_name,
 )
 from hsm.sources.probe import PROBE_SCRIPT, parse_probe
-from hsm.sources.ssh_monitor import HostMonitor
+from hsm.sources.ssh_monitor import HostMonitor, LaunchResult, Unconfirmed
 from hsm.sources.ssh_pull import HostPuller, Key, Prefetch
 from hsm.sources.transport import ConnectError, ConnectionLost, RemoteError, SshTransport
 
@@ -227,7 +227,19 @@ class SshSource(Source):
         asyncio.get_running_loop().call_later(delay, self.wake.set)
 
     async def _supervise(self) -> None:
-        """Keep the monitor running; reconnect after the host was lost."""
+        """Keep the monitor running; reconnect after the host was lost. If the supervisor
+        itself fails, the source is unreachable from then on (its attempts go the way of a
+        lost host's), never "reachable" without a monitor."""
+        try:
+            await self._keep_up()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("source %s: its supervisor failed: %r", self.name, exc)
+            self._mark_down(f"the supervisor failed: {exc!r}")
+            self.reachable = False
+
+    async def _keep_up(self) -> None:
         while not self._closing:
             monitor = self._monitor
             if self.reachable and monitor is not None:
@@ -286,8 +298,8 @@ class SshSource(Source):
             Path(ctx.sweep_dir, "tasks", task_folder_name(req.number), ".hsm").mkdir(
                 parents=True, exist_ok=True)
         try:
-            results: list[int | BaseException] = await started
-        except (RemoteError, TimeoutError) as exc:
+            results: list[LaunchResult] = await started
+        except RemoteError as exc:
             # Some may have started: the handles let the engine find (or lose) them.
             results = [exc] * len(items)
         now = time.monotonic()
@@ -297,7 +309,7 @@ class SshSource(Source):
             self._first_seen[key] = self._touched[ident] = now
             if isinstance(result, int):
                 self._prefetch.unpulled.add(key)
-            elif not isinstance(result, ConnectionLost | TimeoutError):
+            elif not isinstance(result, ConnectionLost | Unconfirmed):  # may have started
                 self._failed[key] = f"the launch failed: {result}"
                 refused.append(result)
             handles.append(JobHandle(source=self.name, number=req.number, attempt=req.attempt,

@@ -27,6 +27,20 @@ log = logging.getLogger(__name__)
 _EVENT_FIELDS = {b"S": 4, b"V": 3, b"A": 3, b"E": 3, b"P": 2}
 
 
+class Unconfirmed:
+    """A launch the host did not acknowledge in time: it may or may not have started."""
+
+    def __repr__(self) -> str:
+        return "UNCONFIRMED"
+
+
+UNCONFIRMED = Unconfirmed()
+
+LaunchResult = int | BaseException | Unconfirmed
+"""Per request: the wrapper's pid (started), the error that kept it from starting, or
+`UNCONFIRMED` (no acknowledgement within the timeout)."""
+
+
 @dataclass(frozen=True)
 class Seen:
     """The last status text a watched folder showed, and whether its wrapper was alive."""
@@ -68,7 +82,9 @@ class HostMonitor:
                 await self._read(proc)
                 status = proc.exit_status
                 self.error = f"the host monitor ended (exit {status})"
-        except (OSError, asyncssh.Error, RemoteError) as exc:
+        except Exception as exc:  # whatever ends the reader ends the monitor, cleanly
+            if not isinstance(exc, OSError | asyncssh.Error | RemoteError):
+                log.warning("host monitor: reader failed: %r", exc)
             self.error = str(exc) or type(exc).__name__
             if not ready.done():
                 ready.set_exception(exc if isinstance(exc, RemoteError) else
@@ -116,17 +132,23 @@ class HostMonitor:
             for field in complete:
                 fields.append(field)
                 need = _EVENT_FIELDS.get(fields[0])
-                if need is None:
-                    log.debug("host monitor: unexpected field %r", fields[0])
+                if need is None:  # not an event type: skip fields until one starts
+                    log.warning("host monitor: unexpected field %r", fields[0][:80])
                     fields = []
                 elif len(fields) == need:
-                    if self._event(fields):
-                        changed.append(int(fields[1]))
+                    try:
+                        if self._event(fields):
+                            changed.append(int(fields[1]))
+                    except ValueError:  # a malformed record: log it, go on with the next
+                        log.warning("host monitor: malformed event %r",
+                                    [f[:80] for f in fields])
                     fields = []
             if changed:
                 self.on_change(changed)
 
     def _event(self, fields: list[bytes]) -> bool:
+        if not fields[1].isdigit():
+            raise ValueError(f"not an id: {fields[1]!r}")
         kind, ident = fields[0], int(fields[1])
         if kind == b"S":
             text = fields[2].decode(errors="replace").strip()
@@ -143,6 +165,9 @@ class HostMonitor:
         ack = self._acks.pop(ident, None)
         if ack is not None and not ack.done():
             if kind == b"A":
+                if not fields[2].isdigit():
+                    self._acks[ident] = ack  # wait for a well-formed answer (or time out)
+                    raise ValueError(f"not a pid: {fields[2]!r}")
                 ack.set_result(int(fields[2]))
             else:
                 ack.set_exception(RemoteError(fields[2].decode(errors="replace")))
@@ -180,9 +205,11 @@ class HostMonitor:
         await asyncio.wait_for(future, timeout)
 
     async def launch(self, items: Sequence[tuple[int, str, int, bytes]],
-                     timeout: float = 30.0) -> list[int | BaseException]:
-        """Start wrappers: (id, task dir, attempt, spec bytes) each. Returns the pid of each,
-        or the error that kept it from starting."""
+                     timeout: float = 30.0) -> list[LaunchResult]:
+        """Start wrappers: (id, task dir, attempt, spec bytes) each. Returns, per item, the
+        pid of its wrapper, the error that kept it from starting (`ConnectionLost` when the
+        monitor ended first: it may have started), or `UNCONFIRMED` when the host had not
+        answered within ``timeout``."""
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[int]] = []
         records = []
@@ -194,7 +221,21 @@ class HostMonitor:
             self.watched[ident] = attempt
             self.seen.pop(ident, None)
             self.events.pop(ident, None)
-        self._send(*records)
-        done = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True),
-                                      timeout)
-        return list(done)
+        try:
+            self._send(*records)
+        except ConnectionLost:
+            for ident, *_ in items:
+                self._acks.pop(ident, None)
+            raise
+        await asyncio.wait(futures, timeout=timeout)
+        results: list[LaunchResult] = []
+        for (ident, *_), future in zip(items, futures, strict=True):
+            if not future.done():
+                future.cancel()
+                if self._acks.get(ident) is future:
+                    del self._acks[ident]
+                results.append(UNCONFIRMED)
+            else:
+                exc = future.exception()
+                results.append(future.result() if exc is None else exc)
+        return results

@@ -88,7 +88,7 @@ exit 0
 # status and exited. (Builtins only, and cheap: the monitor looks every few milliseconds.)
 _LOOK = r"""
 shopt -s extglob
-status_glob='{"version": +([0-9]), "attempt": +([0-9]), '
+status_glob='{"version": +([0-9]), "attempt": +([0-9]), ?("nonce": "*([0-9a-f])", )'
 status_glob+='"status": "@(running|completed|failed|cancelled)", "cause": @(null|"+([a-z_])"), '
 status_glob+='"exit_code": @(null|?(-)+([0-9])), "pid": +([0-9]), "pgid": @(null|+([0-9])), '
 status_glob+='"host": "*([A-Za-z0-9._-])", "started": +([0-9.]), "finished": @(null|+([0-9.]))}'
@@ -177,18 +177,22 @@ run() {
     P) pongs+=("${cmd[1]}") ;;
   esac
 }
+# A read with a timeout can lose a NUL delimiter when the timeout fires (bash 5.2), which
+# shifts every later field: poll with "read -t 0", then read whole fields with blocking reads.
+# The 5 ms pause is a timed read on a pipe that never has data (a builtin: no process).
+exec {nap}<> <(:)
 while :; do
-  if IFS= read -r -d '' -t 0.005 part; then
-    cmd+=("$buf$part") buf=
+  if read -t 0; then
+    IFS= read -r -d '' part || exit 0
+    cmd+=("$part")
     case ${cmd[0]} in W) n=4 ;; L) n=5 ;; U | P) n=2 ;; *) n=1 cmd=() ;; esac
     ((${#cmd[@]} < n)) && continue
-    run
+    [[ ${cmd[1]} == +([0-9]) ]] && run
     cmd=()
-  else
-    (($? > 128)) || exit 0
-    buf+=$part
+    continue
   fi
   scan
+  read -r -t 0.005 -u "$nap" _
 done
 """
 
