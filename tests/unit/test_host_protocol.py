@@ -102,7 +102,7 @@ def test_unacknowledged_launch_is_unconfirmed() -> None:
 
         monitor._proc = Proc()  # type: ignore[assignment]
         task = asyncio.ensure_future(monitor.launch(
-            [(1, "/a", 1, b"spec"), (2, "/b", 1, b"spec")], timeout=0.2))
+            [(1, "/a", 1, "", b"spec"), (2, "/b", 1, "ab", b"spec")], timeout=0.2))
         while not sent:
             await asyncio.sleep(0)
         monitor._event([b"A", b"1", b"4242"])
@@ -117,7 +117,67 @@ def test_launch_on_a_stopped_monitor_raises_connection_lost() -> None:
     async def main() -> None:
         monitor = HostMonitor(None, "w", lambda ids: None)  # type: ignore[arg-type]
         with pytest.raises(ConnectionLost):
-            await monitor.launch([(1, "/a", 1, b"spec")])
+            await monitor.launch([(1, "/a", 1, "", b"spec")])
         assert not monitor._acks
 
     asyncio.run(main())
+
+
+def test_monitor_records_the_launch_before_the_wrapper(tmp_path: Path) -> None:
+    task = tmp_path / "task"
+    wrapper = tmp_path / "wrapper.sh"
+    wrapper.write_text('printf started >"$1/started"\n')
+    proc = subprocess.Popen(["bash", "-c", MONITOR, "hsm-monitor", str(wrapper)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(b"L\x002\0" + str(task).encode() + b"\x003\0beef\0sp\\x00ec\0"
+                         + b"P\x001\0")
+        proc.stdin.flush()
+        events = read_until_pong(proc.stdout, b"1")
+        assert events[:2] == [b"A", b"2"] and events[2].isdigit()
+        assert (task / ".hsm" / "launch").read_text() == "3 beef\n"
+        assert (task / ".hsm" / "spec").read_bytes() == b"sp\0ec"
+    finally:
+        proc.stdin.close()
+        assert proc.wait(timeout=5) == 0
+
+
+def test_a_failed_supervisor_leaves_the_source_unreachable() -> None:
+    from hsm.sources.ssh import SshSource
+
+    async def main() -> SshSource:
+        source = SshSource.__new__(SshSource)
+        source.name, source.reachable, source.lost_after = "h1", True, 5.0
+        source._down_since, source._down_reason = None, ""
+        source.wake = asyncio.Event()
+
+        async def broken() -> None:
+            raise ValueError("invalid literal for int() with base 10: 'x'")
+
+        source._keep_up = broken  # type: ignore[method-assign]
+        await source._supervise()  # returns: the failure is recorded, not raised
+        assert source.wake.is_set()
+        return source
+
+    source = asyncio.run(main())
+    assert source.reachable is False
+    assert "supervisor failed" in source._down_reason
+
+
+def test_monitor_reports_the_launch_record_of_a_folder_without_status(tmp_path: Path) -> None:
+    got, never = tmp_path / "got", tmp_path / "never"
+    (got / ".hsm").mkdir(parents=True)
+    (got / ".hsm" / "launch").write_text("2 beef\n")
+    proc = subprocess.Popen(["bash", "-c", MONITOR, "hsm-monitor", "/nonexistent"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(b"W\x001\0" + str(got).encode() + b"\x002\0W\x002\0"
+                         + str(never).encode() + b"\x001\0P\x005\0")
+        proc.stdin.flush()
+        events = read_until_pong(proc.stdout, b"5")
+        assert events == [b"R", b"1", b"2 beef", b"R", b"2", b"", b"P", b"5"]
+    finally:
+        proc.stdin.close()
+        assert proc.wait(timeout=5) == 0

@@ -28,6 +28,7 @@ WRAPPER_PATH: Path = Path(__file__).with_name("wrapper.sh")
 SPEC_MAGIC = "hsm-spec-2"
 HSM_DIR = ".hsm"
 SPEC_FILE = f"{HSM_DIR}/spec"
+LAUNCH_FILE = f"{HSM_DIR}/launch"  # "ATTEMPT NONCE\n", written by the SSH host monitor
 EVENTS_FILE = f"{HSM_DIR}/events.log"
 STATUS_SPARE = f"{HSM_DIR}/status.spare"
 STATUS_FILE = "status.json"

@@ -82,6 +82,11 @@ class PollResult:
     detail: str = ""
     scheduler_cause: str | None = None  # e.g. "timeout" from a queue backend
     events: tuple[str, ...] = ()  # the attempt's event lines so far, while it runs
+    # Did the host get this attempt's launch? True: its task folder holds the attempt's
+    # launch record (or status); False: the host answered and holds neither (it never got
+    # the launch, or lost it); None: not known (no answer yet, or a backend that does not
+    # tell). Reported by the SSH backend; the engine decides what it means.
+    received: bool | None = None
 
 
 @dataclass(frozen=True)

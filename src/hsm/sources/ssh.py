@@ -292,7 +292,7 @@ class SshSource(Source):
         for req in requests:
             task_dir = self.task_dir(ctx, req.number)
             spec = encode_spec(self.task_spec(ctx, req, self.gpu_ids(req.slot)))
-            items.append((self._id(task_dir), task_dir, req.attempt, spec))
+            items.append((self._id(task_dir), task_dir, req.attempt, req.nonce, spec))
         started = asyncio.ensure_future(monitor.launch(items))
         for req in requests:  # meanwhile, the local folders the results will be pulled into
             Path(ctx.sweep_dir, "tasks", task_folder_name(req.number), ".hsm").mkdir(
@@ -304,7 +304,7 @@ class SshSource(Source):
             results = [exc] * len(items)
         now = time.monotonic()
         handles, refused = [], []
-        for req, (ident, task_dir, _, _), result in zip(requests, items, results, strict=True):
+        for req, (ident, task_dir, *_), result in zip(requests, items, results, strict=True):
             key = (task_dir, req.attempt)
             self._first_seen[key] = self._touched[ident] = now
             if isinstance(result, int):
@@ -354,17 +354,28 @@ class SshSource(Source):
         state = classify_status(status, h.attempt)
         if state is PollState.FINISHED:
             if self._prefetch.pending(key):
-                return PollResult(PollState.RUNNING, status)  # ended; its results are coming
-            return PollResult(PollState.FINISHED, status)
+                # ended; its results are coming
+                return PollResult(PollState.RUNNING, status, received=True)
+            return PollResult(PollState.FINISHED, status, received=True)
         if state is PollState.RUNNING and status is not None and seen is not None:
             if seen.alive:
                 events = parse_events(monitor.events.get(self._id(task_dir), ""), h.attempt)
-                return PollResult(PollState.RUNNING, status, events=tuple(events))
-            return PollResult(PollState.LOST, status,
+                return PollResult(PollState.RUNNING, status, events=tuple(events),
+                                  received=True)
+            return PollResult(PollState.LOST, status, received=True, detail=
                               f"its job wrapper (pid {status.pid}) on {self.host_label()} is gone")
+        received = self._received(monitor, task_dir, h.attempt)
         if now - self._first_seen.setdefault(key, now) > START_GRACE:
-            return PollResult(PollState.LOST, None, f"it never started on {self.host_label()}")
-        return PollResult(PollState.STARTING)
+            return PollResult(PollState.LOST, None, f"it never started on {self.host_label()}",
+                              received=received)
+        return PollResult(PollState.STARTING, received=received)
+
+    def _received(self, monitor: HostMonitor, task_dir: str, attempt: int) -> bool | None:
+        """Whether the task folder holds this attempt's launch record (None: not reported)."""
+        record = monitor.launched.get(self._id(task_dir))
+        if record is None:
+            return None
+        return record.split(" ")[0] == str(attempt)
 
     def _unreachable(self, handles: Sequence[JobHandle], now: float) -> dict[JobHandle,
                                                                                 PollResult]:

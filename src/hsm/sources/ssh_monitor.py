@@ -24,7 +24,7 @@ from hsm.sources.transport import ConnectionLost, RemoteError, SshTransport
 log = logging.getLogger(__name__)
 
 # Fields per event, the type included.
-_EVENT_FIELDS = {b"S": 4, b"V": 3, b"A": 3, b"E": 3, b"P": 2}
+_EVENT_FIELDS = {b"S": 4, b"V": 3, b"R": 3, b"A": 3, b"E": 3, b"P": 2}
 
 
 class Unconfirmed:
@@ -58,6 +58,8 @@ class HostMonitor:
         self.seen: dict[int, Seen] = {}
         self.events: dict[int, str] = {}  # id -> the events log of a running task
         self.watched: dict[int, int] = {}  # id -> attempt
+        # id -> the launch record ("ATTEMPT NONCE", "" for none) of a folder without a status
+        self.launched: dict[int, str] = {}
         self.done = asyncio.Event()
         self.error = ""
         self._proc: asyncssh.SSHClientProcess[bytes] | None = None
@@ -154,6 +156,9 @@ class HostMonitor:
             text = fields[2].decode(errors="replace").strip()
             self.seen[ident] = Seen(text, fields[3] == b"1")
             return True
+        if kind == b"R":
+            self.launched[ident] = fields[2].decode(errors="replace")
+            return False
         if kind == b"V":
             self.events[ident] = fields[2].decode(errors="replace")
             return True
@@ -190,11 +195,13 @@ class HostMonitor:
         self.watched[ident] = attempt
         self.seen.pop(ident, None)
         self.events.pop(ident, None)
+        self.launched.pop(ident, None)
 
     def unwatch(self, ident: int) -> None:
         self._send(("U", str(ident)))
         self.watched.pop(ident, None)
         self.events.pop(ident, None)
+        self.launched.pop(ident, None)
 
     async def barrier(self, timeout: float = 15.0) -> None:
         """Returns once the monitor has scanned everything it was told to watch so far."""
@@ -204,23 +211,28 @@ class HostMonitor:
         self._send(("P", str(token)))
         await asyncio.wait_for(future, timeout)
 
-    async def launch(self, items: Sequence[tuple[int, str, int, bytes]],
+    async def launch(self, items: Sequence[tuple[int, str, int, str, bytes]],
                      timeout: float = 30.0) -> list[LaunchResult]:
-        """Start wrappers: (id, task dir, attempt, spec bytes) each. Returns, per item, the
+        """Start wrappers: (id, task dir, attempt, nonce, spec bytes) each. Before it starts a
+        wrapper, the host records ``ATTEMPT NONCE`` in ``TASK_DIR/.hsm/launch`` (`LAUNCH_FILE`):
+        after a reconnect, that file tells "the host never got this launch" from "it got it".
+        Returns, per item, the
         pid of its wrapper, the error that kept it from starting (`ConnectionLost` when the
         monitor ended first: it may have started), or `UNCONFIRMED` when the host had not
         answered within ``timeout``."""
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[int]] = []
         records = []
-        for ident, task_dir, attempt, spec in items:
+        for ident, task_dir, attempt, nonce, spec in items:
             future: asyncio.Future[int] = loop.create_future()
             self._acks[ident] = future
             futures.append(future)
-            records.append(("L", str(ident), task_dir, str(attempt), printf_escape(spec)))
+            records.append(("L", str(ident), task_dir, str(attempt), nonce,
+                            printf_escape(spec)))
             self.watched[ident] = attempt
             self.seen.pop(ident, None)
             self.events.pop(ident, None)
+            self.launched.pop(ident, None)
         try:
             self._send(*records)
         except ConnectionLost:
