@@ -34,7 +34,6 @@ HOSTILE = [
 def hostile_spec() -> TaskSpec:
     return TaskSpec(
         attempt=2,
-        nonce="0123456789abcdef",
         project_dir="/projects/my project/it's here",
         guard=GuardSettings(
             project_min_free=2_000_000_000,
@@ -54,6 +53,7 @@ def hostile_spec() -> TaskSpec:
         setup=["module load cuda/12", "source ~/venv/bin/activate"],
         argv=["python", "train.py", *(f"p{i}={v}" for i, v in enumerate(HOSTILE)), ""],
         info="Task: 7\nSweep: sweep_20240101_120000\nCommand: python train.py 'it'\"'\"'s'\n",
+        nonce="0123456789abcdef0123456789abcdef",
     )
 
 
@@ -79,7 +79,7 @@ def test_golden_layout() -> None:
     assert f[0] == SPEC_MAGIC.encode()
     assert f[1:9] == [
         b"2",
-        b"0123456789abcdef",
+        spec.nonce.encode(),
         spec.project_dir.encode(),
         b"2000000000",
         b"1000000000",

@@ -168,6 +168,7 @@ class Task:
         env: Mapping[str, str] | None = None,
         setup: Sequence[str] = (),
         attempt: int = 1,
+        nonce: str = "",
     ) -> None:
         write_spec(
             self.dir,
@@ -179,6 +180,7 @@ class Task:
                 setup=list(setup),
                 argv=list(argv),
                 info=INFO.format(attempt=attempt),
+                nonce=nonce,
             ),
         )
 
@@ -236,12 +238,13 @@ def check_info(text: str, task: Task, status_line: str, exit_code: int | None) -
 
 
 def test_completed(task: Task, runner: Runner) -> None:
-    task.write(py("print('hello'); import sys; print('oops', file=sys.stderr)"), guard=WATCHING)
+    task.write(py("print('hello'); import sys; print('oops', file=sys.stderr)"), guard=WATCHING,
+               nonce="c0ffee" * 5)
     status = runner.run(task.dir)
     assert status.status is WrapperState.COMPLETED
     assert status.cause is Cause.COMPLETED
     assert status.exit_code == 0
-    assert status.attempt == 1 and status.version == 2
+    assert status.attempt == 1 and status.version == 2 and status.nonce == "c0ffee" * 5
     assert status.pgid is not None and status.pgid != status.pid
     assert status.finished is not None and status.finished >= status.started
     assert (task.dir / "stdout.log").read_text() == "hello\n"

@@ -344,8 +344,32 @@ class Host:
         self.set_load(NORMAL_LOAD)
         _rewrite(self.meminfo_path, real_meminfo())
 
+    def set_login_shell(self, shell: str | None) -> None:
+        """Make ``shell`` (e.g. ``/usr/bin/tcsh``) root's login shell on this host only: a
+        copy of /etc/passwd bound over it in the host's mount namespace. None: the machine's
+        own again. sshd reads it for each new session."""
+        mounted = self.run(["mountpoint", "-q", "/etc/passwd"]).returncode == 0
+        if mounted:
+            self.run(["umount", "/etc/passwd"], check=True)
+        if shell is None:
+            return
+        if not Path(shell).exists():
+            raise FileNotFoundError(f"{shell} is not installed (scripts/install-testbed-packages)")
+        lines = []
+        for line in Path("/etc/passwd").read_text().splitlines():
+            fields = line.split(":")
+            if fields[0] == "root":
+                fields[-1] = shell
+            lines.append(":".join(fields))
+        copy = self.dir / "passwd"
+        copy.write_text("\n".join(lines) + "\n")
+        copy.chmod(0o644)
+        self.run(["mount", "--bind", str(copy), "/etc/passwd"], check=True)
+
     def reset(self, *, clear_work_dir: bool = True) -> None:
-        """Undo every fault: thaw and (re)start sshd, link up, disk freed, normal load/memory."""
+        """Undo every fault: thaw and (re)start sshd, link up, disk freed, normal load/memory,
+        the machine's own login shell."""
+        self.set_login_shell(None)
         self.thaw_sshd()
         if not self.link_up():
             self.restore_link()

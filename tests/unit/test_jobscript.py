@@ -271,6 +271,28 @@ def test_bad_numbers_and_empty_argv_are_rejected(changes: dict[str, Any]) -> Non
         encode_spec(spec(**changes))
 
 
+@pytest.mark.parametrize("nonce", ["A1", "g", "0" * 33, " 1", "1\n", 7])
+def test_bad_nonces_are_rejected(nonce: Any) -> None:
+    with pytest.raises(ValueError, match="nonce"):
+        encode_spec(spec(nonce=nonce))
+
+
+def test_nonce_follows_the_attempt() -> None:
+    data = encode_spec(spec(attempt=3, nonce="9f" * 16))
+    assert data.split(b"\0")[:4] == [b"hsm-spec-2", b"3", b"9f" * 16, b"/p"]
+    assert encode_spec(spec()).split(b"\0")[2] == b""
+
+
+def test_status_nonce_is_read_and_checked() -> None:
+    data = {**FINAL, "version": 2, "nonce": "ab12"}
+    status = parse_status(json.dumps(data))
+    assert status is not None and status.nonce == "ab12"
+    assert parse_status(json.dumps({**data, "nonce": "XY"})) is None
+    assert parse_status(json.dumps({**data, "nonce": 5})) is None
+    old = parse_status(json.dumps(FINAL))  # a version 1 status has no nonce
+    assert old is not None and old.nonce == ""
+
+
 def test_non_utf8_arguments_round_trip() -> None:
     raw = b"caf\xe9"
     data = encode_spec(spec(argv=["echo", raw.decode("utf-8", "surrogateescape")]))

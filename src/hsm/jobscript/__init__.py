@@ -28,6 +28,7 @@ WRAPPER_PATH: Path = Path(__file__).with_name("wrapper.sh")
 SPEC_MAGIC = "hsm-spec-2"
 HSM_DIR = ".hsm"
 SPEC_FILE = f"{HSM_DIR}/spec"
+LAUNCH_FILE = f"{HSM_DIR}/launch"  # "ATTEMPT NONCE\n", written by the SSH host monitor
 EVENTS_FILE = f"{HSM_DIR}/events.log"
 STATUS_SPARE = f"{HSM_DIR}/status.spare"
 STATUS_FILE = "status.json"
@@ -70,7 +71,7 @@ class TaskSpec:
     setup: Sequence[str]
     argv: Sequence[str]
     info: str
-    nonce: str = ""  # the attempt's launch nonce (fencing), written into every status
+    nonce: str = ""  # the attempt's launch nonce, written into every status.json
 
 
 def _field(name: str, value: str) -> bytes:
@@ -95,8 +96,9 @@ def encode_spec(spec: TaskSpec) -> bytes:
             raise ValueError(f"{name} must be a non-negative integer, got {number!r}")
     if not spec.argv:
         raise ValueError("argv is empty: a task needs a command")
-    if not _NONCE.fullmatch(spec.nonce):
-        raise ValueError(f"nonce must be up to 32 lowercase hex digits, got {spec.nonce!r}")
+    if not isinstance(spec.nonce, str) or not _NONCE.fullmatch(spec.nonce):
+        raise ValueError(f"nonce must be 1 to 32 lower-case hex digits or empty, "
+                         f"got {spec.nonce!r}")
     out = [_field("magic", SPEC_MAGIC), _field("attempt", str(spec.attempt)),
            _field("nonce", spec.nonce)]
     out.append(_field("project_dir", spec.project_dir))
@@ -161,7 +163,7 @@ class WrapperStatus:
     host: str
     started: float
     finished: float | None
-    nonce: str = ""  # the launch nonce of the attempt that wrote it
+    nonce: str = ""  # the launch nonce of the attempt that wrote it ("" when it had none)
 
     @property
     def terminal(self) -> bool:
@@ -198,6 +200,9 @@ def parse_status(text: str) -> WrapperStatus | None:
         if not isinstance(data, dict) or not isinstance(data.get("host"), str):
             return None
         cause = data["cause"]
+        nonce = data.get("nonce", "")  # version 1 statuses have none
+        if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce):
+            return None
         return WrapperStatus(
             version=_int(data["version"]),
             attempt=_int(data["attempt"]),
@@ -209,7 +214,7 @@ def parse_status(text: str) -> WrapperStatus | None:
             host=data["host"],
             started=_float(data["started"]),
             finished=None if data["finished"] is None else _float(data["finished"]),
-            nonce=_nonce(data.get("nonce", "")),
+            nonce=nonce,
         )
     except (ValueError, KeyError, TypeError, RecursionError):
         return None

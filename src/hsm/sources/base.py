@@ -46,7 +46,7 @@ class LaunchRequest:
     params: Mapping[str, Any]
     slot: int
     attempt_id: int
-    nonce: str = ""  # recorded with the attempt before the launch; the wrapper writes it back
+    nonce: str = ""  # the launch nonce recorded before the launch ([0-9a-f]{1,32}, or empty)
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,11 @@ class PollResult:
     # The facts the state was read from, for backends that report them: the engine then
     # decides with ``hsm.engine.lifecycle.decide`` and ``state`` is only a summary.
     facts: Facts | None = None
+    # Did the host get this attempt's launch? True: its task folder holds the attempt's
+    # launch record (or status); False: the host answered and holds neither (it never got
+    # the launch, or lost it); None: not known (no answer yet, or a backend that does not
+    # tell). Reported by the SSH backend; the engine decides what it means.
+    received: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from hsm.sources.base import (
     task_folder_name,
 )
 from hsm.sources.probe import PROBE_SCRIPT, parse_probe
-from hsm.sources.ssh_monitor import HostMonitor
+from hsm.sources.ssh_monitor import HostMonitor, LaunchResult, Unconfirmed
 from hsm.sources.ssh_pull import HostPuller, Key, Prefetch
 from hsm.sources.transport import ConnectError, ConnectionLost, RemoteError, SshTransport
 
@@ -234,7 +234,19 @@ class SshSource(Source):
         asyncio.get_running_loop().call_later(delay, self.wake.set)
 
     async def _supervise(self) -> None:
-        """Keep the monitor running; reconnect after the host was lost."""
+        """Keep the monitor running; reconnect after the host was lost. If the supervisor
+        itself fails, the source is unreachable from then on (its attempts go the way of a
+        lost host's), never "reachable" without a monitor."""
+        try:
+            await self._keep_up()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("source %s: its supervisor failed: %r", self.name, exc)
+            self._mark_down(f"the supervisor failed: {exc!r}")
+            self.reachable = False
+
+    async def _keep_up(self) -> None:
         while not self._closing:
             monitor = self._monitor
             if self.reachable and monitor is not None:
@@ -287,21 +299,21 @@ class SshSource(Source):
         for req in requests:
             task_dir = self.task_dir(ctx, req.number)
             spec = encode_spec(self.task_spec(ctx, req, self.gpu_ids(req.slot)))
-            items.append((self._id(task_dir), task_dir, req.attempt, spec))
+            items.append((self._id(task_dir), task_dir, req.attempt, req.nonce, spec))
         try:
-            results: list[int | BaseException] = await monitor.launch(items)
+            results: list[LaunchResult] = await monitor.launch(items)
         except (RemoteError, TimeoutError) as exc:
             # Some may have started: the handles let the engine find (or lose) them.
             results = [exc] * len(items)
         now = clock.monotonic()
         handles: list[JobHandle | Exception] = []
         refused = 0
-        for req, (ident, task_dir, _, _), result in zip(requests, items, results, strict=True):
+        for req, (ident, task_dir, *_), result in zip(requests, items, results, strict=True):
             key = (task_dir, req.attempt)
             self._first_seen[key] = self._touched[ident] = now
             if isinstance(result, int):
                 self._prefetch.unpulled.add(key)
-            elif not isinstance(result, ConnectionLost | TimeoutError):
+            elif not isinstance(result, ConnectionLost | TimeoutError | Unconfirmed):
                 # The host answered that it could not start it.
                 refused += 1
                 handles.append(RemoteError(f"{self._where()}: the launch failed: {result}"))
@@ -353,12 +365,22 @@ class SshSource(Source):
         if mine and state is PollState.RUNNING:
             events = tuple(parse_events(monitor.events.get(self._id(task_dir), ""), h.attempt))
         facts = Facts(attempt=h.attempt, nonce=h.nonce, status=status,
+                      received=True if mine else self._received(monitor, task_dir, h),
                       status_unreadable=seen is not None and bool(seen.text) and status is None,
                       wrapper_alive=seen.alive if mine and seen is not None else None,
                       ack=Ack.CONFIRMED if h.confirmed else Ack.UNCONFIRMED,
                       since_launch=now - self._first_seen.setdefault(key, now),
                       collectable=not (mine and self._prefetch.pending(key)))
         return PollResult(state or PollState.STARTING, status, events=events, facts=facts)
+
+    def _received(self, monitor: HostMonitor, task_dir: str, h: JobHandle) -> bool | None:
+        """Whether the task folder holds this attempt's launch record (None: not reported).
+        The record is "ATTEMPT NONCE"; a handle older than fencing has no nonce."""
+        record = monitor.launched.get(self._id(task_dir))
+        if record is None:
+            return None
+        attempt, _, nonce = record.strip().partition(" ")
+        return attempt == str(h.attempt) and (not h.nonce or nonce == h.nonce)
 
     def _unreachable(self, handles: Sequence[JobHandle], now: float) -> dict[JobHandle,
                                                                                 PollResult]:

@@ -24,7 +24,21 @@ from hsm.sources.transport import ConnectionLost, RemoteError, SshTransport
 log = logging.getLogger(__name__)
 
 # Fields per event, the type included.
-_EVENT_FIELDS = {b"S": 4, b"V": 3, b"A": 3, b"E": 3, b"P": 2}
+_EVENT_FIELDS = {b"S": 4, b"V": 3, b"R": 3, b"A": 3, b"E": 3, b"P": 2}
+
+
+class Unconfirmed:
+    """A launch the host did not acknowledge in time: it may or may not have started."""
+
+    def __repr__(self) -> str:
+        return "UNCONFIRMED"
+
+
+UNCONFIRMED = Unconfirmed()
+
+LaunchResult = int | BaseException | Unconfirmed
+"""Per request: the wrapper's pid (started), the error that kept it from starting, or
+`UNCONFIRMED` (no acknowledgement within the timeout)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,8 @@ class HostMonitor:
         self.seen: dict[int, Seen] = {}
         self.events: dict[int, str] = {}  # id -> the events log of a running task
         self.watched: dict[int, int] = {}  # id -> attempt
+        # id -> the launch record ("ATTEMPT NONCE", "" for none) of a folder without a status
+        self.launched: dict[int, str] = {}
         self.done = asyncio.Event()
         self.error = ""
         self._proc: asyncssh.SSHClientProcess[bytes] | None = None
@@ -68,7 +84,9 @@ class HostMonitor:
                 await self._read(proc)
                 status = proc.exit_status
                 self.error = f"the host monitor ended (exit {status})"
-        except (OSError, asyncssh.Error, RemoteError) as exc:
+        except Exception as exc:  # whatever ends the reader ends the monitor, cleanly
+            if not isinstance(exc, OSError | asyncssh.Error | RemoteError):
+                log.warning("host monitor: reader failed: %r", exc)
             self.error = str(exc) or type(exc).__name__
             if not ready.done():
                 ready.set_exception(exc if isinstance(exc, RemoteError) else
@@ -116,22 +134,31 @@ class HostMonitor:
             for field in complete:
                 fields.append(field)
                 need = _EVENT_FIELDS.get(fields[0])
-                if need is None:
-                    log.debug("host monitor: unexpected field %r", fields[0])
+                if need is None:  # not an event type: skip fields until one starts
+                    log.warning("host monitor: unexpected field %r", fields[0][:80])
                     fields = []
                 elif len(fields) == need:
-                    if self._event(fields):
-                        changed.append(int(fields[1]))
+                    try:
+                        if self._event(fields):
+                            changed.append(int(fields[1]))
+                    except ValueError:  # a malformed record: log it, go on with the next
+                        log.warning("host monitor: malformed event %r",
+                                    [f[:80] for f in fields])
                     fields = []
             if changed:
                 self.on_change(changed)
 
     def _event(self, fields: list[bytes]) -> bool:
+        if not fields[1].isdigit():
+            raise ValueError(f"not an id: {fields[1]!r}")
         kind, ident = fields[0], int(fields[1])
         if kind == b"S":
             text = fields[2].decode(errors="replace").strip()
             self.seen[ident] = Seen(text, fields[3] == b"1")
             return True
+        if kind == b"R":
+            self.launched[ident] = fields[2].decode(errors="replace")
+            return False
         if kind == b"V":
             self.events[ident] = fields[2].decode(errors="replace")
             return True
@@ -143,6 +170,9 @@ class HostMonitor:
         ack = self._acks.pop(ident, None)
         if ack is not None and not ack.done():
             if kind == b"A":
+                if not fields[2].isdigit():
+                    self._acks[ident] = ack  # wait for a well-formed answer (or time out)
+                    raise ValueError(f"not a pid: {fields[2]!r}")
                 ack.set_result(int(fields[2]))
             else:
                 ack.set_exception(RemoteError(fields[2].decode(errors="replace")))
@@ -165,11 +195,13 @@ class HostMonitor:
         self.watched[ident] = attempt
         self.seen.pop(ident, None)
         self.events.pop(ident, None)
+        self.launched.pop(ident, None)
 
     def unwatch(self, ident: int) -> None:
         self._send(("U", str(ident)))
         self.watched.pop(ident, None)
         self.events.pop(ident, None)
+        self.launched.pop(ident, None)
 
     async def barrier(self, timeout: float = 15.0) -> None:
         """Returns once the monitor has scanned everything it was told to watch so far."""
@@ -179,22 +211,43 @@ class HostMonitor:
         self._send(("P", str(token)))
         await asyncio.wait_for(future, timeout)
 
-    async def launch(self, items: Sequence[tuple[int, str, int, bytes]],
-                     timeout: float = 30.0) -> list[int | BaseException]:
-        """Start wrappers: (id, task dir, attempt, spec bytes) each. Returns the pid of each,
-        or the error that kept it from starting."""
+    async def launch(self, items: Sequence[tuple[int, str, int, str, bytes]],
+                     timeout: float = 30.0) -> list[LaunchResult]:
+        """Start wrappers: (id, task dir, attempt, nonce, spec bytes) each. Before it starts a
+        wrapper, the host records ``ATTEMPT NONCE`` in ``TASK_DIR/.hsm/launch`` (`LAUNCH_FILE`):
+        after a reconnect, that file tells "the host never got this launch" from "it got it".
+        Returns, per item, the
+        pid of its wrapper, the error that kept it from starting (`ConnectionLost` when the
+        monitor ended first: it may have started), or `UNCONFIRMED` when the host had not
+        answered within ``timeout``."""
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[int]] = []
         records = []
-        for ident, task_dir, attempt, spec in items:
+        for ident, task_dir, attempt, nonce, spec in items:
             future: asyncio.Future[int] = loop.create_future()
             self._acks[ident] = future
             futures.append(future)
-            records.append(("L", str(ident), task_dir, str(attempt), printf_escape(spec)))
+            records.append(("L", str(ident), task_dir, str(attempt), nonce,
+                            printf_escape(spec)))
             self.watched[ident] = attempt
             self.seen.pop(ident, None)
             self.events.pop(ident, None)
-        self._send(*records)
-        done = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True),
-                                      timeout)
-        return list(done)
+            self.launched.pop(ident, None)
+        try:
+            self._send(*records)
+        except ConnectionLost:
+            for ident, *_ in items:
+                self._acks.pop(ident, None)
+            raise
+        await asyncio.wait(futures, timeout=timeout)
+        results: list[LaunchResult] = []
+        for (ident, *_), future in zip(items, futures, strict=True):
+            if not future.done():
+                future.cancel()
+                if self._acks.get(ident) is future:
+                    del self._acks[ident]
+                results.append(UNCONFIRMED)
+            else:
+                exc = future.exception()
+                results.append(future.result() if exc is None else exc)
+        return results

@@ -117,23 +117,32 @@ look() {
 # stdin and writes events on stdout, both as NUL-terminated fields:
 #   W ID DIR ATTEMPT        watch DIR for ATTEMPT
 #   U ID                    stop watching
-#   L ID DIR ATTEMPT SPEC   write DIR/.hsm/spec (printf %b escapes), start the wrapper
-#                           detached (its own session), watch it
+#   L ID DIR ATTEMPT NONCE SPEC
+#                           write DIR/.hsm/launch ("ATTEMPT NONCE": the record that the
+#                           host got this launch) and DIR/.hsm/spec (printf %b escapes),
+#                           start the wrapper detached (its own session), watch it
 #   P ID                    answered with "P ID" after the next scan (a barrier)
 # Events: "S ID STATUS ALIVE" when a watched status changes (a final status of the watched
 # attempt ends the watch; a running one is reported once it ran about 50 ms, or at a barrier),
 # "V ID TEXT" when the events log of a running task has new event lines (TEXT: all of it),
+# "R ID LINE" while a watched folder has no status: its launch record ("ATTEMPT NONCE", or ""
+# when there is none), at the first scan and whenever it changes,
 # "A ID PID" launched, "E ID MESSAGE" not launched.
 # The monitor ends when its stdin closes; the tasks it started do not.
 MONITOR = _LOOK + r"""
 w=$1
-dirs=() att=() last=() age=() evs=() cmd=() pongs=() buf=
+dirs=() att=() last=() age=() evs=() rec=() cmd=() pongs=()
 ev() { printf '%s\0' "$@"; }
 scan() {
   local i k run force=${#pongs[@]}
   for i in "${!dirs[@]}"; do
     look "${dirs[i]}"
-    [[ -n $s ]] || continue
+    if [[ -z $s ]]; then # no status yet: report the launch record when it changes
+      l=
+      { IFS= read -r l <"${dirs[i]}/.hsm/launch"; } 2>/dev/null
+      [[ ${rec[i]+set} && ${rec[i]} == "$l" ]] || { rec[i]=$l; ev R "$i" "$l"; }
+      continue
+    fi
     run=0 k=$s
     [[ $s == *'"status": "running"'* ]] && run=1 k=running$alive # a new pgid is no news
     if ((run)); then # new event lines of a running task (the final ones come with it)
@@ -151,7 +160,7 @@ scan() {
     last[i]=$k age[i]=0
     ev S "$i" "$s" "$alive"
     if [[ $s != *'"status": "running"'* && $s == *"\"attempt\": ${att[i]},"* ]]; then
-      unset 'dirs[i]' 'att[i]' 'last[i]' 'age[i]' 'evs[i]'
+      unset 'dirs[i]' 'att[i]' 'last[i]' 'age[i]' 'evs[i]' 'rec[i]'
     fi
   done
   for k in "${pongs[@]}"; do ev P "$k"; done
@@ -160,10 +169,11 @@ scan() {
 launch() {
   # (The temp folders too: one mkdir here saves the wrapper one.)
   if mkdir -p -- "$2/.hsm" "$2/tmp" "$2/cuda_cache" 2>/dev/null &&
-    printf '%b' "$4" 2>/dev/null >"$2/.hsm/spec"; then
+    printf '%s %s\n' "$3" "$4" 2>/dev/null >"$2/.hsm/launch" &&
+    printf '%b' "$5" 2>/dev/null >"$2/.hsm/spec"; then
     (cd / && exec setsid bash "$w" "$2" </dev/null >/dev/null 2>&1) &
     dirs[$1]=$2 att[$1]=$3
-    unset 'last[$1]' 'evs[$1]'
+    unset 'last[$1]' 'evs[$1]' 'rec[$1]'
     ev A "$1" "$!"
   else
     ev E "$1" "cannot write the task spec in $2 (disk full or not writable?)"
@@ -171,24 +181,31 @@ launch() {
 }
 run() {
   case ${cmd[0]} in
-    W) dirs[cmd[1]]=${cmd[2]} att[cmd[1]]=${cmd[3]}; unset 'last[cmd[1]]' 'evs[cmd[1]]' ;;
-    U) unset 'dirs[cmd[1]]' 'att[cmd[1]]' 'last[cmd[1]]' 'evs[cmd[1]]' ;;
-    L) launch "${cmd[1]}" "${cmd[2]}" "${cmd[3]}" "${cmd[4]}" ;;
+    W)
+      dirs[cmd[1]]=${cmd[2]} att[cmd[1]]=${cmd[3]}
+      unset 'last[cmd[1]]' 'evs[cmd[1]]' 'rec[cmd[1]]'
+      ;;
+    U) unset 'dirs[cmd[1]]' 'att[cmd[1]]' 'last[cmd[1]]' 'evs[cmd[1]]' 'rec[cmd[1]]' ;;
+    L) launch "${cmd[1]}" "${cmd[2]}" "${cmd[3]}" "${cmd[4]}" "${cmd[5]}" ;;
     P) pongs+=("${cmd[1]}") ;;
   esac
 }
+# A read with a timeout can lose a NUL delimiter when the timeout fires (bash 5.2), which
+# shifts every later field: poll with "read -t 0", then read whole fields with blocking reads.
+# The 5 ms pause is a timed read on a pipe that never has data (a builtin: no process).
+exec {nap}<> <(:)
 while :; do
-  if IFS= read -r -d '' -t 0.005 part; then
-    cmd+=("$buf$part") buf=
-    case ${cmd[0]} in W) n=4 ;; L) n=5 ;; U | P) n=2 ;; *) n=1 cmd=() ;; esac
+  if read -t 0; then
+    IFS= read -r -d '' part || exit 0
+    cmd+=("$part")
+    case ${cmd[0]} in W) n=4 ;; L) n=6 ;; U | P) n=2 ;; *) n=1 cmd=() ;; esac
     ((${#cmd[@]} < n)) && continue
-    run
+    [[ ${cmd[1]} == +([0-9]) ]] && run
     cmd=()
-  else
-    (($? > 128)) || exit 0
-    buf+=$part
+    continue
   fi
   scan
+  read -r -t 0.005 -u "$nap" _
 done
 """
 

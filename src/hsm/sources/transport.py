@@ -111,6 +111,18 @@ class _Client(asyncssh.SSHClient):
         self._on_lost(exc)
 
 
+# What sshd hands to the remote user's login shell, for every command hsm runs there: no
+# newline, no quoting, nothing that bash, sh, zsh, tcsh/csh and fish read differently.
+REMOTE_COMMAND = "bash -s"
+
+
+def remote_stdin(command: str, input: bytes | None) -> bytes:
+    """The stdin of `REMOTE_COMMAND` for one command line (bash syntax, from shlex): one
+    ``exec COMMAND`` line, which bash parses whole before it runs it, then the command's own
+    input (bash reads a pipe byte by byte, so the command gets every byte after that line)."""
+    return b"exec " + command.encode("utf-8", "surrogateescape") + b"\n" + (input or b"")
+
+
 class SshTransport:
     """One connection to one host, shared by every command of a source."""
 
@@ -302,12 +314,13 @@ class SshTransport:
 
     async def run(self, command: str, *, input: bytes | None = None,
                   timeout: float | None = 60.0) -> RemoteResult:
-        """Run one shell command line (built with shlex by the caller)."""
+        """Run one simple command line (an argv joined with shlex by the caller), whatever
+        the remote user's login shell (see `remote_stdin`)."""
         for attempt in range(CHANNEL_RETRIES):
             async with self.channel() as conn:
                 try:
-                    proc = await conn.run(command, input=input, timeout=timeout, check=False,
-                                          encoding=None)
+                    proc = await conn.run(REMOTE_COMMAND, input=remote_stdin(command, input),
+                                          timeout=timeout, check=False, encoding=None)
                 except asyncssh.ChannelOpenError as exc:
                     if attempt == CHANNEL_RETRIES - 1:
                         raise RemoteError(f"source {self.target.source!r}: cannot open a "
@@ -334,11 +347,13 @@ class SshTransport:
 
     async def open_process(self, conn: asyncssh.SSHClientConnection,
                            command: str) -> asyncssh.SSHClientProcess[bytes]:
-        """Start a remote process on a channel the caller holds (see ``channel``)."""
+        """Start a remote process on a channel the caller holds (see ``channel``): like
+        `run`, ``command`` reaches bash on stdin, and what the caller writes follows it."""
         for attempt in range(CHANNEL_RETRIES):
             try:
                 proc: asyncssh.SSHClientProcess[bytes] = await conn.create_process(
-                    command, encoding=None)
+                    REMOTE_COMMAND, encoding=None)
+                proc.stdin.write(remote_stdin(command, None))
                 return proc
             except asyncssh.ChannelOpenError as exc:
                 if attempt == CHANNEL_RETRIES - 1:
