@@ -31,16 +31,17 @@ def test_a_local_sweep_in_a_git_project_records_its_commit(tmp_path: Path) -> No
 
 
 def test_resume_says_when_the_code_changed_since_the_start(tmp_path: Path) -> None:
-    root = make_project(tmp_path / "p", sweep="command: [bash, task.sh]\n"
+    root = make_project(tmp_path / "p", sweep="command: [bash, fail.sh]\n"
                                               "sweep: {grid: {a: [1]}}\n")
+    (root / "fail.sh").write_text("exit 1\n")
     result = hsm("run", "sweeps/sweep.yaml", "--json", "--name", "s", cwd=root)
-    assert result.returncode == 0, result
+    assert result.returncode == 1, result
     recorded = result.json()["code_version"]
     assert set(recorded) == {"hash"}
-    same = hsm("resume", "s", cwd=root)
+    same = hsm("resume", "s", "--retry-failed", cwd=root)
     assert "the code changed" not in same.stderr, same
-    (root / "task.sh").write_text((root / "task.sh").read_text() + "\n# changed\n")
-    changed = hsm("resume", "s", cwd=root)
+    (root / "fail.sh").write_text("exit 0\n")
+    changed = hsm("resume", "s", "--retry-failed", cwd=root)
     assert changed.returncode == 0, changed
     assert f"the code changed since sweep s started (content {recorded['hash'][:12]}, now " \
         "content " in changed.stderr, changed
