@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from hsm.backoff import Backoff
+from hsm.engine.collect import collect_backoff, give_up_collecting
 from hsm.engine.failsafe import TASK_LEVEL_CAUSES, FailsafeConfig
 from hsm.engine.monitor import SourceMonitor
 from hsm.engine.policy import judge_attempt
@@ -49,6 +51,7 @@ class Running:
     handle: JobHandle | None = None
     ended: bool = False  # its wrapper recorded the end; the slot is free, results may come
     events_seen: int = 0  # event lines of the attempt already logged
+    collect: Backoff = field(default_factory=collect_backoff)  # bounded result collection
 
 
 @dataclass
@@ -437,10 +440,13 @@ class Engine:
             return
         status = result.status
         assert status is not None
+        if not run.collect.ready():
+            return
         try:
             await source.collect(ctx=self.ctx, handle=handle)
         except Exception as exc:  # noqa: BLE001 - results stay on the host; retried later
-            log.warning("could not collect task %d from %s: %s", run.attempt.number, name, exc)
+            if give_up_collecting(run.collect, run.attempt.number, name, handle.task_dir, exc):
+                self._settle(name, run, Cause.COLLECT_FAILED, status.exit_code)
             return
         local_dir = Path(self.ctx.sweep_dir, "tasks", Path(handle.task_dir).name)
         self._report_events(name, run, read_events(local_dir, run.attempt.attempt))

@@ -26,6 +26,7 @@ import asyncssh
 
 from hsm.errors import HsmError, SourceUnavailableError
 from hsm.sources.process import CommandError, CommandResult, run_local
+from hsm.sources.untar import safe_extractall
 
 log = logging.getLogger(__name__)
 
@@ -350,8 +351,8 @@ class SshTransport:
     async def pull(self, remote_dir: str, names: Sequence[str], local_dir: Path, *,
                    exclude: Sequence[str] = ()) -> None:
         """Copy ``remote_dir/NAME`` for each name into ``local_dir/NAME``: one ``tar`` over
-        the existing connection for all of them, unpacked here with tarfile's ``data``
-        filter (no absolute paths, no ``..``, no links out of ``local_dir``)."""
+        the existing connection for all of them, unpacked here by ``unpack`` (no absolute paths,
+        no ``..``, no links out of ``local_dir``, no devices)."""
         argv = ["tar", "-C", remote_dir, "-cf", "-", "--anchored", "--no-wildcards"]
         argv += [f"--exclude={e}" for e in exclude]
         argv += ["--", *names]
@@ -407,11 +408,12 @@ class SshTransport:
 
 
 def unpack(archive: Any, local_dir: Path) -> None:
-    """Unpack a tar archive with tarfile's ``data`` filter: nothing lands outside
-    ``local_dir`` (no absolute paths, no ``..``, no links pointing out)."""
+    """Unpack a tar archive safely on every Python (see ``hsm.sources.untar``): nothing
+    lands outside ``local_dir`` (no absolute paths, no ``..``, no links pointing out, no
+    devices)."""
     local_dir.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=archive, mode="r:") as tar:
-        tar.extractall(local_dir, filter="data")
+        safe_extractall(tar, local_dir)
 
 
 def _needs_passphrase(path: str) -> bool:
