@@ -16,6 +16,7 @@ from hsm.backoff import Backoff
 from hsm.engine.collect import collect_backoff, give_up_collecting
 from hsm.engine.failsafe import TASK_LEVEL_CAUSES, FailsafeConfig
 from hsm.engine.monitor import SourceMonitor
+from hsm.engine.pacing import poll_pacer
 from hsm.engine.policy import judge_attempt
 from hsm.engine.strategy import make_strategy, views
 from hsm.errors import ConfigError, ExitCode, HsmError, SourceUnavailableError
@@ -334,11 +335,13 @@ class Engine:
 
     async def _poller(self, name: str) -> None:
         source = self.sources[name]
-        interval = self.options.poll_interval.get(name, 1.0)
+        pacer = poll_pacer(source, self.options.poll_interval.get(name, 1.0))
         failed_before = False
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(source.wake.wait(), timeout=interval)
+                await asyncio.wait_for(source.wake.wait(), timeout=pacer.interval)
+            if source.wake.is_set():
+                pacer.reset()
             source.wake.clear()
             if self.orphans[name] and source.reachable:
                 await self._resolve_orphans(name)
@@ -353,6 +356,7 @@ class Engine:
                 failed_before = True
                 continue
             failed_before = False
+            pacer.observed({h: r.state for h, r in results.items()})
             for run in runs:
                 assert run.handle is not None
                 result = results.get(run.handle)

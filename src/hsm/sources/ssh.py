@@ -19,10 +19,12 @@ import contextlib
 import hashlib
 import logging
 import posixpath
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from hsm.backoff import Backoff, Sleep
 from hsm.errors import HsmError
 from hsm.jobscript import encode_spec, parse_events, parse_status, wrapper_text
 from hsm.sources import ssh_host
@@ -47,7 +49,7 @@ from hsm.sources.transport import ConnectError, ConnectionLost, RemoteError, Ssh
 log = logging.getLogger(__name__)
 
 START_GRACE = 10.0  # a started wrapper writes its first status within milliseconds
-RECONNECT_DELAY = 1.0
+RECONNECT_FIRST, RECONNECT_CAP = 1.0, 4.0  # seconds between reconnects: 1, 2, 4, 4 ...
 PRUNE_AFTER = 10.0  # stop watching folders the engine has not asked about for this long
 # Not pulled: the task's private scratch folders, and the wrapper's input and reserve file.
 PULL_EXCLUDE = ("tmp", "cuda_cache", ".hsm/spec", ".hsm/status.spare")
@@ -80,6 +82,7 @@ class SshSource(Source):
         self._helper_lock = asyncio.Lock()
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
+        self.sleep: Sleep = asyncio.sleep  # the waits between reconnects (tests drive them)
         self._pushed = self._checked = False
         self._down_since: float | None = None
         self._down_reason = ""
@@ -228,6 +231,7 @@ class SshSource(Source):
 
     async def _supervise(self) -> None:
         """Keep the monitor running; reconnect after the host was lost."""
+        backoff = Backoff(tries=sys.maxsize, first=RECONNECT_FIRST, cap=RECONNECT_CAP)
         while not self._closing:
             monitor = self._monitor
             if self.reachable and monitor is not None:
@@ -237,7 +241,7 @@ class SshSource(Source):
                 if self.transport.connected:
                     log.warning("host monitor on %s stopped (%s); restarting it", self.name,
                                 monitor.error)
-                    await asyncio.sleep(RECONNECT_DELAY)
+                    await asyncio.sleep(RECONNECT_FIRST)
                     with contextlib.suppress(HsmError):
                         await self._start_monitor()
                         continue
@@ -251,7 +255,10 @@ class SshSource(Source):
                 if not network and reason != self._down_reason:  # e.g. a new host key
                     log.warning("source %s cannot be used again yet: %s", self.name, reason)
                 self._down_reason = reason
-                await asyncio.sleep(RECONNECT_DELAY)
+                backoff.failed()
+                await self.sleep(backoff.delay())
+            else:
+                backoff.succeeded()
 
     # -- tasks ---------------------------------------------------------------------------
     def _id(self, task_dir: str) -> int:

@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncssh
 
+from hsm.backoff import Backoff, Sleep, retry
 from hsm.errors import HsmError, SourceUnavailableError
 from hsm.sources.process import CommandError, CommandResult, run_local
 from hsm.sources.untar import safe_extractall
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 MAX_CHANNELS = 5  # sshd's MaxSessions is 10 and refused opens at 7-10 in flight
 CHANNEL_RETRIES = 8
+RSYNC_TRIES = 3  # a push broken by the network is tried again after 1 s, then 2 s
+RSYNC_TRANSIENT = frozenset({10, 12, 30, 35, 255})  # socket, protocol, timeouts; ssh
 SPOOL_IN_MEMORY = 16 << 20  # pulled results beyond this go to a temporary file
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 NOTHING_TRUSTED: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
@@ -398,13 +401,32 @@ class SshTransport:
         """``host:path`` for rsync (``--protect-args`` keeps the path away from the shell)."""
         return f"{self.target.host}:{path}"
 
-    async def rsync(self, args: Sequence[str], *, what: str,
-                    timeout: float = 3600.0) -> CommandResult:
+    async def rsync(self, args: Sequence[str], *, what: str, timeout: float = 3600.0,
+                    sleep: Sleep = asyncio.sleep) -> CommandResult:
+        """Run rsync over ``ssh_argv``; a transfer broken by the network (rsync exit 10, 12,
+        30, 35 or ssh's 255) is tried again, at most ``RSYNC_TRIES`` times in all."""
         argv = ["rsync", "--protect-args", "-e", shlex.join(self.ssh_argv()), *args]
-        result = await run_local(argv, timeout=timeout)
+
+        async def once() -> CommandResult:
+            result = await run_local(argv, timeout=timeout)
+            if result.returncode in RSYNC_TRANSIENT:
+                raise _Transient(result)
+            return result
+
+        try:
+            result = await retry(once, backoff=Backoff(tries=RSYNC_TRIES), sleep=sleep,
+                                 retry_on=(_Transient,))
+        except _Transient as exc:
+            result = exc.result
         if result.returncode != 0:
             raise CommandError(result, f"{what} for source {self.target.source!r}")
         return result
+
+
+class _Transient(Exception):
+    def __init__(self, result: CommandResult) -> None:
+        super().__init__(f"exit {result.returncode}")
+        self.result = result
 
 
 def unpack(archive: Any, local_dir: Path) -> None:
