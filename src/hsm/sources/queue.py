@@ -83,6 +83,11 @@ def judge(element: Element | None, status: WrapperStatus | None, *, attempt: int
     mine = status if status is not None and status.attempt == attempt else None
     state = element.state if element is not None else None
     if mine is not None and mine.terminal:
+        walltime = SCHEDULER_CAUSES.get(state) if state is not None else None
+        if walltime in (Cause.TIMEOUT, Cause.PREEMPTED):
+            # Ended at its walltime or by preemption, even if the task handled the signal and
+            # exited 0 or 1 on its own: the scheduler's word is the cause.
+            return PollResult(PollState.FINISHED, mine, scheduler_cause=walltime.value), False
         if mine.cause not in (Cause.CANCELLED, Cause.SIGNAL):
             return PollResult(PollState.FINISHED, mine), False
         # The wrapper was signalled: a cancel, a time limit, a preemption or the OOM killer.
