@@ -73,7 +73,7 @@ def main() -> int:
                     cluster: {type: slurm, host: local, max_parallel_jobs: 2}
             """)
             write(root / "sweep.yaml", """
-                command: ["sleep", "3600"]
+                command: ["bash", "-c", "sleep 3600", "task"]
                 sweep:
                   grid:
                     i: [1, 2]
@@ -82,10 +82,14 @@ def main() -> int:
             """)
             hsm = subprocess.Popen([*HSM, "run", "sweep.yaml", "--source", "cluster"],
                                    cwd=root, env=hsm_env(cluster.env()),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             try:
                 time.sleep(args.warmup)
                 with_hsm = window(cluster, args.window)
+                if hsm.poll() is not None:
+                    print(f"hsm ended early (exit {hsm.returncode}):\n{hsm.communicate()[1]}",
+                          file=sys.stderr)
+                    return 1
             finally:
                 hsm.send_signal(signal.SIGINT)
                 hsm.wait(timeout=120)
