@@ -54,11 +54,12 @@ class Cause(StrEnum):
     NODE_FAIL = "node_fail"
     PREEMPTED = "preempted"
     LAUNCH_FAILED = "launch_failed"
+    COLLECT_FAILED = "collect_failed"  # finished, but its results could not be brought back
 
 
 # Causes that are the machine's fault, not the task's: retried on another source.
 INFRASTRUCTURE_CAUSES = frozenset(
     {Cause.LOST, Cause.DISK_PRECHECK, Cause.DISK_KILL, Cause.TIMEOUT, Cause.NODE_FAIL,
-     Cause.PREEMPTED, Cause.LAUNCH_FAILED}
+     Cause.PREEMPTED, Cause.LAUNCH_FAILED, Cause.COLLECT_FAILED}
 )
 DISK_CAUSES = frozenset({Cause.DISK_PRECHECK, Cause.DISK_KILL})

@@ -164,6 +164,17 @@ def test_final_wrapper_status_wins_for_tasks_that_ended_on_their_own() -> None:
     assert result.state is PollState.FINISHED and result.status == failed
 
 
+@pytest.mark.parametrize("wrapper", [(Cause.COMPLETED, 0), (Cause.TASK_FAILED, 1)])
+@pytest.mark.parametrize(("element", "cause"), [(S.TIMEOUT, "timeout"),
+                                                (S.PREEMPTED, "preempted")])
+def test_a_task_that_handled_its_walltime_signal_gets_the_scheduler_s_cause(
+        wrapper: tuple[Cause, int], element: ElementState, cause: str) -> None:
+    ended = status("completed" if wrapper[1] == 0 else "failed", wrapper[0],
+                   exit_code=wrapper[1])
+    result, _ = judge(el(element), ended, attempt=1, blind=False, grace_over=False)
+    assert (result.state, result.scheduler_cause) == (PollState.FINISHED, cause)
+
+
 @pytest.mark.parametrize(("element", "cause"), [
     (S.TIMEOUT, "timeout"), (S.PREEMPTED, "preempted"), (S.NODE_FAIL, "node_fail"),
     (S.OUT_OF_MEMORY, "out_of_memory"), (S.CANCELLED, "cancelled"), (S.FAILED, None),

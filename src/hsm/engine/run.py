@@ -13,12 +13,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hsm import clock
+from hsm.backoff import Backoff
 from hsm.engine import fence, lifecycle
 from hsm.engine.bringup import broken_sources, prepare_all, settle_lost
+from hsm.engine.collect import collect_backoff, give_up_collecting
 from hsm.engine.failsafe import TASK_LEVEL_CAUSES, FailsafeConfig
 from hsm.engine.lifecycle import Next, Verdict
 from hsm.engine.messages import event_level, failed_task_message
 from hsm.engine.monitor import SourceMonitor
+from hsm.engine.pacing import poll_pacer
 from hsm.engine.policy import judge_attempt
 from hsm.engine.strategy import make_strategy, views
 from hsm.engine.summary import failed_message
@@ -55,6 +58,7 @@ class Running:
     ended: bool = False  # its wrapper recorded the end; the slot is free, results may come
     events_seen: int = 0  # event lines of the attempt already logged
     reattached: bool = False  # started by an earlier controller
+    collect: Backoff = field(default_factory=collect_backoff)  # bounded result collection
 
 
 @dataclass
@@ -413,11 +417,13 @@ class Engine:
 
     async def _poller(self, name: str) -> None:
         source = self.sources[name]
-        interval = self.options.poll_interval.get(name, 1.0)
+        pacer = poll_pacer(source, self.options.poll_interval.get(name, 1.0))
         failed_before = False
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(source.wake.wait(), timeout=interval)
+                await asyncio.wait_for(source.wake.wait(), timeout=pacer.interval)
+            if source.wake.is_set():
+                pacer.reset()
             source.wake.clear()
             if self.orphans[name] and source.reachable:
                 await self._resolve_orphans(name)
@@ -432,6 +438,7 @@ class Engine:
                 failed_before = True
                 continue
             failed_before = False
+            pacer.observed({h: r.state for h, r in results.items()})
             for run in runs:
                 assert run.handle is not None
                 result = results.get(run.handle)
@@ -552,6 +559,8 @@ class Engine:
         assert handle is not None
         attempt = run.attempt
         final = Path(self.ctx.sweep_dir, "tasks", task_folder_name(attempt.number))
+        if not run.collect.ready():
+            return
         try:
             if source.capabilities.remote:
                 await source.collect(ctx=self.ctx, handle=handle)
@@ -560,7 +569,8 @@ class Engine:
             else:
                 placed = fence.verify(final, attempt.attempt, attempt.nonce)
         except Exception as exc:  # noqa: BLE001 - results stay on the host; retried later
-            log.warning("could not collect task %d from %s: %s", attempt.number, name, exc)
+            if give_up_collecting(run.collect, attempt.number, name, handle.task_dir, exc):
+                self._settle(name, run, Cause.COLLECT_FAILED, None)
             return
         if not placed:
             self._lose(name, run, Verdict(Next.LOST, Cause.LOST,

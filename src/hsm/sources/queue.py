@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import shlex
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from hsm.backoff import Backoff, Sleep, retry
 from hsm.errors import ConfigError, HsmError, SourceUnavailableError, SubmissionError
 from hsm.jobscript import STATUS_FILE, WrapperStatus, encode_spec, parse_status
 from hsm.sources.base import (
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 
 QUEUE_DEPTH = 10_000  # tasks a cluster may hold at once (queued or running)
 STATUS_GRACE = 30.0  # seconds to wait for a final status a shared file system has not shown yet
+CANCEL_TRIES = 3  # a cancel that fails is tried again after 1 s, then 2 s
 STOP_WAIT = 5.0  # seconds a cancel waits for signalled wrappers to record their end
 SUBMIT_MAGIC = "hsm-submit-1"
 T = TypeVar("T")
@@ -80,6 +83,11 @@ def judge(element: Element | None, status: WrapperStatus | None, *, attempt: int
     mine = status if status is not None and status.attempt == attempt else None
     state = element.state if element is not None else None
     if mine is not None and mine.terminal:
+        walltime = SCHEDULER_CAUSES.get(state) if state is not None else None
+        if walltime in (Cause.TIMEOUT, Cause.PREEMPTED):
+            # Ended at its walltime or by preemption, even if the task handled the signal and
+            # exited 0 or 1 on its own: the scheduler's word is the cause.
+            return PollResult(PollState.FINISHED, mine, scheduler_cause=walltime.value), False
         if mine.cause not in (Cause.CANCELLED, Cause.SIGNAL):
             return PollResult(PollState.FINISHED, mine), False
         # The wrapper was signalled: a cancel, a time limit, a preemption or the OOM killer.
@@ -147,6 +155,7 @@ class QueueSource(Source):
         self._resolved: dict[tuple[str, int], str | None] = {}
         self._cancelled: set[tuple[str, int]] = set()
         self._query_failed = False
+        self.sleep: Sleep = asyncio.sleep  # the waits between retries (tests drive them)
 
     # -- paths ---------------------------------------------------------------------------
     def sweep_root(self, ctx: SweepContext) -> str:
@@ -458,11 +467,14 @@ class QueueSource(Source):
 
     async def _scheduler_cancel(self, job_ids: Sequence[str]) -> None:
         for part in (chunks(job_ids, 500) if job_ids else []):
+            argv = self.scheduler.cancel_argv(part)
             try:
-                result = await self._run(self.scheduler.cancel_argv(part), timeout=60)
+                result = await retry(functools.partial(self._run, argv, timeout=60),
+                                     backoff=Backoff(tries=CANCEL_TRIES), sleep=self.sleep,
+                                     retry_on=(HsmError, OSError, TimeoutError))
             except (HsmError, OSError, TimeoutError) as exc:
-                log.warning("source %s: cancelling %d job(s) failed: %s", self.name, len(part),
-                            exc)
+                log.warning("source %s: cancelling %d job(s) failed after %d tries: %s",
+                            self.name, len(part), CANCEL_TRIES, exc)
                 continue
             if result.returncode != 0:  # e.g. some had finished already
                 log.debug("source %s: %s: %s", self.name, result.argv[0], _tail(result))

@@ -177,7 +177,7 @@ def build_cluster(loaded: LoadedConfig, name: str, *,
         gpu_type=remote.gpu_type, modules=tuple(remote.modules),
         directives=tuple(remote.directives),
         throttle=remote.array_throttle or remote.max_parallel_jobs,
-        max_array_size=remote.max_array_size)
+        max_array_size=remote.max_array_size, poll_max_interval=remote.poll_max_interval)
     scheduler = Slurm() if remote.type == "slurm" else Pbs()
     return QueueSource(name, scheduler=scheduler, login=login, settings=settings,
                        python=remote.python, setup=remote.setup, resources=resources)

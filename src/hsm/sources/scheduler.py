@@ -103,6 +103,7 @@ class ClusterSettings:
     directives: tuple[str, ...] = ()
     throttle: int | None = None  # at most this many elements of an array run at once
     max_array_size: int | None = None
+    poll_max_interval: float = 60.0  # seconds between scheduler queries at most, when idle
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,11 @@ import contextlib
 import hashlib
 import logging
 import posixpath
+import sys
 from collections.abc import Sequence
 
 from hsm import clock
+from hsm.backoff import Backoff, Sleep
 from hsm.engine import fence
 from hsm.engine.lifecycle import Ack, Facts
 from hsm.errors import HsmError
@@ -50,7 +52,7 @@ from hsm.sources.transport import ConnectError, ConnectionLost, RemoteError, Ssh
 
 log = logging.getLogger(__name__)
 
-RECONNECT_DELAY = 1.0
+RECONNECT_FIRST, RECONNECT_CAP = 1.0, 4.0  # seconds between reconnects: 1, 2, 4, 4 ...
 PRUNE_AFTER = 10.0  # stop watching folders the engine has not asked about for this long
 # Not pulled: the task's private scratch folders, and the wrapper's input and reserve file.
 PULL_EXCLUDE = ("tmp", "cuda_cache", ".hsm/spec", ".hsm/status.spare")
@@ -83,6 +85,7 @@ class SshSource(Source):
         self._helper_lock = asyncio.Lock()
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
+        self.sleep: Sleep = asyncio.sleep  # the waits between reconnects (tests drive them)
         self._pushed = self._checked = False
         self._down_since: float | None = None
         self._down_reason = ""
@@ -247,6 +250,7 @@ class SshSource(Source):
             self.reachable = False
 
     async def _keep_up(self) -> None:
+        backoff = Backoff(tries=sys.maxsize, first=RECONNECT_FIRST, cap=RECONNECT_CAP)
         while not self._closing:
             monitor = self._monitor
             if self.reachable and monitor is not None:
@@ -256,7 +260,7 @@ class SshSource(Source):
                 if self.transport.connected:
                     log.warning("host monitor on %s stopped (%s); restarting it", self.name,
                                 monitor.error)
-                    await asyncio.sleep(RECONNECT_DELAY)
+                    await asyncio.sleep(RECONNECT_FIRST)
                     with contextlib.suppress(HsmError):
                         await self._start_monitor()
                         continue
@@ -270,7 +274,10 @@ class SshSource(Source):
                 if not network and reason != self._down_reason:  # e.g. a new host key
                     log.warning("source %s cannot be used again yet: %s", self.name, reason)
                 self._down_reason = reason
-                await asyncio.sleep(RECONNECT_DELAY)
+                backoff.failed()
+                await self.sleep(backoff.delay())
+            else:
+                backoff.succeeded()
 
     # -- tasks ---------------------------------------------------------------------------
     def _id(self, task_dir: str) -> int:

@@ -24,15 +24,20 @@ from typing import Any
 
 import asyncssh
 
+from hsm.backoff import Backoff, Sleep, retry
 from hsm.errors import HsmError, SourceUnavailableError
 from hsm.sources.process import CommandError, CommandResult, run_local
+from hsm.sources.untar import safe_extractall
 
 log = logging.getLogger(__name__)
 
 MAX_CHANNELS = 5  # sshd's MaxSessions is 10 and refused opens at 7-10 in flight
 CHANNEL_RETRIES = 8
+RSYNC_TRIES = 3  # a push broken by the network is tried again after 1 s, then 2 s
+RSYNC_TRANSIENT = frozenset({10, 12, 30, 35, 255})  # socket, protocol, timeouts; ssh
 SPOOL_IN_MEMORY = 16 << 20  # pulled results beyond this go to a temporary file
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+AGENT_TIMEOUT = 2.0  # seconds an ssh-agent has to list its keys before it is skipped
 NOTHING_TRUSTED: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
 
 
@@ -135,6 +140,8 @@ class SshTransport:
         self._openssh: dict[str, list[str]] | None = None
         self.on_lost: Callable[[Exception | None], None] | None = None
         self.lost_reason: str = ""
+        self._agent: tuple[str | None] | None = None  # (usable agent socket or None,), cached
+        self.agent_problem = ""  # why the ssh-agent was skipped, for the error messages
 
     # -- OpenSSH's view of the target ------------------------------------------------------
     async def openssh(self) -> dict[str, list[str]]:
@@ -198,7 +205,34 @@ class SshTransport:
             opts["username"] = t.user
         if t.ssh_key is not None:
             opts["client_keys"] = [os.path.expanduser(t.ssh_key)]
+        opts["agent_path"] = await self.agent()
         return opts
+
+    async def agent(self) -> str | None:
+        """The ssh-agent socket to use: OpenSSH's ``IdentityAgent`` (``none``: no agent),
+        else ``SSH_AUTH_SOCK``. An agent that does not list its keys within AGENT_TIMEOUT
+        (it accepts but never answers) is skipped, so the key files are still tried; the
+        reason goes into ``agent_problem``."""
+        if self._agent is None:
+            options = await self.openssh()
+            value = (options.get("identityagent") or ["SSH_AUTH_SOCK"])[0]
+            if value.lower() == "none":
+                path = None
+            else:
+                name = value[1:] if value.startswith("$") else value
+                if name == "SSH_AUTH_SOCK" or value.startswith("$"):
+                    value = os.environ.get(name, "")
+                path = os.path.expanduser(value) if value else None
+            if path is not None and not await _agent_answers(path):
+                self.agent_problem = (
+                    f"the ssh-agent at {path} (SSH_AUTH_SOCK) accepts connections but did not "
+                    f"answer within {AGENT_TIMEOUT:g} s, so it was skipped; restart it "
+                    "(eval \"$(ssh-agent)\" && ssh-add KEY), or unset SSH_AUTH_SOCK, or set "
+                    "'IdentityAgent none' for this host in the ssh config")
+                log.warning("source %s: %s", self.target.source, self.agent_problem)
+                path = None
+            self._agent = (path,)
+        return self._agent[0]
 
     @property
     def connected(self) -> bool:
@@ -248,6 +282,8 @@ class SshTransport:
             reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
             if isinstance(exc, TimeoutError):
                 reason = f"no answer within {t.connect_timeout:g} s (connect_timeout)"
+                if self.agent_problem:
+                    reason += f"; also, {self.agent_problem}"
             elif isinstance(exc, ConnectionRefusedError):
                 reason = "connection refused (is sshd running there, on that port?)"
             elif isinstance(exc, socket.gaierror):
@@ -289,6 +325,9 @@ class SshTransport:
                     f"{agent} does not hold it (or the host refuses it). Load it with: "
                     f"ssh-add {names}")
         tried = ", ".join(keys) if keys else "no key file"
+        if self.agent_problem:
+            return (f"{message} Tried: {tried}; {self.agent_problem}. Check user, ssh_key, "
+                    "and the host's authorized_keys.")
         return (f"{message} Tried: {tried}{' and the ssh-agent' if agent else ''}. Check "
                 "user, ssh_key, and the host's authorized_keys.")
 
@@ -367,8 +406,8 @@ class SshTransport:
     async def pull(self, remote_dir: str, names: Sequence[str], local_dir: Path, *,
                    exclude: Sequence[str] = ()) -> None:
         """Copy ``remote_dir/NAME`` for each name into ``local_dir/NAME``: one ``tar`` over
-        the existing connection for all of them, unpacked here with tarfile's ``data``
-        filter (no absolute paths, no ``..``, no links out of ``local_dir``)."""
+        the existing connection for all of them, unpacked here by ``unpack`` (no absolute paths,
+        no ``..``, no links out of ``local_dir``, no devices)."""
         argv = ["tar", "-C", remote_dir, "-cf", "-", "--anchored", "--no-wildcards"]
         argv += [f"--exclude={e}" for e in exclude]
         argv += ["--", *names]
@@ -405,6 +444,7 @@ class SshTransport:
         t = self.target
         return [*self._ssh_base(), "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
                 "-o", "UpdateHostKeys=no",
+                *(["-o", "IdentityAgent=none"] if self.agent_problem else []),
                 "-o", f"ConnectTimeout={max(1, round(t.connect_timeout))}",
                 "-o", "ServerAliveInterval="
                       + (str(max(1, round(t.keepalive_interval))) if t.keepalive_interval else "0"),
@@ -414,21 +454,59 @@ class SshTransport:
         """``host:path`` for rsync (``--protect-args`` keeps the path away from the shell)."""
         return f"{self.target.host}:{path}"
 
-    async def rsync(self, args: Sequence[str], *, what: str,
-                    timeout: float = 3600.0) -> CommandResult:
+    async def rsync(self, args: Sequence[str], *, what: str, timeout: float = 3600.0,
+                    sleep: Sleep = asyncio.sleep) -> CommandResult:
+        """Run rsync over ``ssh_argv``; a transfer broken by the network (rsync exit 10, 12,
+        30, 35 or ssh's 255) is tried again, at most ``RSYNC_TRIES`` times in all."""
         argv = ["rsync", "--protect-args", "-e", shlex.join(self.ssh_argv()), *args]
-        result = await run_local(argv, timeout=timeout)
+
+        async def once() -> CommandResult:
+            result = await run_local(argv, timeout=timeout)
+            if result.returncode in RSYNC_TRANSIENT:
+                raise _Transient(result)
+            return result
+
+        try:
+            result = await retry(once, backoff=Backoff(tries=RSYNC_TRIES), sleep=sleep,
+                                 retry_on=(_Transient,))
+        except _Transient as exc:
+            result = exc.result
         if result.returncode != 0:
             raise CommandError(result, f"{what} for source {self.target.source!r}")
         return result
 
 
+class _Transient(Exception):
+    def __init__(self, result: CommandResult) -> None:
+        super().__init__(f"exit {result.returncode}")
+        self.result = result
+
+
 def unpack(archive: Any, local_dir: Path) -> None:
-    """Unpack a tar archive with tarfile's ``data`` filter: nothing lands outside
-    ``local_dir`` (no absolute paths, no ``..``, no links pointing out)."""
+    """Unpack a tar archive safely on every Python (see ``hsm.sources.untar``): nothing
+    lands outside ``local_dir`` (no absolute paths, no ``..``, no links pointing out, no
+    devices)."""
     local_dir.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=archive, mode="r:") as tar:
-        tar.extractall(local_dir, filter="data")
+        safe_extractall(tar, local_dir)
+
+
+async def _agent_answers(path: str) -> bool:
+    """False when the agent at ``path`` accepts but does not list its keys in time. Other
+    failures (no such socket) are left to asyncssh, which then goes on without it."""
+    agent: asyncssh.SSHAgentClient | None = None
+    try:
+        agent = await asyncio.wait_for(asyncssh.connect_agent(path), AGENT_TIMEOUT)
+        if agent is not None:
+            await asyncio.wait_for(agent.get_keys(), AGENT_TIMEOUT)
+    except TimeoutError:
+        return False
+    except (OSError, asyncssh.Error, ValueError):
+        return True
+    finally:
+        if agent is not None:
+            agent.close()
+    return True
 
 
 def _needs_passphrase(path: str) -> bool:

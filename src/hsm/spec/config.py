@@ -154,6 +154,7 @@ class RemoteConfig(_Model):
     directives: list[str] = Field(default_factory=list)
     array_throttle: Annotated[int, Field(ge=1)] | None = None
     max_array_size: Annotated[int, Field(ge=1)] | None = None
+    poll_max_interval: Annotated[float, Field(ge=1)] = 60.0
 
 
 class DistributedConfig(_Model):
