@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import subprocess
@@ -79,16 +78,30 @@ def test_csv_json_and_table_of_the_latest_sweep(finished: Path) -> None:
     assert target.read_text() == out.stdout
 
 
-def test_parquet_needs_pyarrow_or_writes_the_file(finished: Path) -> None:
+def test_parquet_output_is_a_table_of_the_rows(finished: Path) -> None:
+    import pandas
+
     target = finished / "r.parquet"
     result = hsm("results", "--format", "parquet", "-o", target, cwd=finished)
-    if importlib.util.find_spec("pyarrow") is None:
-        assert result.returncode == 2, result
-        assert "needs pyarrow" in result.stderr and "hsm[parquet]" in result.stderr
-        assert not target.exists()
-    else:
-        assert result.returncode == 0, result
-        assert target.read_bytes()[:4] == b"PAR1"
+    assert result.returncode == 0, result
+    assert target.read_bytes()[:4] == b"PAR1"
+    frame = pandas.read_parquet(target)
+    assert list(frame["number"]) == [1, 2, 3]
+    assert list(frame["status"]) == ["completed", "completed", "failed"]
+
+
+def test_parquet_without_pyarrow_exits_2_and_writes_nothing(finished: Path,
+                                                          tmp_path: Path) -> None:
+    blocker = tmp_path / "no-pyarrow" / "pyarrow"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('pyarrow is not installed')\n")
+    target = finished / "r.parquet"
+    result = hsm("results", "--format", "parquet", "-o", target, cwd=finished,
+                 env={"PYTHONPATH": str(blocker.parent)})
+    assert result.returncode == 2, result
+    assert "needs pyarrow" in result.stderr and "hsm[parquet]" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not target.exists()
 
 
 def test_the_library_returns_rows_and_runs_sweeps(finished: Path) -> None:
@@ -96,8 +109,9 @@ def test_the_library_returns_rows_and_runs_sweeps(finished: Path) -> None:
     assert [(r.number, r.status, r.metrics.get("loss")) for r in rows] == [
         (1, "completed", 9), (2, "completed", 0.25), (3, "failed", 7)]
     assert rows[0].params == {"a": 1} and rows[0].source == "local"
-    if importlib.util.find_spec("pandas") is None:
-        assert isinstance(hsm_lib.results(cwd=finished), list)
+    frame = hsm_lib.results(cwd=finished)  # pandas is installed: a DataFrame
+    assert list(frame["number"]) == [1, 2, 3]
+    assert list(frame["loss"]) == [9, 0.25, 7]
 
     write(finished / "sweeps" / "ok.yaml", SWEEP.replace("[1, 2, 3]", "[1, 2]"))
     outcome = hsm_lib.run("sweeps/ok.yaml", name="lib", cwd=finished)
