@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,16 @@ import pytest
 from hsm.engine.service import open_project, plan_run, start_run
 from hsm.state import Store
 from hsm.states import SweepState
-from tests.hsmcli import TEST_CONFIG, hsm, hsm_background, make_project, wait_for, write
+from tests.hsmcli import (
+    HSM,
+    TEST_CONFIG,
+    hsm,
+    hsm_background,
+    hsm_env,
+    make_project,
+    wait_for,
+    write,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -56,6 +66,26 @@ def test_parallel_slots_are_honoured(tmp_path: Path) -> None:
     assert len(spans) == 6
     # Never more than 2 at once, and the 2 slots are used (6 x 0.3 s take about 0.9 s).
     assert max_overlap(list(spans.values())) == 2
+
+
+def test_slots_follow_the_cpus_this_process_may_use(tmp_path: Path) -> None:
+    # No max_parallel_jobs: the slot count is the CPUs of hsm's affinity (taskset, a Slurm
+    # allocation), not the machine's, so under `taskset -c 0` tasks run one at a time.
+    project = make_project(tmp_path / "p", config=TEST_CONFIG.replace(
+        "local:\n  max_parallel_jobs: 2\n", ""), sweep="""\
+        command: [bash, task.sh]
+        sweep:
+          grid:
+            a: [1, 3, 4, 5]
+        defaults: {sleep: 0.3}
+        """)
+    assert "max_parallel_jobs" not in (project / "hsm_config.yaml").read_text()
+    result = subprocess.run(["taskset", "-c", "0", *HSM, "run", "sweeps/sweep.yaml", "--name",
+                             "one"], cwd=project, env=hsm_env(), capture_output=True,
+                            text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    spans = intervals(project / "runs" / "one" / "tasks")
+    assert len(spans) == 4 and max_overlap(list(spans.values())) == 1, spans
 
 
 def test_gpu_allowlist_is_split_into_disjoint_groups(tmp_path: Path) -> None:

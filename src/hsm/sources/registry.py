@@ -15,6 +15,7 @@ from hsm.errors import ConfigError, UnknownSourceError
 from hsm.sources.base import Source
 from hsm.sources.local import LocalSource
 from hsm.spec.config import LoadedConfig
+from hsm.spec.config import local_slots as config_local_slots
 from hsm.spec.sweep import Resources
 
 if TYPE_CHECKING:
@@ -50,10 +51,9 @@ def resolve_names(loaded: LoadedConfig, *, names: Sequence[str], distributed: bo
 
 
 def local_slots(loaded: LoadedConfig, parallel: int | None) -> int:
-    if parallel is not None:
-        return parallel
-    configured = loaded.config.local.max_parallel_jobs
-    return configured if configured is not None else (os.cpu_count() or 1)
+    """``--parallel``, else ``local.max_parallel_jobs``, else the CPUs this process may use
+    (its affinity: a Slurm allocation or ``taskset`` gives fewer than the machine has)."""
+    return parallel if parallel is not None else config_local_slots(loaded.config)
 
 
 def local_python(loaded: LoadedConfig) -> str:
