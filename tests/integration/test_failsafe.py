@@ -184,18 +184,24 @@ def test_a_sweep_that_cannot_start_anywhere_says_why_at_once(
     assert result.json()["counts"]["pending"] == 4
 
 
+def cut_both_after_a_task(root: Path, sweep: Path, hosts: list[Host]) -> str:
+    """Run the sweep, cut every host's link once a task has finished, expect exit 3; returns
+    what hsm printed on stderr."""
+    with hsm_background("run", sweep, "--distributed", cwd=root) as proc:
+        wait_for(lambda: list((root / "runs").glob("*/tasks/task_*/status.json"))
+                 if (root / "runs").exists() else None, what="a finished task", timeout=40)
+        for host in hosts:
+            host.cut_link()
+        assert proc.wait(timeout=90) == 3, outputs(root)
+    return outputs(root)[1]
+
+
 def test_no_source_left_exits_3_then_reenable_and_resume(tmp_path: Path,
                                                          testbed_hosts: list[Host]) -> None:
     root = bed_project(tmp_path, testbed_hosts[:2])
     sweep = sweep_file(root, "import time\ntime.sleep(1.0)\n", 12)
     h1, h2 = testbed_hosts[:2]
-    with hsm_background("run", sweep, "--distributed", cwd=root) as proc:
-        wait_for(lambda: list((root / "runs").glob("*/tasks/*/status.json"))
-                 if (root / "runs").exists() else None, what="a finished task", timeout=40)
-        h1.cut_link()
-        h2.cut_link()
-        assert proc.wait(timeout=90) == 3, outputs(root)
-    _, err = outputs(root)
+    err = cut_both_after_a_task(root, sweep, [h1, h2])
     assert "no usable source is left" in err
     assert "h1: disabled" in err and "h2: disabled" in err
     assert "hsm distributed enable" in err and "hsm resume" in err
@@ -235,14 +241,7 @@ def test_a_sweep_that_can_start_nothing_gives_up_after_stall_timeout(
         "auto_disable_unhealthy_sources": False, "health_check_failure_threshold": 100,
         "stall_timeout": 3})
     sweep = sweep_file(root, "import time\ntime.sleep(0.3)\n", 8)
-    h1, h2 = testbed_hosts[:2]
-    with hsm_background("run", sweep, "--distributed", cwd=root) as proc:
-        wait_for(lambda: list((root / "runs").glob("*/tasks/task_*/status.json"))
-                 if (root / "runs").exists() else None, what="a finished task", timeout=40)
-        h1.cut_link()
-        h2.cut_link()
-        assert proc.wait(timeout=90) == 3, outputs(root)
-    _, err = outputs(root)
+    err = cut_both_after_a_task(root, sweep, testbed_hosts[:2])
     assert "waiting: no source takes work now" in err, err
     assert re.search(r"nothing could start for \d+ s \(distributed.stall_timeout\): "
                      r"h1: unreachable", err), err

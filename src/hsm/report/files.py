@@ -23,20 +23,28 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
+def tail_bytes(path: Path, limit: int) -> tuple[bytes, int] | None:
+    """The last ``limit`` bytes of a file and its size; None when it cannot be read."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            return f.read(limit), size
+    except OSError:
+        return None
+
+
 def read_tail(path: Path, *, lines: int = TAIL_LINES, chars: int = TAIL_CHARS) -> str | None:
     """The last ``lines`` lines of a log (at most ``chars`` characters), or None if empty.
 
     Carriage-return progress bars keep only their last state, and terminal colour codes
     are dropped.
     """
-    try:
-        with path.open("rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - TAIL_READ_BYTES))
-            data = f.read(TAIL_READ_BYTES)
-    except OSError:
+    read = tail_bytes(path, TAIL_READ_BYTES)
+    if read is None:
         return None
+    data, size = read
     text = data.decode("utf-8", errors="replace")
     if size > TAIL_READ_BYTES and "\n" in text:
         text = text.split("\n", 1)[1]  # the first line is probably cut
@@ -124,14 +132,10 @@ STDOUT_READ_BYTES = 65_536  # how much of the end of stdout.log is searched for 
 def last_json_line(path: Path) -> dict[str, Any] | None:
     """The scalar values of the last line of a log that is a JSON object (searched in the
     last 64 KiB), flattened as in :func:`read_metrics`; None when there is none."""
-    try:
-        with path.open("rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - STDOUT_READ_BYTES))
-            data = f.read(STDOUT_READ_BYTES)
-    except OSError:
+    tail = tail_bytes(path, STDOUT_READ_BYTES)
+    if tail is None:
         return None
+    data, _ = tail
     for raw in reversed(data.decode("utf-8", errors="replace").splitlines()):
         line = raw.strip()
         if not (line.startswith("{") and line.endswith("}")):
