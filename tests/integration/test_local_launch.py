@@ -80,8 +80,13 @@ def test_a_resumed_controller_finds_a_wrapper_it_never_heard_of(tmp_path: Path) 
     [handle] = asyncio.run(go())
     assert isinstance(handle, JobHandle)
     folder = Path(handle.task_dir)
+    pid = int(handle.job_id or 0)
+    # The wrapper is found once its process runs the wrapper (after the exec).
+    deadline = time.monotonic() + 30
+    while find_wrapper(handle.task_dir) != pid and time.monotonic() < deadline:
+        time.sleep(0.01)
     try:
-        assert find_wrapper(handle.task_dir) == int(handle.job_id or 0)
+        assert find_wrapper(handle.task_dir) == pid
         fresh = LocalSource(slots=1)
         blind = JobHandle(source="local", number=1, attempt=1, task_dir=handle.task_dir,
                           confirmed=False, nonce="ab")

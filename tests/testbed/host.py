@@ -368,8 +368,14 @@ class Host:
 
     def reset(self, *, clear_work_dir: bool = True) -> None:
         """Undo every fault: thaw and (re)start sshd, link up, disk freed, normal load/memory,
-        the machine's own login shell."""
+        the machine's own login shell, root's home (bound over /root) empty again: a shell
+        like fish leaves its files there."""
         self.set_login_shell(None)
+        for entry in (self.dir / "home").iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
         self.thaw_sshd()
         if not self.link_up():
             self.restore_link()
