@@ -271,8 +271,9 @@ class Engine:
             return not st.enabled or (not self.usable(name) and st.verdict is not None
                                       and st.verdict.disk_status is not None)
 
-        if not self.pending or not all(hopeless(n) for n in self.sources):
-            return
+        if not self.pending or any(self.running.values()) or not all(
+                hopeless(n) for n in self.sources):
+            return  # (tasks still running are waited for: _check_stall and _check_abort)
         self._aborted = (
             f"no source can take a task: {self.monitor.describe_unusable()}. Free space or "
             f"change those keys in hsm_config.yaml, or re-enable a source with: hsm "
