@@ -54,8 +54,8 @@ def results(sweep_id: str | None, fmt: str, output: Path | None, sort: str | Non
     if fmt == "parquet":
         assert output is not None
         write_parquet(table, output)
-    elif fmt == "table" and output is None:
-        out_console.print(rich_table(table))
+    elif fmt == "table" and output is None and sys.stdout.isatty():
+        out_console.print(rich_table(table))  # a terminal: its width, long values folded
     else:
         text = {"csv": to_csv, "json": to_json, "table": to_text}[fmt](table)
         if output is None:
@@ -80,7 +80,8 @@ def cell(value: Any, column: str = "") -> str:
 def rich_table(table: ResultTable) -> Table:
     out = Table(title=f"results of {table.sweep_id} ({len(table.rows)} tasks)")
     for column in table.columns:
-        out.add_column(column, justify="right" if column in ("number", "duration") else "left")
+        out.add_column(column, justify="right" if column in ("number", "duration") else "left",
+                       overflow="fold", min_width=min(len(column), 12))
     for record in table.records():
         out.add_row(*(cell(record.get(c), c) for c in table.columns))
     return out
