@@ -71,6 +71,11 @@ def test_csv_json_and_table_of_the_latest_sweep(finished: Path) -> None:
     table = hsm("results", "--where", "status=completed", "--sort", "loss", cwd=finished)
     assert table.returncode == 0, table
     assert "results of m (2 tasks)" in table.stdout and "eval.f1" in table.stdout
+    # Piped, the table is never squeezed into 80 columns: every value is whole.
+    wide = hsm("results", "--where", "status=completed", cwd=finished,
+               env={"COLUMNS": "40"})
+    assert all(word in wide.stdout for word in ("completed", "local", "eval.f1", "0.25"))
+    assert "…" not in wide.stdout
 
     target = finished / "out.csv"
     wrote = hsm("results", "--format", "csv", "-o", target, cwd=finished)
