@@ -53,19 +53,32 @@ def attempts(root: Path) -> list[sqlite3.Row]:
 
 
 def makespan(bed: TestBed, work: Path, n: int) -> tuple[float, float]:
-    root = bed_project(work / "makespan", bed.hosts, slots=SLOTS,
-                       distributed={"health_check_interval": DEFAULT_INTERVAL})
+    root = bed_project(
+        work / "makespan",
+        bed.hosts,
+        slots=SLOTS,
+        distributed={"health_check_interval": DEFAULT_INTERVAL},
+    )
     # A shell task (not a Python script): the figure is about dispatch, so a task should take
     # its nominal time, not that plus an interpreter start on a busy machine.
     cases = " ".join(f"{host}) sleep {d} ;;" for host, d in DURATIONS.items())
-    write(root / "sweep.yaml", f"""
+    write(
+        root / "sweep.yaml",
+        f"""
         command: [sh, -c, 'case $HSM_SOURCE in {cases} esac']
         sweep:
           grid:
             i: [{", ".join(map(str, range(n)))}]
-    """)
-    subprocess.run([*HSM, "run", "sweep.yaml", "--distributed"], cwd=root, check=True,
-                   env=hsm_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """,
+    )
+    subprocess.run(
+        [*HSM, "run", "sweep.yaml", "--distributed"],
+        cwd=root,
+        check=True,
+        env=hsm_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     rows = [r for r in attempts(root) if r["state"] == "completed"]
     span = max(r["finished"] for r in rows) - min(r["started"] for r in rows)
     ideal = n / sum(SLOTS / d for d in DURATIONS.values())
@@ -79,36 +92,53 @@ def failover(bed: TestBed, work: Path, interval: float | None) -> float:
     name = f"failover-{interval or 'default'}"
     root = bed_project(work / name, bed.hosts, slots=SLOTS, distributed=extra)
     write(root / "task.py", "import time\ntime.sleep(4)\n")
-    write(root / "sweep.yaml", """
+    write(
+        root / "sweep.yaml",
+        """
         script: task.py
         sweep:
           grid:
             i: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
-    """)
-    proc = subprocess.Popen([*HSM, "run", "sweep.yaml", "--distributed"], cwd=root,
-                            env=hsm_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    """,
+    )
+    proc = subprocess.Popen(
+        [*HSM, "run", "sweep.yaml", "--distributed"],
+        cwd=root,
+        env=hsm_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         victim = bed.hosts[0]
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if (root / ".hsm" / "hsm.db").exists():
-                running = [r for r in attempts(root)
-                           if r["source"] == "h1" and r["state"] == "running"]
+                running = [
+                    r for r in attempts(root) if r["source"] == "h1" and r["state"] == "running"
+                ]
                 if len(running) == SLOTS:
                     break
             time.sleep(0.05)
-        numbers = {r["number"] for r in attempts(root)
-                   if r["source"] == "h1" and r["state"] == "running"}
+        numbers = {
+            r["number"] for r in attempts(root) if r["source"] == "h1" and r["state"] == "running"
+        }
         victim.cut_link()
         cut_at = time.time()
         while time.monotonic() < deadline + 60:
-            moved = {r["number"] for r in attempts(root)
-                     if r["number"] in numbers and r["source"] != "h1"
-                     and r["started"] >= cut_at}
+            moved = {
+                r["number"]
+                for r in attempts(root)
+                if r["number"] in numbers and r["source"] != "h1" and r["started"] >= cut_at
+            }
             if moved == numbers:
-                return max(r["started"] for r in attempts(root)
-                           if r["number"] in numbers and r["source"] != "h1") - cut_at
+                return (
+                    max(
+                        r["started"]
+                        for r in attempts(root)
+                        if r["number"] in numbers and r["source"] != "h1"
+                    )
+                    - cut_at
+                )
             time.sleep(0.05)
         raise RuntimeError("the tasks of the cut host were not restarted elsewhere")
     finally:
@@ -120,34 +150,50 @@ def failover(bed: TestBed, work: Path, interval: float | None) -> float:
 def failover_frozen(bed: TestBed, work: Path, queue: int) -> float:
     for host in bed.hosts:
         host.reset()
-    root = bed_project(work / f"frozen-{queue}", bed.hosts, slots=SLOTS,
-                       distributed={"health_check_interval": DEFAULT_INTERVAL})
-    write(root / "sweep.yaml", f"""
+    root = bed_project(
+        work / f"frozen-{queue}",
+        bed.hosts,
+        slots=SLOTS,
+        distributed={"health_check_interval": DEFAULT_INTERVAL},
+    )
+    write(
+        root / "sweep.yaml",
+        f"""
         command: [sh, -c, 'sleep 0.5']
         sweep:
           grid:
             i: [{", ".join(map(str, range(queue)))}]
-    """)
-    proc = subprocess.Popen([*HSM, "run", "sweep.yaml", "--distributed"], cwd=root,
-                            env=hsm_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    """,
+    )
+    proc = subprocess.Popen(
+        [*HSM, "run", "sweep.yaml", "--distributed"],
+        cwd=root,
+        env=hsm_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     victim = bed.hosts[0]
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             done = sum(r["state"] == "completed" for r in attempts(root))
-            running = [r for r in attempts(root) if r["source"] == "h1"
-                       and r["state"] == "running"]
+            running = [r for r in attempts(root) if r["source"] == "h1" and r["state"] == "running"]
             if done >= 20 and len(running) == SLOTS:
                 break
             time.sleep(0.02)
         victim.freeze()
         frozen_at = time.time()
-        numbers = {r["number"] for r in attempts(root)
-                   if r["source"] == "h1" and r["state"] in ("running", "launching")}
+        numbers = {
+            r["number"]
+            for r in attempts(root)
+            if r["source"] == "h1" and r["state"] in ("running", "launching")
+        }
         while time.monotonic() < deadline + 60:
-            moved = [r for r in attempts(root) if r["number"] in numbers
-                     and r["source"] != "h1" and r["started"] >= frozen_at]
+            moved = [
+                r
+                for r in attempts(root)
+                if r["number"] in numbers and r["source"] != "h1" and r["started"] >= frozen_at
+            ]
             if {r["number"] for r in moved} == numbers:
                 return max(r["started"] for r in moved) - frozen_at
             time.sleep(0.02)
@@ -161,10 +207,12 @@ def failover_frozen(bed: TestBed, work: Path, queue: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=120)
-    parser.add_argument("--queue", type=int, default=600,
-                        help="tasks of the long-queue failover (default 600)")
-    parser.add_argument("--json", type=Path, metavar="FILE",
-                        help="also write the figures as JSON to FILE")
+    parser.add_argument(
+        "--queue", type=int, default=600, help="tasks of the long-queue failover (default 600)"
+    )
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the figures as JSON to FILE"
+    )
     args = parser.parse_args()
     bed = TestBed(prefix="hsmbf", subnet=pick_free_subnet())
     bed.up(3)
@@ -186,11 +234,20 @@ def main() -> None:
     label = f"failover, host frozen, {args.queue} queued (s)"
     print(f"{label:<48} {fo_frozen:>10.2f} {'<= 5':>10}")
     if args.json:
-        args.json.write_text(json.dumps({
-            "tasks": args.tasks, "ideal_s": ideal, "measured_s": span,
-            "efficiency": ideal / span, "failover_default_s": fo_default,
-            "failover_interval5_s": fo_5, "queue": args.queue,
-            "failover_frozen_s": fo_frozen}))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "tasks": args.tasks,
+                    "ideal_s": ideal,
+                    "measured_s": span,
+                    "efficiency": ideal / span,
+                    "failover_default_s": fo_default,
+                    "failover_interval5_s": fo_5,
+                    "queue": args.queue,
+                    "failover_frozen_s": fo_frozen,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

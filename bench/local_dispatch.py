@@ -46,13 +46,19 @@ class Measure:
     cpu: float  # user + system of the process and every child it waited for
 
 
-def timed(argv: list[str], *, cwd: Path, stdin: bytes | None = None,
-          stdout: Path | None = None) -> tuple[Measure, int]:
+def timed(
+    argv: list[str], *, cwd: Path, stdin: bytes | None = None, stdout: Path | None = None
+) -> tuple[Measure, int]:
     out = stdout.open("wb") if stdout else subprocess.DEVNULL
     try:
         start = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.PIPE if stdin else
-                                subprocess.DEVNULL, stdout=out, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+        )
         if stdin:
             assert proc.stdin is not None
             proc.stdin.write(stdin)
@@ -69,14 +75,28 @@ def timed(argv: list[str], *, cwd: Path, stdin: bytes | None = None,
 def wrapper_alone(base: Path, n: int, slots: int, project: Path) -> Measure:
     """The job wrapper on N fresh task folders, ``slots`` at a time, from a minimal loop:
     the part of hsm's cost that is the wrapper's, with the same disk guard settings."""
-    guard = GuardSettings(project_min_free=2 * 10**9, task_min_free=10**9, check_interval=300,
-                          warn_below=10**9, kill_below=200 * 10**6)
+    guard = GuardSettings(
+        project_min_free=2 * 10**9,
+        task_min_free=10**9,
+        check_interval=300,
+        warn_below=10**9,
+        kill_below=200 * 10**6,
+    )
     dirs = []
     for i in range(n):
         task_dir = base / f"task_{i + 1:04d}"
-        write_spec(task_dir, TaskSpec(attempt=1, project_dir=str(project), guard=guard,
-                                      env={"HSM_TASK_DIR": str(task_dir)}, setup=[],
-                                      argv=["true", f"i={i}"], info=f"Task: {i + 1}\n"))
+        write_spec(
+            task_dir,
+            TaskSpec(
+                attempt=1,
+                project_dir=str(project),
+                guard=guard,
+                env={"HSM_TASK_DIR": str(task_dir)},
+                setup=[],
+                argv=["true", f"i={i}"],
+                info=f"Task: {i + 1}\n",
+            ),
+        )
         dirs.append(task_dir)
     null = os.open(os.devnull, os.O_RDWR)
     quiet = [(os.POSIX_SPAWN_DUP2, null, fd) for fd in (0, 1, 2)]
@@ -87,8 +107,11 @@ def wrapper_alone(base: Path, n: int, slots: int, project: Path) -> Measure:
         if len(running) >= slots:
             pid, _ = os.wait()
             running.discard(pid)
-        running.add(os.posix_spawnp("bash", ["bash", str(WRAPPER_PATH), str(task_dir)],
-                                    os.environ, file_actions=quiet))
+        running.add(
+            os.posix_spawnp(
+                "bash", ["bash", str(WRAPPER_PATH), str(task_dir)], os.environ, file_actions=quiet
+            )
+        )
     while running:
         pid, _ = os.wait()
         running.discard(pid)
@@ -107,8 +130,11 @@ def need_parallel() -> str:
         sys.exit("GNU parallel is missing: install the Debian package 'parallel'")
     print("installing GNU parallel (apt-get install parallel) ...", flush=True)
     subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "parallel"],
-                   check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "parallel"],
+        check=True,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
     return shutil.which("parallel") or sys.exit("GNU parallel is still missing")
 
 
@@ -118,8 +144,9 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--profile", type=Path, help="also profile hsm (cProfile) into FILE")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
-    parser.add_argument("--json", type=Path, metavar="FILE",
-                        help="also write the figures as JSON to FILE")
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the figures as JSON to FILE"
+    )
     args = parser.parse_args()
     parallel = need_parallel()
     work = args.keep or Path(tempfile.mkdtemp(prefix="hsm-bench-"))
@@ -138,40 +165,73 @@ def run(args: argparse.Namespace, parallel: str, work: Path) -> None:
     project.mkdir()
     (project / "hsm_config.yaml").write_text(CONFIG.format(slots=slots))
     (project / "sweep.yaml").write_text(
-        'command: ["true"]\nsweep:\n  grid:\n    i: [' + ", ".join(map(str, range(n)))
-        + "]\n")
+        'command: ["true"]\nsweep:\n  grid:\n    i: [' + ", ".join(map(str, range(n))) + "]\n"
+    )
     lines = "".join(f"{i}\n" for i in range(n)).encode()
 
-    hsm, code = timed([*HSM, "run", "sweep.yaml", "--name", "bench", "--json"], cwd=project,
-                      stdout=work / "hsm.json")
+    hsm, code = timed(
+        [*HSM, "run", "sweep.yaml", "--name", "bench", "--json"],
+        cwd=project,
+        stdout=work / "hsm.json",
+    )
     if code != 0:
         sys.exit(f"hsm run failed (exit {code}); see {work / 'hsm.json'}")
     gnu, code = timed([parallel, "-j", str(slots), "true"], cwd=work, stdin=lines)
     if code != 0:
         sys.exit(f"GNU parallel failed (exit {code})")
     alone = wrapper_alone(work / "alone", n, slots, project)
-    rows = [("hsm run (disk guard on)", hsm), (f"GNU parallel -j{slots} true", gnu),
-            (f"job wrapper alone, {slots} at a time", alone)]
+    rows = [
+        ("hsm run (disk guard on)", hsm),
+        (f"GNU parallel -j{slots} true", gnu),
+        (f"job wrapper alone, {slots} at a time", alone),
+    ]
     print(f"\n{n} no-op tasks, {slots} at a time, {os.cpu_count()} cores\n")
     print(f"| {'runner':<34} | {'wall s':>7} | {'ms/task':>7} | {'CPU s':>6} |")
     print(f"|{'-' * 36}|{'-' * 9}|{'-' * 9}|{'-' * 8}|")
     for name, m in rows:
         print(f"| {name:<34} | {m.wall:7.2f} | {1000 * m.wall / n:7.2f} | {m.cpu:6.2f} |")
-    print(f"\nhsm / GNU parallel: {hsm.wall / gnu.wall:.2f}x wall (target <= 1.0x); "
-          f"hsm controller CPU ~ {hsm.cpu - alone.cpu:.2f} s "
-          f"({1000 * (hsm.cpu - alone.cpu) / n:.2f} ms/task)")
+    print(
+        f"\nhsm / GNU parallel: {hsm.wall / gnu.wall:.2f}x wall (target <= 1.0x); "
+        f"hsm controller CPU ~ {hsm.cpu - alone.cpu:.2f} s "
+        f"({1000 * (hsm.cpu - alone.cpu) / n:.2f} ms/task)"
+    )
     if args.json:
-        args.json.write_text(json.dumps({
-            "tasks": n, "slots": slots, "hsm_s": hsm.wall, "parallel_s": gnu.wall,
-            "wrapper_alone_s": alone.wall, "hsm_cpu_s": hsm.cpu, "parallel_cpu_s": gnu.cpu}))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "tasks": n,
+                    "slots": slots,
+                    "hsm_s": hsm.wall,
+                    "parallel_s": gnu.wall,
+                    "wrapper_alone_s": alone.wall,
+                    "hsm_cpu_s": hsm.cpu,
+                    "parallel_cpu_s": gnu.cpu,
+                }
+            )
+        )
 
     if args.profile:
         shutil.rmtree(project / "runs", ignore_errors=True)
         shutil.rmtree(project / ".hsm", ignore_errors=True)
-        code = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(args.profile),
-                               "-m", "hsm.cli", "run", "sweep.yaml", "--name", "bench",
-                               "--json"], cwd=project, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL).returncode
+        code = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cProfile",
+                "-o",
+                str(args.profile),
+                "-m",
+                "hsm.cli",
+                "run",
+                "sweep.yaml",
+                "--name",
+                "bench",
+                "--json",
+            ],
+            cwd=project,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ).returncode
         print(f"\nprofile of hsm run (exit {code}) in {args.profile}; top 15 by own time:")
         pstats.Stats(str(args.profile)).sort_stats("tottime").print_stats(15)
 

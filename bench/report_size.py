@@ -45,11 +45,11 @@ SOURCES = {"local": 8, "blossom": 16, "bramble": 24, "cluster": 32}
 DAY = 86400.0
 GB = 10**9
 ERRORS = [
-    "Traceback (most recent call last):\n  File \"train.py\", line 88, in step\n"
+    'Traceback (most recent call last):\n  File "train.py", line 88, in step\n'
     "    loss.backward()\nRuntimeError: CUDA out of memory. Tried to allocate {a:.2f} GiB",
-    "Traceback (most recent call last):\n  File \"train.py\", line 41, in <module>\n"
+    'Traceback (most recent call last):\n  File "train.py", line 41, in <module>\n'
     "ValueError: loss is nan at step {n}",
-    "Traceback (most recent call last):\n  File \"data.py\", line 17, in load\n"
+    'Traceback (most recent call last):\n  File "data.py", line 17, in load\n'
     "FileNotFoundError: [Errno 2] No such file or directory: '/data/shard_{n}.bin'",
 ]
 
@@ -80,10 +80,17 @@ def synthesize(root: Path, n_tasks: int, seed: int = 7) -> tuple[Store, str]:
     (sweep_dir / "sweep.yaml").write_text(
         "script: train.py\nsweep:\n  grid:\n    seed: [0, 1, ...]\n"
         "    optimizer.lr: [0.1, 0.03, 0.01, 0.003, 0.001]\n"
-        "    model.width: [128, 256, 512, 1024]\n")
-    params = [{"seed": i // 20, "optimizer.lr": [0.1, 0.03, 0.01, 0.003, 0.001][i % 5],
-               "model.width": [128, 256, 512, 1024][i // 5 % 4], "data": "imagenet-subset"}
-              for i in range(n_tasks)]
+        "    model.width: [128, 256, 512, 1024]\n"
+    )
+    params = [
+        {
+            "seed": i // 20,
+            "optimizer.lr": [0.1, 0.03, 0.01, 0.003, 0.001][i % 5],
+            "model.width": [128, 256, 512, 1024][i // 5 % 4],
+            "data": "imagenet-subset",
+        }
+        for i in range(n_tasks)
+    ]
     start = time.time() - 8 * DAY
     events: list[tuple[float, int, str, Any]] = []  # (time, order, kind, payload)
     order = 0
@@ -95,8 +102,7 @@ def synthesize(root: Path, n_tasks: int, seed: int = 7) -> tuple[Store, str]:
 
     # Dispatch: each free slot takes the next task; failures of the machine are retried.
     disabled = ("bramble", start + 2 * DAY, start + 3 * DAY)
-    slots = [(start + rng.uniform(0, 60), name, s) for name, k in SOURCES.items()
-             for s in range(k)]
+    slots = [(start + rng.uniform(0, 60), name, s) for name, k in SOURCES.items() for s in range(k)]
     heapq.heapify(slots)
     queue = [(number, 1, start) for number in range(1, n_tasks + 1)]  # (task, attempt, ready)
     end = start
@@ -129,19 +135,24 @@ def synthesize(root: Path, n_tasks: int, seed: int = 7) -> tuple[Store, str]:
         t = start
         while t <= end:
             free = max(2 * GB, min(total, free + rng.uniform(-3, 2.5) * GB))
-            at(t, "health", (name, free, total, rng.uniform(0.2, 2.6) * 4, 4,
-                             rng.uniform(20, 90)))
+            at(t, "health", (name, free, total, rng.uniform(0.2, 2.6) * 4, 4, rng.uniform(20, 90)))
             t += 300
     at(disabled[1], "enable", (disabled[0], False, "3 consecutive health check failures"))
     at(disabled[2], "enable", (disabled[0], True, "enabled by hsm distributed enable"))
     events.sort()
 
     with clock(start) as set_time:
-        store.create_sweep(sweep_id="big", spec_path=str(root / "sweep.yaml"),
-                           spec={"script": "train.py"}, sweep_dir=str(sweep_dir),
-                           project_root=str(root), sources=list(SOURCES), parallel=None,
-                           command_line="hsm run sweep.yaml --distributed --name big",
-                           params=params)
+        store.create_sweep(
+            sweep_id="big",
+            spec_path=str(root / "sweep.yaml"),
+            spec={"script": "train.py"},
+            sweep_dir=str(sweep_dir),
+            project_root=str(root),
+            sources=list(SOURCES),
+            parallel=None,
+            command_line="hsm run sweep.yaml --distributed --name big",
+            params=params,
+        )
         running: dict[int, AttemptRow] = {}
         for t, _, kind, payload in events:
             set_time(t)
@@ -155,10 +166,20 @@ def synthesize(root: Path, n_tasks: int, seed: int = 7) -> tuple[Store, str]:
                 finish(store, running.pop(number), cause, tasks_dir, rng)
             elif kind == "health":
                 name, free, total, load, cores, mem = payload
-                store.record_health(source=name, reachable=True, disk_path="/scratch",
-                                    free_bytes=int(free), total_bytes=total, load1=load,
-                                    cores=cores, memory_percent=mem, disk_status="healthy",
-                                    status="healthy", detail=None, consecutive_failures=0)
+                store.record_health(
+                    source=name,
+                    reachable=True,
+                    disk_path="/scratch",
+                    free_bytes=int(free),
+                    total_bytes=total,
+                    load1=load,
+                    cores=cores,
+                    memory_percent=mem,
+                    disk_status="healthy",
+                    status="healthy",
+                    detail=None,
+                    consecutive_failures=0,
+                )
             else:
                 name, enabled, reason = payload
                 store.set_source_enabled(name, enabled, reason=reason, sweep_id="big")
@@ -167,33 +188,50 @@ def synthesize(root: Path, n_tasks: int, seed: int = 7) -> tuple[Store, str]:
     return store, "big"
 
 
-def finish(store: Store, row: AttemptRow, cause: Cause, tasks_dir: Path,
-           rng: random.Random) -> None:
+def finish(
+    store: Store, row: AttemptRow, cause: Cause, tasks_dir: Path, rng: random.Random
+) -> None:
     folder = tasks_dir / f"task_{row.number:04d}"
     folder.mkdir(exist_ok=True)
     if cause is Cause.COMPLETED:
-        (folder / "metrics.json").write_text(json.dumps(
-            {"loss": round(rng.uniform(0.1, 2.5), 4), "eval": {"acc": round(rng.random(), 4)},
-             "epochs": rng.randint(5, 50)}))
-        store.finish_attempt(row, state=AttemptState.COMPLETED, cause=cause, exit_code=0,
-                             task_status=TaskStatus.COMPLETED)
+        (folder / "metrics.json").write_text(
+            json.dumps(
+                {
+                    "loss": round(rng.uniform(0.1, 2.5), 4),
+                    "eval": {"acc": round(rng.random(), 4)},
+                    "epochs": rng.randint(5, 50),
+                }
+            )
+        )
+        store.finish_attempt(
+            row,
+            state=AttemptState.COMPLETED,
+            cause=cause,
+            exit_code=0,
+            task_status=TaskStatus.COMPLETED,
+        )
         return
     retry = cause in (Cause.LOST, Cause.DISK_KILL)
     if cause is Cause.TASK_FAILED:
         error = rng.choice(ERRORS).format(a=rng.uniform(1, 8), n=rng.randint(1, 99999))
         (folder / "stderr.log").write_text(f"epoch 1/30 loss 2.31\n{error}\n")
     state = AttemptState.LOST if cause is Cause.LOST else AttemptState.FAILED
-    store.finish_attempt(row, state=state, cause=cause,
-                         exit_code=None if cause is Cause.LOST else 1,
-                         task_status=TaskStatus.PENDING if retry else TaskStatus.FAILED)
+    store.finish_attempt(
+        row,
+        state=state,
+        cause=cause,
+        exit_code=None if cause is Cause.LOST else 1,
+        task_status=TaskStatus.PENDING if retry else TaskStatus.FAILED,
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--keep", type=Path, default=None, help="Keep the files here.")
-    parser.add_argument("--json", type=Path, metavar="FILE",
-                        help="also write the figures as JSON to FILE")
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the figures as JSON to FILE"
+    )
     args = parser.parse_args()
     need_chromium()
     work = Path(tempfile.mkdtemp(prefix="hsm-bench-report-"))
@@ -212,8 +250,9 @@ def main() -> int:
             seconds = browser.open(path, timeout=60)
             in_page = float(browser.evaluate("document.body.dataset.renderMs")) / 1000
             bars = browser.evaluate("document.querySelectorAll('rect.bar').length")
-            problems = browser.problems() + [str(browser.evaluate(
-                "document.body.dataset.errors || ''"))]
+            problems = browser.problems() + [
+                str(browser.evaluate("document.body.dataset.errors || ''"))
+            ]
         if args.keep:
             args.keep.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, args.keep / "report.html")
@@ -223,8 +262,10 @@ def main() -> int:
     ok = size < MAX_BYTES and seconds < MAX_SECONDS and not problems
     rows = [
         ("tasks / attempts / bars drawn", f"{args.tasks} / {len(model.bars)} / {bars}"),
-        ("health samples (kept in the page)",
-         f"{sum(h.samples for h in model.health)} ({sum(len(h.time) for h in model.health)})"),
+        (
+            "health samples (kept in the page)",
+            f"{sum(h.samples for h in model.health)} ({sum(len(h.time) for h in model.health)})",
+        ),
         ("synthetic store written in", f"{made:.1f} s"),
         ("report built and rendered to HTML in", f"{built:.2f} s"),
         ("report file size", f"{size / 1e6:.2f} MB (target < {MAX_BYTES / 1e6:.0f} MB)"),
@@ -233,10 +274,21 @@ def main() -> int:
         ("result", "ok" if ok else "FAILED" + (f": {problems}" if problems else "")),
     ]
     if args.json:
-        args.json.write_text(json.dumps({
-            "tasks": args.tasks, "size_bytes": size, "built_s": built, "chromium_s": seconds,
-            "in_page_s": in_page, "max_bytes": MAX_BYTES, "max_seconds": MAX_SECONDS,
-            "ok": ok, "problems": problems}))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "tasks": args.tasks,
+                    "size_bytes": size,
+                    "built_s": built,
+                    "chromium_s": seconds,
+                    "in_page_s": in_page,
+                    "max_bytes": MAX_BYTES,
+                    "max_seconds": MAX_SECONDS,
+                    "ok": ok,
+                    "problems": problems,
+                }
+            )
+        )
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")

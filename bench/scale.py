@@ -41,8 +41,7 @@ def measure(argv: list[str], cwd: Path) -> tuple[float, float, str]:
     """(wall seconds, peak memory in MB, stdout) of one process."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         code = os.waitstatus_to_exitcode(status)
@@ -56,8 +55,9 @@ def measure(argv: list[str], cwd: Path) -> tuple[float, float, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=100_000)
-    parser.add_argument("--json", type=Path, metavar="FILE",
-                        help="also write the figures as JSON to FILE")
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the figures as JSON to FILE"
+    )
     args = parser.parse_args()
     a = 10 ** (len(str(args.tasks)) // 2)
     b = math.ceil(args.tasks / a)
@@ -69,7 +69,8 @@ def main() -> None:
             f"max_runs: {args.tasks}\n"
             "sweep:\n  grid:\n"
             f"    a: [{', '.join(map(str, range(a)))}]\n"
-            f"    b: [{', '.join(f'v{i}' for i in range(b))}]\n")
+            f"    b: [{', '.join(f'v{i}' for i in range(b))}]\n"
+        )
         rows: list[tuple[str, float, float | None, float | None]] = []
         wall, mem, out = measure([sys.executable, "-c", CREATE], work)
         total, inner = out.split()
@@ -95,10 +96,23 @@ def main() -> None:
         print(f"{label:<40} | {seconds:7.2f} | {shown} | {goal}")
     print(f"\nstate database: {size / 1e6:.1f} MB")
     if args.json:
-        args.json.write_text(json.dumps({
-            "tasks": args.tasks, "db_mb": size / 1e6,
-            "rows": [{"step": label.strip(), "wall_s": seconds, "peak_mb": peak,
-                      "target_s": target} for label, seconds, peak, target in rows]}))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "tasks": args.tasks,
+                    "db_mb": size / 1e6,
+                    "rows": [
+                        {
+                            "step": label.strip(),
+                            "wall_s": seconds,
+                            "peak_mb": peak,
+                            "target_s": target,
+                        }
+                        for label, seconds, peak, target in rows
+                    ],
+                }
+            )
+        )
     failed = [r for r in rows if r[3] and (r[1] > r[3] or (r[2] or 0) > 300)]
     if failed:
         print("over target: " + ", ".join(r[0] for r in failed))

@@ -34,36 +34,52 @@ def by_hand(cluster: SlurmCluster, work: Path, n: int) -> float:
     script = write(work / "noop.sh", "#!/bin/bash\ntrue\n")
     env = {**os.environ, **cluster.env()}
     began = time.monotonic()
-    job = subprocess.run(["sbatch", "--parsable", "--output=/dev/null", f"--array=1-{n}",
-                          str(script)], env=env, check=True, capture_output=True,
-                         text=True).stdout.strip()
-    while subprocess.run(["squeue", "-h", "-j", job, "-o", "%i"], env=env,
-                         capture_output=True, text=True).stdout.strip():
+    job = subprocess.run(
+        ["sbatch", "--parsable", "--output=/dev/null", f"--array=1-{n}", str(script)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    while subprocess.run(
+        ["squeue", "-h", "-j", job, "-o", "%i"], env=env, capture_output=True, text=True
+    ).stdout.strip():
         time.sleep(POLL)
     return time.monotonic() - began
 
 
 def with_hsm(cluster: SlurmCluster, work: Path, n: int, index: int) -> float:
     root = work / f"project{index}"
-    write(root / "hsm_config.yaml", f"""
+    write(
+        root / "hsm_config.yaml",
+        f"""
         disk: {{project_min_free: 1MB, task_min_free: 1MB, warn_below: 1MB, kill_below: 1MB}}
         distributed:
           include_local: false
           remotes:
             cluster: {{type: slurm, host: local, max_parallel_jobs: {n}}}
-    """)
-    write(root / "sweep.yaml", f"""
+    """,
+    )
+    write(
+        root / "sweep.yaml",
+        f"""
         command: ["true"]
         sweep:
           grid:
             i: [{", ".join(str(i) for i in range(1, n + 1))}]
         output_dir_arg: null
         wandb_group_arg: null
-    """)
+    """,
+    )
     began = time.monotonic()
-    subprocess.run([*HSM, "run", "sweep.yaml", "--source", "cluster"], cwd=root, check=True,
-                   env=hsm_env(cluster.env()), stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [*HSM, "run", "sweep.yaml", "--source", "cluster"],
+        cwd=root,
+        check=True,
+        env=hsm_env(cluster.env()),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.monotonic() - began
 
 
@@ -71,8 +87,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--json", type=Path, metavar="FILE",
-                        help="also write the figures as JSON to FILE")
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the figures as JSON to FILE"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root: it starts a Slurm cluster", file=sys.stderr)
@@ -89,14 +106,24 @@ def main() -> int:
     best_hand, best_tool = min(hand), min(tool)
     print(f"| {args.tasks} no-op elements on the test-bed Slurm | seconds |")
     print("|---|---|")
-    print(f"| sbatch --array=1-{args.tasks}, then squeue every {POLL:g} s until empty "
-          f"| {best_hand:.1f} |")
+    print(
+        f"| sbatch --array=1-{args.tasks}, then squeue every {POLL:g} s until empty "
+        f"| {best_hand:.1f} |"
+    )
     print(f"| hsm run --source cluster (host: local) | {best_tool:.1f} |")
     print(f"| ratio hsm / by hand | {best_tool / best_hand:.2f} |")
     if args.json:
-        args.json.write_text(json.dumps({"tasks": args.tasks, "hsm_s": best_tool,
-                                         "hand_s": best_hand, "hsm_runs": tool,
-                                         "hand_runs": hand}))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "tasks": args.tasks,
+                    "hsm_s": best_tool,
+                    "hand_s": best_hand,
+                    "hsm_runs": tool,
+                    "hand_runs": hand,
+                }
+            )
+        )
     return 0
 
 

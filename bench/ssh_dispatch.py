@@ -36,34 +36,58 @@ sys.path.insert(0, str(ROOT))
 from tests.testbed import Host, TestBed, pick_free_subnet  # noqa: E402
 
 HSM = [sys.executable, "-m", "hsm.cli"]
-SMALL_HEALTH = {"disk_critical_free": "3MB", "disk_critical_percent": 1,
-                "disk_warning_free": "6MB", "disk_warning_percent": 2}
+SMALL_HEALTH = {
+    "disk_critical_free": "3MB",
+    "disk_critical_percent": 1,
+    "disk_warning_free": "6MB",
+    "disk_warning_percent": 2,
+}
 
 
 def write_project(root: Path, bed: TestBed, *, slots: int, disk_watch: bool) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    disk = {"project_min_free": "1MB", "task_min_free": "1MB", "check_interval": 300,
-            "warn_below": "2MB" if disk_watch else 0, "kill_below": "1MB" if disk_watch else 0}
+    disk = {
+        "project_min_free": "1MB",
+        "task_min_free": "1MB",
+        "check_interval": 300,
+        "warn_below": "2MB" if disk_watch else 0,
+        "kill_below": "1MB" if disk_watch else 0,
+    }
     config = {
-        "disk": disk, "health": SMALL_HEALTH,
+        "disk": disk,
+        "health": SMALL_HEALTH,
         "distributed": {
-            "include_local": False, "ssh_config": str(bed.ssh_config_path),
-            "remotes": {f"h{h.index}": {"host": h.name, "remote_root": "/srv/hsm/bench",
-                                        "max_parallel_jobs": slots} for h in bed.hosts}},
+            "include_local": False,
+            "ssh_config": str(bed.ssh_config_path),
+            "remotes": {
+                f"h{h.index}": {
+                    "host": h.name,
+                    "remote_root": "/srv/hsm/bench",
+                    "max_parallel_jobs": slots,
+                }
+                for h in bed.hosts
+            },
+        },
     }
     (root / "hsm_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def sweep(root: Path, name: str, command: list[str], n: int) -> str:
-    (root / name).write_text(yaml.safe_dump(
-        {"command": command, "sweep": {"grid": {"i": list(range(1, n + 1))}}}))
+    (root / name).write_text(
+        yaml.safe_dump({"command": command, "sweep": {"grid": {"i": list(range(1, n + 1))}}})
+    )
     return name
 
 
 def run_hsm(root: Path, spec: str) -> float:
     start = time.monotonic()
-    proc = subprocess.run([*HSM, "run", spec, "--distributed", "--json"], cwd=root,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [*HSM, "run", spec, "--distributed", "--json"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     elapsed = time.monotonic() - start
     if proc.returncode != 0:
         raise SystemExit(f"hsm failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -79,22 +103,54 @@ class Parallel:
         self.bed = bed
         self.control = work / "cm"
         self.control.mkdir()
-        self.ssh = ["ssh", "-F", str(bed.ssh_config_path), "-o", "ControlMaster=no",
-                    "-o", f"ControlPath={self.control}/%C"]
+        self.ssh = [
+            "ssh",
+            "-F",
+            str(bed.ssh_config_path),
+            "-o",
+            "ControlMaster=no",
+            "-o",
+            f"ControlPath={self.control}/%C",
+        ]
         self.logins = work / "sshlogins"
         self.logins.write_text("".join(f"{slots}/{h.name}\n" for h in bed.hosts))
         for host in bed.hosts:
-            subprocess.run(["ssh", "-F", str(bed.ssh_config_path), "-o", "ControlMaster=yes",
-                            "-o", f"ControlPath={self.control}/%C", "-o", "ControlPersist=yes",
-                            "-f", "-N", host.name], check=True, timeout=30)
+            subprocess.run(
+                [
+                    "ssh",
+                    "-F",
+                    str(bed.ssh_config_path),
+                    "-o",
+                    "ControlMaster=yes",
+                    "-o",
+                    f"ControlPath={self.control}/%C",
+                    "-o",
+                    "ControlPersist=yes",
+                    "-f",
+                    "-N",
+                    host.name,
+                ],
+                check=True,
+                timeout=30,
+            )
 
     def run(self, n: int, sleep: float) -> float:
         start = time.monotonic()
         proc = subprocess.run(
-            ["parallel", "--will-cite", "--ssh", " ".join(self.ssh), "--sshloginfile",
-             str(self.logins), f"sleep {sleep}; : {{}}"],
-            input="".join(f"{i}\n" for i in range(1, n + 1)), capture_output=True, text=True,
-            timeout=600)
+            [
+                "parallel",
+                "--will-cite",
+                "--ssh",
+                " ".join(self.ssh),
+                "--sshloginfile",
+                str(self.logins),
+                f"sleep {sleep}; : {{}}",
+            ],
+            input="".join(f"{i}\n" for i in range(1, n + 1)),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         elapsed = time.monotonic() - start
         if proc.returncode != 0:
             raise SystemExit(f"parallel failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
@@ -102,8 +158,7 @@ class Parallel:
 
     def close(self) -> None:
         for host in self.bed.hosts:
-            subprocess.run([*self.ssh, "-O", "exit", host.name], capture_output=True,
-                           timeout=10)
+            subprocess.run([*self.ssh, "-O", "exit", host.name], capture_output=True, timeout=10)
 
 
 def marks(hosts: list[Host]) -> dict[str, list[tuple[float, str]]]:
@@ -124,8 +179,13 @@ def failover(root: Path, bed: TestBed) -> float:
     mark = 'mkdir -p /srv/hsm/marks; echo "$(date +%s.%N) $HOSTNAME" >> /srv/hsm/marks/$1; sleep 4'
     spec = sweep(root, "failover.yaml", ["bash", "-c", mark, "task"], 3)
     # Task i gets "i=N" as $1: marks/i=1 is task 1, which round robin sends to h1.
-    proc = subprocess.Popen([*HSM, "run", spec, "--distributed", "--json"], cwd=root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*HSM, "run", spec, "--distributed", "--json"],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     h1 = bed.hosts[0]
     deadline = time.monotonic() + 30
     while not any(n == h1.name for _, n in marks(bed.hosts).get("i=1", [])):
@@ -156,11 +216,16 @@ def main() -> int:
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--failovers", type=int, default=3)
-    parser.add_argument("--no-disk-watch", dest="disk_watch", action="store_false",
-                        help="turn the job wrapper's disk watcher off (on by default, as in "
-                             "a sweep; GNU parallel has none)")
-    parser.add_argument("--json", type=Path, metavar="FILE",
-                        help="also write the figures as JSON to FILE")
+    parser.add_argument(
+        "--no-disk-watch",
+        dest="disk_watch",
+        action="store_false",
+        help="turn the job wrapper's disk watcher off (on by default, as in "
+        "a sweep; GNU parallel has none)",
+    )
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the figures as JSON to FILE"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (the test bed uses network namespaces)")
@@ -172,8 +237,7 @@ def main() -> int:
         bed.up(3)
         root = work / "project"
         write_project(root, bed, slots=args.slots, disk_watch=args.disk_watch)
-        spec = sweep(root, "sweep.yaml", ["bash", "-c", f"sleep {args.sleep}", "task"],
-                     args.tasks)
+        spec = sweep(root, "sweep.yaml", ["bash", "-c", f"sleep {args.sleep}", "task"], args.tasks)
         gnu = Parallel(bed, work, args.slots)
         times: dict[str, list[float]] = {"hsm": [], "parallel": []}
         try:
@@ -189,21 +253,36 @@ def main() -> int:
 
     hsm_s, par_s = statistics.median(times["hsm"]), statistics.median(times["parallel"])
     slots = args.slots * 3
-    print(f"{args.tasks} tasks of `sleep {args.sleep}` on 3 hosts x {args.slots} slots "
-          f"({slots} at once); ideal {args.tasks / slots * args.sleep:.2f} s")
+    print(
+        f"{args.tasks} tasks of `sleep {args.sleep}` on 3 hosts x {args.slots} slots "
+        f"({slots} at once); ideal {args.tasks / slots * args.sleep:.2f} s"
+    )
     print(f"{'':26}{'runs (s)':>28}{'median (s)':>12}")
     for name, label in (("hsm", "hsm run"), ("parallel", "GNU parallel (ControlMaster)")):
         runs = " ".join(f"{t:.2f}" for t in times[name])
         print(f"{label:26}{runs:>28}{statistics.median(times[name]):>12.2f}")
     print(f"{'ratio hsm / parallel':26}{'':>28}{hsm_s / par_s:>12.2f}")
     if moves:
-        print(f"{'failover (link cut)':26}{' '.join(f'{m:.1f}' for m in moves):>28}"
-              f"{statistics.median(moves):>12.1f}")
+        print(
+            f"{'failover (link cut)':26}{' '.join(f'{m:.1f}' for m in moves):>28}"
+            f"{statistics.median(moves):>12.1f}"
+        )
     if args.json:
-        args.json.write_text(json.dumps({
-            "tasks": args.tasks, "sleep": args.sleep, "slots": slots, "hsm_s": hsm_s,
-            "parallel_s": par_s, "hsm_runs": times["hsm"], "parallel_runs": times["parallel"],
-            "failover_s": statistics.median(moves), "failovers": moves}))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "tasks": args.tasks,
+                    "sleep": args.sleep,
+                    "slots": slots,
+                    "hsm_s": hsm_s,
+                    "parallel_s": par_s,
+                    "hsm_runs": times["hsm"],
+                    "parallel_runs": times["parallel"],
+                    "failover_s": statistics.median(moves),
+                    "failovers": moves,
+                }
+            )
+        )
     return 0
 
 

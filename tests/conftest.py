@@ -22,7 +22,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if reporter is not None:
             reporter.write_line(
                 f"HSM_FORBID_SKIPS: {len(_skipped)} test(s) skipped; in CI every test must run:",
-                red=True)
+                red=True,
+            )
             for nodeid in _skipped:
                 reporter.write_line(f"  {nodeid}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

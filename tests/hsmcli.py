@@ -45,18 +45,28 @@ def hsm_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def hsm(*args: str | Path, cwd: Path, env: Mapping[str, str] | None = None,
-        timeout: float = 60.0) -> Result:
+def hsm(
+    *args: str | Path, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 60.0
+) -> Result:
     """Run ``hsm ARGS`` to its end."""
-    proc = subprocess.run([*HSM, *map(str, args)], cwd=cwd, env=hsm_env(env),
-                          capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [*HSM, *map(str, args)],
+        cwd=cwd,
+        env=hsm_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
 @contextmanager
-def hsm_background(*args: str | Path, cwd: Path, env: Mapping[str, str] | None = None,
-                   ) -> Iterator[subprocess.Popen[str]]:
+def hsm_background(
+    *args: str | Path,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[subprocess.Popen[str]]:
     """Start ``hsm ARGS`` and yield the process; it is killed at the end if still running.
 
     Its output goes to files in ``cwd/.out`` (read them with :func:`outputs`).
@@ -64,8 +74,15 @@ def hsm_background(*args: str | Path, cwd: Path, env: Mapping[str, str] | None =
     out_dir = cwd / ".out"
     out_dir.mkdir(exist_ok=True)
     with (out_dir / "stdout").open("w") as out, (out_dir / "stderr").open("w") as err:
-        proc = subprocess.Popen([*HSM, *map(str, args)], cwd=cwd, env=hsm_env(env),
-                                stdout=out, stderr=err, stdin=subprocess.DEVNULL, text=True)
+        proc = subprocess.Popen(
+            [*HSM, *map(str, args)],
+            cwd=cwd,
+            env=hsm_env(env),
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
     try:
         yield proc
     finally:
@@ -79,8 +96,14 @@ def outputs(cwd: Path) -> tuple[str, str]:
     return (out_dir / "stdout").read_text(), (out_dir / "stderr").read_text()
 
 
-def wait_for(predicate: Callable[[], T | None], *, timeout: float = 20.0, what: str = "",
-             interval: float = 0.02, on_timeout: Callable[[], str] | None = None) -> T:
+def wait_for(
+    predicate: Callable[[], T | None],
+    *,
+    timeout: float = 20.0,
+    what: str = "",
+    interval: float = 0.02,
+    on_timeout: Callable[[], str] | None = None,
+) -> T:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s, with
     what ``on_timeout`` says about the state then."""
     deadline = time.monotonic() + timeout
@@ -91,7 +114,8 @@ def wait_for(predicate: Callable[[], T | None], *, timeout: float = 20.0, what: 
         if time.monotonic() > deadline:
             detail = f"\n{on_timeout()}" if on_timeout is not None else ""
             raise AssertionError(
-                f"timed out after {timeout} s waiting for {what or predicate}{detail}")
+                f"timed out after {timeout} s waiting for {what or predicate}{detail}"
+            )
         time.sleep(interval)
 
 
@@ -125,8 +149,7 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
 
         pytest.skip("needs root: mounts a tmpfs")
     path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                   check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
     try:
         yield path
     finally:
@@ -190,8 +213,7 @@ echo "done $(date +%s.%N)" >> "$dir/marker"
 """
 
 
-def make_project(root: Path, *, config: str | None = TEST_CONFIG,
-                 sweep: str | None = None) -> Path:
+def make_project(root: Path, *, config: str | None = TEST_CONFIG, sweep: str | None = None) -> Path:
     """A project folder with hsm_config.yaml (unless ``config`` is None), task.sh and,
     if given, sweeps/sweep.yaml."""
     root.mkdir(parents=True, exist_ok=True)

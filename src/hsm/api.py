@@ -40,16 +40,22 @@ class RunResult:
     message: str | None = None
 
 
-def run(sweep_file: str | Path, *, sources: Sequence[str] = (), distributed: bool = False,
-        parallel: int | None = None, name: str | None = None,
-        config: str | Path | None = None, cwd: str | Path | None = None) -> RunResult:
+def run(
+    sweep_file: str | Path,
+    *,
+    sources: Sequence[str] = (),
+    distributed: bool = False,
+    parallel: int | None = None,
+    name: str | None = None,
+    config: str | Path | None = None,
+    cwd: str | Path | None = None,
+) -> RunResult:
     """Run a sweep file to its end, as ``hsm run`` does, and return how it ended."""
     project = _project(config, cwd)
     path = Path(sweep_file)
     if not path.is_absolute() and cwd is not None:
         path = Path(cwd) / path
-    plan = plan_run(project, path, sources=sources, distributed=distributed,
-                    parallel=parallel)
+    plan = plan_run(project, path, sources=sources, distributed=distributed, parallel=parallel)
     command = ["hsm.run", str(sweep_file), *(f"--source={s}" for s in sources)]
     outcome = start_run(project, plan, name=name, command_line=shlex.join(command))
     store = project.open_store()
@@ -57,14 +63,24 @@ def run(sweep_file: str | Path, *, sources: Sequence[str] = (), distributed: boo
         summary = summarize(store, outcome.sweep_id)
     finally:
         store.close()
-    return RunResult(sweep_id=outcome.sweep_id, sweep_dir=summary.sweep.sweep_dir,
-                     state=outcome.state.value, exit_code=int(outcome.exit_code),
-                     counts=dict(summary.counts), message=outcome.message)
+    return RunResult(
+        sweep_id=outcome.sweep_id,
+        sweep_dir=summary.sweep.sweep_dir,
+        state=outcome.state.value,
+        exit_code=int(outcome.exit_code),
+        counts=dict(summary.counts),
+        message=outcome.message,
+    )
 
 
-def results_table(sweep_id: str | None = None, *, where: Sequence[str] = (),
-                  sort: str | None = None, config: str | Path | None = None,
-                  cwd: str | Path | None = None) -> ResultTable:
+def results_table(
+    sweep_id: str | None = None,
+    *,
+    where: Sequence[str] = (),
+    sort: str | None = None,
+    config: str | Path | None = None,
+    cwd: str | Path | None = None,
+) -> ResultTable:
     """The results of a sweep (the latest if no ID) as rows of :class:`ResultRow`."""
     project = _project(config, cwd)
     if not project.has_state():
@@ -72,15 +88,26 @@ def results_table(sweep_id: str | None = None, *, where: Sequence[str] = (),
     store = project.open_store()
     try:
         chosen = sweep_id or latest_sweep_id(store, project.root)
-        return read_results(store, chosen, where=where, sort=sort,
-                            metrics_file=project.loaded.config.results.metrics_file)
+        return read_results(
+            store,
+            chosen,
+            where=where,
+            sort=sort,
+            metrics_file=project.loaded.config.results.metrics_file,
+        )
     finally:
         store.close()
 
 
-def results(sweep_id: str | None = None, *, where: Sequence[str] = (), sort: str | None = None,
-            as_frame: bool | None = None, config: str | Path | None = None,
-            cwd: str | Path | None = None) -> Any:
+def results(
+    sweep_id: str | None = None,
+    *,
+    where: Sequence[str] = (),
+    sort: str | None = None,
+    as_frame: bool | None = None,
+    config: str | Path | None = None,
+    cwd: str | Path | None = None,
+) -> Any:
     """One row per task: number, status, cause, source, duration, parameters, metrics.
 
     Returns a pandas DataFrame when pandas is installed (``pip install 'hsm[pandas]'``),
@@ -94,12 +121,14 @@ def results(sweep_id: str | None = None, *, where: Sequence[str] = (), sort: str
         pandas = importlib.import_module("pandas")  # optional: the 'pandas' extra
     except ImportError:
         if as_frame:
-            raise StateError("hsm.results(as_frame=True) needs pandas: "
-                             "pip install 'hsm[pandas]'") from None
+            raise StateError(
+                "hsm.results(as_frame=True) needs pandas: pip install 'hsm[pandas]'"
+            ) from None
         return table.rows
     return pandas.DataFrame.from_records(table.records(), columns=table.columns)
 
 
 def _project(config: str | Path | None, cwd: str | Path | None) -> Project:
-    return open_project(Path(config) if config is not None else None,
-                        Path(cwd) if cwd is not None else None)
+    return open_project(
+        Path(config) if config is not None else None, Path(cwd) if cwd is not None else None
+    )

@@ -58,10 +58,14 @@ class Backoff:
         self._next = float("-inf")
 
 
-async def retry(op: Callable[[], Awaitable[T]], *, backoff: Backoff,
-                retry_on: tuple[type[BaseException], ...] = (Exception,),
-                sleep: Sleep = asyncio.sleep,
-                on_retry: Callable[[BaseException, float], None] | None = None) -> T:
+async def retry(
+    op: Callable[[], Awaitable[T]],
+    *,
+    backoff: Backoff,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    sleep: Sleep = asyncio.sleep,
+    on_retry: Callable[[BaseException, float], None] | None = None,
+) -> T:
     """Run ``op`` until it succeeds or ``backoff`` is exhausted (the last error is raised).
     Errors not in ``retry_on`` are raised at once."""
     while True:

@@ -59,7 +59,15 @@ class Cause(StrEnum):
 
 # Causes that are the machine's fault, not the task's: retried on another source.
 INFRASTRUCTURE_CAUSES = frozenset(
-    {Cause.LOST, Cause.DISK_PRECHECK, Cause.DISK_KILL, Cause.TIMEOUT, Cause.NODE_FAIL,
-     Cause.PREEMPTED, Cause.LAUNCH_FAILED, Cause.COLLECT_FAILED}
+    {
+        Cause.LOST,
+        Cause.DISK_PRECHECK,
+        Cause.DISK_KILL,
+        Cause.TIMEOUT,
+        Cause.NODE_FAIL,
+        Cause.PREEMPTED,
+        Cause.LAUNCH_FAILED,
+        Cause.COLLECT_FAILED,
+    }
 )
 DISK_CAUSES = frozenset({Cause.DISK_PRECHECK, Cause.DISK_KILL})

@@ -29,12 +29,19 @@ pytestmark = pytest.mark.timeout(90)
 
 REPO = Path(__file__).resolve().parents[2]
 
-RESULT_KEYS = {"sweep_id", "sweep_dir", "state", "code_version", "total", "counts", "sources",
-               "tasks"}
+RESULT_KEYS = {
+    "sweep_id",
+    "sweep_dir",
+    "state",
+    "code_version",
+    "total",
+    "counts",
+    "sources",
+    "tasks",
+}
 COUNT_KEYS = {"completed", "failed", "pending", "running", "cancelled"}
 SOURCE_KEYS = {"enabled", "disabled_reason", "submitted", "completed", "failed", "failure_rate"}
-TASK_KEYS = {"number", "params", "status", "cause", "source", "attempts", "task_dir",
-             "exit_code"}
+TASK_KEYS = {"number", "params", "status", "cause", "source", "attempts", "task_dir", "exit_code"}
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 
 
@@ -83,7 +90,9 @@ def test_init_writes_a_project_that_runs_and_refuses_to_overwrite(tmp_path: Path
 
 # -- dry run and count -------------------------------------------------------------------
 def test_dry_run_prints_the_exact_argv_of_every_task(project: Path) -> None:
-    sweep_file(project, """\
+    sweep_file(
+        project,
+        """\
         script: task.sh
         sweep:
           grid:
@@ -92,21 +101,49 @@ def test_dry_run_prints_the_exact_argv_of_every_task(project: Path) -> None:
           paired:
             - {model.name: [small, "big one"], model.width: [128, 1024]}
         defaults: {steps: 5}
-        """)
-    result = hsm("run", "sweeps/sweep.yaml", "--dry-run", "--json", "--name", "demo",
-                 cwd=project)
+        """,
+    )
+    result = hsm("run", "sweeps/sweep.yaml", "--dry-run", "--json", "--name", "demo", cwd=project)
     assert result.returncode == 0, result
     data = result.json()
     assert data["total"] == 4 and data["sources"] == ["local"]
     assert data["argv"] == [
-        ["python3", "task.sh", "seed=1", "optimizer.lr=0.001", "model.name=small",
-         "model.width=128", "steps=5"],
-        ["python3", "task.sh", "seed=1", "optimizer.lr=0.001", "model.name='big one'",
-         "model.width=1024", "steps=5"],
-        ["python3", "task.sh", "seed=2", "optimizer.lr=0.001", "model.name=small",
-         "model.width=128", "steps=5"],
-        ["python3", "task.sh", "seed=2", "optimizer.lr=0.001", "model.name='big one'",
-         "model.width=1024", "steps=5"],
+        [
+            "python3",
+            "task.sh",
+            "seed=1",
+            "optimizer.lr=0.001",
+            "model.name=small",
+            "model.width=128",
+            "steps=5",
+        ],
+        [
+            "python3",
+            "task.sh",
+            "seed=1",
+            "optimizer.lr=0.001",
+            "model.name='big one'",
+            "model.width=1024",
+            "steps=5",
+        ],
+        [
+            "python3",
+            "task.sh",
+            "seed=2",
+            "optimizer.lr=0.001",
+            "model.name=small",
+            "model.width=128",
+            "steps=5",
+        ],
+        [
+            "python3",
+            "task.sh",
+            "seed=2",
+            "optimizer.lr=0.001",
+            "model.name='big one'",
+            "model.width=1024",
+            "steps=5",
+        ],
     ]
     text = hsm("run", "sweeps/sweep.yaml", "--dry-run", "--name", "demo", cwd=project)
     assert text.returncode == 0, text
@@ -127,26 +164,37 @@ def test_dry_run_of_the_example_sweep_matches_the_docs() -> None:
     assert result.returncode == 0, result
     lines = result.stdout.splitlines()
     assert len(lines) == 12
-    assert lines[0] == ("[1] python3 train.py seed=1 optimizer.lr=0.001 model.name=small"
-                        " model.width=128 steps=5 step_time=0.05")
+    assert lines[0] == (
+        "[1] python3 train.py seed=1 optimizer.lr=0.001 model.name=small"
+        " model.width=128 steps=5 step_time=0.05"
+    )
     spec = load_sweep(examples / "sweeps" / "sweep.yaml", examples)
     params = list(iter_tasks(spec))
-    assert params[-1] == {"seed": 3, "optimizer.lr": 0.01, "model.name": "large",
-                          "model.width": 1024, "steps": 5, "step_time": 0.05}
+    assert params[-1] == {
+        "seed": 3,
+        "optimizer.lr": 0.01,
+        "model.name": "large",
+        "model.width": 1024,
+        "steps": 5,
+        "step_time": 0.05,
+    }
     guide = (REPO / "docs" / "user-guide.md").read_text()
     assert lines[0].split(" ", 1)[1].replace(str(examples), "/home/me/project") in guide
     assert snapshot(examples) == before
 
 
 def test_count_only(project: Path) -> None:
-    sweep_file(project, """\
+    sweep_file(
+        project,
+        """\
         command: [bash, task.sh]
         sweep:
           grid: {a: [1, 2, 3], b: [x, y]}
           paired:
             - {c: [1, 2], d: [3, 4]}
         max_runs: 10
-        """)
+        """,
+    )
     result = hsm("run", "sweeps/sweep.yaml", "--count-only", cwd=project)
     assert (result.returncode, result.stdout) == (0, "10\n"), result
     as_json = hsm("run", "sweeps/sweep.yaml", "--count-only", "--json", cwd=project)
@@ -156,13 +204,16 @@ def test_count_only(project: Path) -> None:
 
 # -- run, status, list -------------------------------------------------------------------
 def test_run_json_status_and_list(project: Path) -> None:
-    sweep_file(project, """\
+    sweep_file(
+        project,
+        """\
         command: [bash, task.sh]
         sweep:
           grid:
             a: [1, 3]
             b: ["x y", "it's"]
-        """)
+        """,
+    )
     result = hsm("run", "sweeps/sweep.yaml", "--json", "--name", "s1", cwd=project)
     assert result.returncode == 0, result
     data = result.json()
@@ -170,21 +221,43 @@ def test_run_json_status_and_list(project: Path) -> None:
     sweep_dir = project.resolve() / "runs" / "s1"
     assert data["sweep_id"] == "s1" and data["sweep_dir"] == str(sweep_dir)
     assert data["state"] == "completed"
-    assert data["counts"] == {"completed": 4, "failed": 0, "pending": 0, "running": 0,
-                              "cancelled": 0}
-    assert data["sources"] == {"local": {"enabled": True, "disabled_reason": None,
-                                         "submitted": 4, "completed": 4, "failed": 0,
-                                         "failure_rate": 0.0}}
+    assert data["counts"] == {
+        "completed": 4,
+        "failed": 0,
+        "pending": 0,
+        "running": 0,
+        "cancelled": 0,
+    }
+    assert data["sources"] == {
+        "local": {
+            "enabled": True,
+            "disabled_reason": None,
+            "submitted": 4,
+            "completed": 4,
+            "failed": 0,
+            "failure_rate": 0.0,
+        }
+    }
     assert [t["params"] for t in data["tasks"]] == [
-        {"a": 1, "b": "x y"}, {"a": 1, "b": "it's"}, {"a": 3, "b": "x y"}, {"a": 3, "b": "it's"}]
+        {"a": 1, "b": "x y"},
+        {"a": 1, "b": "it's"},
+        {"a": 3, "b": "x y"},
+        {"a": 3, "b": "it's"},
+    ]
     first = data["tasks"][0]
-    assert first == {"number": 1, "params": {"a": 1, "b": "x y"}, "status": "completed",
-                     "cause": "completed", "source": "local", "attempts": 1,
-                     "task_dir": str(sweep_dir / "tasks" / "task_0001"), "exit_code": 0}
+    assert first == {
+        "number": 1,
+        "params": {"a": 1, "b": "x y"},
+        "status": "completed",
+        "cause": "completed",
+        "source": "local",
+        "attempts": 1,
+        "task_dir": str(sweep_dir / "tasks" / "task_0001"),
+        "exit_code": 0,
+    }
     # What the script got: one argv element per parameter, and the environment.
     task_dir = Path(first["task_dir"])
-    assert (task_dir / "args.txt").read_text().splitlines() == [
-        "a=1", "b='x y'"]
+    assert (task_dir / "args.txt").read_text().splitlines() == ["a=1", "b='x y'"]
     env = dict(line.split("=", 1) for line in (task_dir / "env.txt").read_text().splitlines())
     assert env["HSM_SWEEP_ID"] == "s1" and env["HSM_TASK_NUMBER"] == "1"
     assert env["HSM_TASK_DIR"] == str(task_dir) and env["HSM_SOURCE"] == "local"
@@ -241,7 +314,8 @@ def test_no_config_anywhere_runs_with_the_defaults(tmp_path: Path) -> None:
 
 # -- failures, resume, retry -------------------------------------------------------------
 def test_a_failed_task_exits_1_and_retry_failed_reruns_it_with_the_same_number(
-        project: Path) -> None:
+    project: Path,
+) -> None:
     sweep_file(project, "command: [bash, task.sh]\nsweep:\n  grid:\n    a: [1, 2, 3]\n")
     (project / "broken").touch()
     result = hsm("run", "sweeps/sweep.yaml", "--json", "--name", "f1", cwd=project)
@@ -252,7 +326,11 @@ def test_a_failed_task_exits_1_and_retry_failed_reruns_it_with_the_same_number(
     assert data["counts"]["failed"] == 1 and data["counts"]["completed"] == 2
     failed = data["tasks"][1]
     assert (failed["number"], failed["status"], failed["cause"], failed["exit_code"]) == (
-        2, "failed", "task_failed", 3)
+        2,
+        "failed",
+        "task_failed",
+        3,
+    )
     assert "hsm resume f1 --retry-failed" in result.stderr
     assert "task a=2 is broken" in (Path(failed["task_dir"]) / "stderr.log").read_text()
     assert "Status: FAILED" in (Path(failed["task_dir"]) / "task_info.txt").read_text()
@@ -288,22 +366,32 @@ def test_resume_or_cancel_of_a_finished_sweep_changes_nothing(history_project: P
     assert all(t["attempts"] == 1 for t in data["tasks"])
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--cause", "timeout"], "--cause: chooses which failures to rerun, so it needs"
-                             " --retry-failed"),
-    (["--retry-failed", "--cause", "timout"], "--cause: 'timout' is not a failure cause"
-                                              " (did you mean 'timeout'?)"),
-    (["--retry-failed", "--cause", "timeout,completed"], "--cause: 'completed' is not a"
-                                                         " failure cause"),
-    (["--retry-failed", "--walltime", "4h"], "--walltime: '4h' is not valid"),
-    (["--retry-failed", "--walltime", "00:00:00"], "--walltime: '00:00:00' is not valid"),
-    (["--retry-failed", "--mem", "lots"], "--mem: 'lots' is not valid"),
-    (["--retry-failed", "--cpus", "0"], "'--cpus': 0 is not in the range"),
-    (["--retry-failed", "--gpus", "-1"], "'--gpus': -1 is not in the range"),
-    (["--retry-failed", "--source", "nowhere"], "unknown source 'nowhere'"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--cause", "timeout"],
+            "--cause: chooses which failures to rerun, so it needs --retry-failed",
+        ),
+        (
+            ["--retry-failed", "--cause", "timout"],
+            "--cause: 'timout' is not a failure cause (did you mean 'timeout'?)",
+        ),
+        (
+            ["--retry-failed", "--cause", "timeout,completed"],
+            "--cause: 'completed' is not a failure cause",
+        ),
+        (["--retry-failed", "--walltime", "4h"], "--walltime: '4h' is not valid"),
+        (["--retry-failed", "--walltime", "00:00:00"], "--walltime: '00:00:00' is not valid"),
+        (["--retry-failed", "--mem", "lots"], "--mem: 'lots' is not valid"),
+        (["--retry-failed", "--cpus", "0"], "'--cpus': 0 is not in the range"),
+        (["--retry-failed", "--gpus", "-1"], "'--gpus': -1 is not in the range"),
+        (["--retry-failed", "--source", "nowhere"], "unknown source 'nowhere'"),
+    ],
+)
 def test_resume_with_a_bad_value_exits_2_and_writes_nothing(
-        failed_project: Path, args: list[str], message: str) -> None:
+    failed_project: Path, args: list[str], message: str
+) -> None:
     before = snapshot(failed_project)
     result = hsm("resume", "f1", *args, cwd=failed_project)
     assert result.returncode == 2, result
@@ -313,8 +401,11 @@ def test_resume_with_a_bad_value_exits_2_and_writes_nothing(
 
 
 def test_retry_failed_of_one_cause_only_and_the_change_is_shown(project: Path) -> None:
-    sweep_file(project, "command: [bash, task.sh]\nsweep:\n  grid:\n    a: [1, 2, 3]\n"
-                        "resources: {walltime: '00:10:00'}\n")
+    sweep_file(
+        project,
+        "command: [bash, task.sh]\nsweep:\n  grid:\n    a: [1, 2, 3]\n"
+        "resources: {walltime: '00:10:00'}\n",
+    )
     (project / "broken").touch()
     assert hsm("run", "sweeps/sweep.yaml", "--name", "c1", cwd=project).returncode == 1
     (project / "broken").unlink()
@@ -324,16 +415,29 @@ def test_retry_failed_of_one_cause_only_and_the_change_is_shown(project: Path) -
     assert "has finished (failed): nothing to resume" in none.stderr
     assert "no failed task has the cause timeout, disk_kill" in none.stderr
     assert "sweep c1: 3 task(s)" not in none.stderr  # not announced as if it started
-    again = hsm("resume", "c1", "--retry-failed", "--cause", "task_failed", "--walltime",
-                "01:30:00", "--mem", "2G", "--json", cwd=project)
+    again = hsm(
+        "resume",
+        "c1",
+        "--retry-failed",
+        "--cause",
+        "task_failed",
+        "--walltime",
+        "01:30:00",
+        "--mem",
+        "2G",
+        "--json",
+        cwd=project,
+    )
     assert again.returncode == 0, again
     data = again.json()
     check_result_json(data)
     assert [(t["number"], t["attempts"]) for t in data["tasks"]] == [(1, 1), (2, 2), (3, 1)]
     status = hsm("status", "c1", cwd=project)
     assert "rerun " in status.stdout, status
-    assert "1 task(s) back in the queue; failed tasks (task_failed); resources" \
+    assert (
+        "1 task(s) back in the queue; failed tasks (task_failed); resources"
         " walltime=01:30:00, mem=2G" in status.stdout
+    )
     finished = hsm("resume", "c1", cwd=project)
     assert finished.returncode == 0, finished
     assert "sweep c1 has finished (completed): nothing to resume" in finished.stderr
@@ -341,15 +445,19 @@ def test_retry_failed_of_one_cause_only_and_the_change_is_shown(project: Path) -
 
 # -- cancel ------------------------------------------------------------------------------
 def test_cancel_from_another_process_kills_every_task_tree(project: Path) -> None:
-    sweep_file(project, """\
+    sweep_file(
+        project,
+        """\
         command: [bash, task.sh]
         sweep:
           grid:
             a: [1, 3, 4, 5]
         defaults: {sleep: 60}
-        """)
-    with hsm_background("run", "sweeps/sweep.yaml", "--name", "c1", cwd=project,
-                        env={"GRANDCHILD": "1"}) as run:
+        """,
+    )
+    with hsm_background(
+        "run", "sweeps/sweep.yaml", "--name", "c1", cwd=project, env={"GRANDCHILD": "1"}
+    ) as run:
         tasks = project / "runs" / "c1" / "tasks"
 
         def grandchildren() -> list[int] | None:
@@ -393,14 +501,18 @@ def _runs_in(pid: int, folder: Path) -> bool:
 
 # -- distributed list / enable / disable ---------------------------------------------------
 def test_distributed_list_enable_disable(project: Path) -> None:
-    write(project / "hsm_config.yaml", (project / "hsm_config.yaml").read_text() + """\
+    write(
+        project / "hsm_config.yaml",
+        (project / "hsm_config.yaml").read_text()
+        + """\
   remotes:
     blossom:
       host: blossom.example
     spare:
       host: spare.example
       enabled: false
-""")
+""",
+    )
     sweep_file(project, "command: [bash, task.sh]\nsweep:\n  grid:\n    a: [1]\n")
 
     def rows() -> dict[str, dict[str, Any]]:
@@ -417,8 +529,12 @@ def test_distributed_list_enable_disable(project: Path) -> None:
     disabled = hsm("distributed", "disable", "blossom", "--reason", "disk swap", cwd=project)
     assert disabled.returncode == 0, disabled
     assert rows()["blossom"] | {"disabled_at": None} == {
-        "name": "blossom", "type": "ssh", "enabled": False, "disabled_reason": "disk swap",
-        "disabled_at": None}
+        "name": "blossom",
+        "type": "ssh",
+        "enabled": False,
+        "disabled_reason": "disk swap",
+        "disabled_at": None,
+    }
     assert "disk swap" in hsm("distributed", "list", cwd=project).stdout
     # A disabled source named on the command line is refused, naming the way back.
     refused = hsm("run", "sweeps/sweep.yaml", "--source", "blossom", cwd=project)
@@ -439,8 +555,9 @@ def test_distributed_list_enable_disable(project: Path) -> None:
     assert hsm("run", "sweeps/sweep.yaml", cwd=project).returncode == 0
 
 
-def test_an_internal_error_has_its_own_exit_code(monkeypatch: pytest.MonkeyPatch,
-                                                 tmp_path: Path) -> None:
+def test_an_internal_error_has_its_own_exit_code(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from hsm.cli import main as cli_main
     from hsm.errors import ExitCode
 

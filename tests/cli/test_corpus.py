@@ -96,16 +96,22 @@ def test_there_are_enough_cases() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_corpus(case: Case, tmp_path: Path, history_project: Path,
-                request: pytest.FixtureRequest) -> None:
+def test_corpus(
+    case: Case, tmp_path: Path, history_project: Path, request: pytest.FixtureRequest
+) -> None:
     root = tmp_path / "project"
     values = {"PROJECT": str(root)}
     if "testbed" in case.needs:
         bed = request.getfixturevalue("testbed")
         host = request.getfixturevalue("testbed_hosts")[0]
-        values |= {"HOST": host.name, "HOST_IP": host.ip, "SSH_CONFIG": str(bed.ssh_config_path),
-                   "KNOWN_HOSTS": str(bed.known_hosts), "SSH_KEY": str(bed.key_path),
-                   "UNUSED_IP": f"{bed.subnet}.250"}
+        values |= {
+            "HOST": host.name,
+            "HOST_IP": host.ip,
+            "SSH_CONFIG": str(bed.ssh_config_path),
+            "KNOWN_HOSTS": str(bed.known_hosts),
+            "SSH_KEY": str(bed.key_path),
+            "UNUSED_IP": f"{bed.subnet}.250",
+        }
     with contextlib.ExitStack() as stack:
         if "fulldisk" in case.needs:
             stack.enter_context(tmpfs(root, "4m"))
@@ -136,7 +142,7 @@ def test_corpus(case: Case, tmp_path: Path, history_project: Path,
         assert "Traceback" not in result.stderr, result
         assert result.stdout == "", result
         assert result.stderr.count("hsm: error: ") == 1, result
-        message = result.stderr[result.stderr.index("hsm: error: "):]
+        message = result.stderr[result.stderr.index("hsm: error: ") :]
         for fragment in case.fragments:
             assert substitute(fragment, values) in message, (fragment, result)
         assert logical(snapshot(root), root) == before

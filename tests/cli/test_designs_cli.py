@@ -33,12 +33,15 @@ def test_count_only_and_dry_run_show_the_design(project: Path) -> None:
 
 
 def test_a_random_design_runs_the_same_tasks_on_every_expansion(project: Path) -> None:
-    write(project / "sweeps" / "sweep.yaml", """\
+    write(
+        project / "sweeps" / "sweep.yaml",
+        """\
         command: [bash, task.sh]
         sweep:
           grid: {a: [1, 2]}
           random: {n: 2, seed: 4, params: {lr: {loguniform: [1.0e-4, 1.0e-1]}}}
-        """)
+        """,
+    )
     first = hsm("run", "sweeps/sweep.yaml", "--dry-run", "--json", "--name", "r", cwd=project)
     again = hsm("run", "sweeps/sweep.yaml", "--dry-run", "--json", "--name", "r", cwd=project)
     assert first.returncode == 0, first

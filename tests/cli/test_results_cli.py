@@ -52,16 +52,26 @@ def test_csv_json_and_table_of_the_latest_sweep(finished: Path) -> None:
     out = hsm("results", "--format", "csv", cwd=finished)
     assert out.returncode == 0, out
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
-    assert list(rows[0]) == ["number", "status", "cause", "source", "duration", "a", "loss",
-                             "acc", "eval.f1"]
+    assert list(rows[0]) == [
+        "number",
+        "status",
+        "cause",
+        "source",
+        "duration",
+        "a",
+        "loss",
+        "acc",
+        "eval.f1",
+    ]
     assert [(r["number"], r["status"], r["cause"], r["loss"]) for r in rows] == [
-        ("1", "completed", "completed", "9"), ("2", "completed", "completed", "0.25"),
-        ("3", "failed", "task_failed", "7")]
+        ("1", "completed", "completed", "9"),
+        ("2", "completed", "completed", "0.25"),
+        ("3", "failed", "task_failed", "7"),
+    ]
     assert rows[1]["eval.f1"] == "0.9" and rows[1]["acc"] == ""
     assert all(float(r["duration"]) >= 0 for r in rows)
 
-    js = hsm("results", "m", "--format", "json", "--sort", "-loss", "--where", "a>=2",
-             cwd=finished)
+    js = hsm("results", "m", "--format", "json", "--sort", "-loss", "--where", "a>=2", cwd=finished)
     assert js.returncode == 0, js
     data = json.loads(js.stdout)
     assert data["sweep_id"] == "m"
@@ -72,8 +82,7 @@ def test_csv_json_and_table_of_the_latest_sweep(finished: Path) -> None:
     assert table.returncode == 0, table
     assert "results of m (2 tasks)" in table.stdout and "eval.f1" in table.stdout
     # Piped, the table is never squeezed into 80 columns: every value is whole.
-    wide = hsm("results", "--where", "status=completed", cwd=finished,
-               env={"COLUMNS": "40"})
+    wide = hsm("results", "--where", "status=completed", cwd=finished, env={"COLUMNS": "40"})
     assert all(word in wide.stdout for word in ("completed", "local", "eval.f1", "0.25"))
     assert "…" not in wide.stdout
 
@@ -95,14 +104,20 @@ def test_parquet_output_is_a_table_of_the_rows(finished: Path) -> None:
     assert list(frame["status"]) == ["completed", "completed", "failed"]
 
 
-def test_parquet_without_pyarrow_exits_2_and_writes_nothing(finished: Path,
-                                                          tmp_path: Path) -> None:
+def test_parquet_without_pyarrow_exits_2_and_writes_nothing(finished: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "no-pyarrow" / "pyarrow"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('pyarrow is not installed')\n")
     target = finished / "r.parquet"
-    result = hsm("results", "--format", "parquet", "-o", target, cwd=finished,
-                 env={"PYTHONPATH": str(blocker.parent)})
+    result = hsm(
+        "results",
+        "--format",
+        "parquet",
+        "-o",
+        target,
+        cwd=finished,
+        env={"PYTHONPATH": str(blocker.parent)},
+    )
     assert result.returncode == 2, result
     assert "needs pyarrow" in result.stderr and "hsm[parquet]" in result.stderr
     assert "Traceback" not in result.stderr
@@ -112,7 +127,10 @@ def test_parquet_without_pyarrow_exits_2_and_writes_nothing(finished: Path,
 def test_the_library_returns_rows_and_runs_sweeps(finished: Path) -> None:
     rows = hsm_lib.results("m", cwd=finished, as_frame=False)
     assert [(r.number, r.status, r.metrics.get("loss")) for r in rows] == [
-        (1, "completed", 9), (2, "completed", 0.25), (3, "failed", 7)]
+        (1, "completed", 9),
+        (2, "completed", 0.25),
+        (3, "failed", 7),
+    ]
     assert rows[0].params == {"a": 1} and rows[0].source == "local"
     frame = hsm_lib.results(cwd=finished)  # pandas is installed: a DataFrame
     assert list(frame["number"]) == [1, 2, 3]
@@ -131,6 +149,7 @@ def test_results_while_the_sweep_runs(project: Path) -> None:
     write(project / "metrics.sh", TASK)
     write(project / "sweeps" / "sweep.yaml", SWEEP.replace("[1, 2, 3]", "[1, 4]"))
     with hsm_background("run", "sweeps/sweep.yaml", "--name", "live", cwd=project) as proc:
+
         def first_done() -> list[dict[str, object]] | None:
             out = hsm("results", "live", "--format", "json", cwd=project)
             if out.returncode != 0:  # the sweep is not recorded yet
@@ -153,7 +172,13 @@ def test_the_library_prints_nothing(finished: Path) -> None:
         "rows = hsm.results('quiet', as_frame=False)\n"
         "assert [x.status for x in rows] == ['completed', 'completed', 'failed']\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=finished, capture_output=True,
-                          text=True, timeout=60, env=hsm_env())
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=finished,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=hsm_env(),
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "" and proc.stderr == ""

@@ -19,23 +19,28 @@ from hsm.sources.slurm import Slurm
 from hsm.spec.sweep import Resources
 
 DATA = Path(__file__).parent / "data"
-HOSTILE_ROOT = ("/scratch/it's a \"dir\"\n$(touch /tmp/hsm-canary) `id`;x\n#SBATCH --qos=evil\n"
-                "#PBS -q evil/sweeps/s1/cluster")
-HOSTILE_WRAPPER = "/scratch/it's a \"dir\"\n$(touch /tmp/hsm-canary)/.hsm/wrapper-0123.sh"
+HOSTILE_ROOT = (
+    '/scratch/it\'s a "dir"\n$(touch /tmp/hsm-canary) `id`;x\n#SBATCH --qos=evil\n'
+    "#PBS -q evil/sweeps/s1/cluster"
+)
+HOSTILE_WRAPPER = '/scratch/it\'s a "dir"\n$(touch /tmp/hsm-canary)/.hsm/wrapper-0123.sh'
 TASKS = ["task_0001", "task_0007", "task_0042"]
 
 FULL = JobOptions.merge(
-    Resources(gpus=2, cpus=8, mem="16G", walltime="1-02:03:04", partition="gpu",
-              gpu_type="a100"),
-    ClusterSettings(qos="high", account="proj42",
-                    modules=("cuda/12.1", "python/3.11 gcc/12"),
-                    directives=("--constraint=ib", "#SBATCH --exclusive")),
-    "distributed.remotes.c")
+    Resources(gpus=2, cpus=8, mem="16G", walltime="1-02:03:04", partition="gpu", gpu_type="a100"),
+    ClusterSettings(
+        qos="high",
+        account="proj42",
+        modules=("cuda/12.1", "python/3.11 gcc/12"),
+        directives=("--constraint=ib", "#SBATCH --exclusive"),
+    ),
+    "distributed.remotes.c",
+)
 FULL_PBS = JobOptions.merge(
-    Resources(gpus=2, cpus=8, mem="16G", walltime="1-02:03:04", partition="gpuq",
-              gpu_type="a100"),
+    Resources(gpus=2, cpus=8, mem="16G", walltime="1-02:03:04", partition="gpuq", gpu_type="a100"),
     ClusterSettings(account="proj42", modules=("cuda/12.1",), directives=("-l place=excl",)),
-    "distributed.remotes.c")
+    "distributed.remotes.c",
+)
 ARRAY = ArraySpec("hsm-20260101-120000-ab12-17", len(TASKS), 2)
 
 
@@ -46,12 +51,15 @@ def check_golden(name: str, text: str) -> None:
     assert text == path.read_text()
 
 
-@pytest.mark.parametrize(("name", "scheduler", "opts"), [
-    ("slurm_job.sh", Slurm(), FULL),
-    ("slurm_job_minimal.sh", Slurm(), JobOptions()),
-    ("pbs_pro_job.sh", Pbs("pro"), FULL_PBS),
-    ("pbs_torque_job.sh", Pbs("torque"), FULL_PBS),
-])
+@pytest.mark.parametrize(
+    ("name", "scheduler", "opts"),
+    [
+        ("slurm_job.sh", Slurm(), FULL),
+        ("slurm_job_minimal.sh", Slurm(), JobOptions()),
+        ("pbs_pro_job.sh", Pbs("pro"), FULL_PBS),
+        ("pbs_torque_job.sh", Pbs("torque"), FULL_PBS),
+    ],
+)
 def test_rendered_job_script(name: str, scheduler: Scheduler, opts: JobOptions) -> None:
     text = scheduler.render(opts, ARRAY, root=HOSTILE_ROOT, wrapper=HOSTILE_WRAPPER, tasks=TASKS)
     check_golden(name, text)
@@ -67,11 +75,20 @@ def test_rendered_job_script(name: str, scheduler: Scheduler, opts: JobOptions) 
 def test_slurm_header_maps_every_resource() -> None:
     header = Slurm().header(FULL, ARRAY)
     assert header == [
-        "#SBATCH --job-name=hsm-20260101-120000-ab12-17", "#SBATCH --array=1-3%2",
-        "#SBATCH --output=/dev/null", "#SBATCH --no-requeue", "#SBATCH --time=1-02:03:04",
-        "#SBATCH --cpus-per-task=8", "#SBATCH --mem=16384M", "#SBATCH --gres=gpu:a100:2",
-        "#SBATCH --partition=gpu", "#SBATCH --qos=high", "#SBATCH --account=proj42",
-        "#SBATCH --constraint=ib", "#SBATCH --exclusive"]
+        "#SBATCH --job-name=hsm-20260101-120000-ab12-17",
+        "#SBATCH --array=1-3%2",
+        "#SBATCH --output=/dev/null",
+        "#SBATCH --no-requeue",
+        "#SBATCH --time=1-02:03:04",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --mem=16384M",
+        "#SBATCH --gres=gpu:a100:2",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --qos=high",
+        "#SBATCH --account=proj42",
+        "#SBATCH --constraint=ib",
+        "#SBATCH --exclusive",
+    ]
     # A throttle at or above the array size is no throttle.
     assert "#SBATCH --array=1-3" in Slurm().header(JobOptions(), ArraySpec("n", 3, 3))
 
@@ -94,7 +111,7 @@ def test_a_directive_of_another_scheduler_is_refused() -> None:
 
 def _fake_tree(tmp_path: Path) -> tuple[str, str, Path]:
     """A hostile root with real task folders and a fake wrapper that records its argument."""
-    root = tmp_path / "it's a \"dir\"\n$(touch canary) `id`;x"
+    root = tmp_path / 'it\'s a "dir"\n$(touch canary) `id`;x'
     for task in TASKS:
         (root / task / ".hsm").mkdir(parents=True)
     record = tmp_path / "wrapper-argv"
@@ -114,8 +131,14 @@ def test_hostile_folders_reach_the_wrapper_intact(tmp_path: Path, scheduler: Sch
     root, wrapper, record = _fake_tree(tmp_path)
     text = scheduler.render(JobOptions(), ARRAY, root=root, wrapper=wrapper, tasks=TASKS)
     index = "SLURM_ARRAY_TASK_ID" if scheduler.name == "slurm" else "PBS_ARRAY_INDEX"
-    proc = subprocess.run(["bash", "-c", text], env={**os.environ, index: "2"}, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        ["bash", "-c", text],
+        env={**os.environ, index: "2"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 0, proc.stderr
     assert record.read_text() == f"{root}/task_0007"
     log = (Path(root) / "task_0007" / ".hsm" / "job.log").read_text()
@@ -127,8 +150,13 @@ def test_hostile_folders_reach_the_wrapper_intact(tmp_path: Path, scheduler: Sch
 def test_an_index_outside_the_array_runs_nothing(tmp_path: Path, index: str) -> None:
     root, wrapper, record = _fake_tree(tmp_path)
     text = Slurm().render(JobOptions(), ARRAY, root=root, wrapper=wrapper, tasks=TASKS)
-    proc = subprocess.run(["bash", "-c", text], env={**os.environ, "SLURM_ARRAY_TASK_ID": index},
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        ["bash", "-c", text],
+        env={**os.environ, "SLURM_ARRAY_TASK_ID": index},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2
     assert "is not within 1..3" in proc.stderr
     assert not record.exists()
@@ -139,10 +167,12 @@ def test_modules_are_loaded_in_order_before_the_wrapper(tmp_path: Path) -> None:
     loaded = tmp_path / "modules"
     opts = JobOptions(modules=("cuda/12.1", "python/3.11 gcc/12"))
     text = Slurm().render(opts, ARRAY, root=root, wrapper=wrapper, tasks=TASKS)
-    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "1",
-           "BASH_FUNC_module%%": f'() {{ echo "$*" >> {_sh(loaded)}; }}'}
-    proc = subprocess.run(["bash", "-c", text], env=env, capture_output=True, text=True,
-                          timeout=30)
+    env = {
+        **os.environ,
+        "SLURM_ARRAY_TASK_ID": "1",
+        "BASH_FUNC_module%%": f'() {{ echo "$*" >> {_sh(loaded)}; }}',
+    }
+    proc = subprocess.run(["bash", "-c", text], env=env, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert loaded.read_text() == "load cuda/12.1\nload python/3.11 gcc/12\n"
     assert record.read_text() == f"{root}/task_0001"
@@ -153,8 +183,7 @@ def test_a_failing_module_load_stops_the_element(tmp_path: Path) -> None:
     opts = JobOptions(modules=("nosuchmodule/1",))
     text = Slurm().render(opts, ARRAY, root=root, wrapper=wrapper, tasks=TASKS)
     env = {**os.environ, "SLURM_ARRAY_TASK_ID": "3", "BASH_FUNC_module%%": "() { return 1; }"}
-    proc = subprocess.run(["bash", "-c", text], env=env, capture_output=True, text=True,
-                          timeout=30)
+    proc = subprocess.run(["bash", "-c", text], env=env, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 3
     assert not record.exists()
     log = (Path(root) / "task_0042" / ".hsm" / "job.log").read_text()

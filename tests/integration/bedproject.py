@@ -15,18 +15,29 @@ from tests.testbed import Host
 
 # Small disk thresholds for the 64 MB test-bed disks.
 SMALL_DISK = {
-    "project_min_free": "4MB", "task_min_free": "4MB", "check_interval": 1,
-    "warn_below": "12MB", "kill_below": "6MB",
+    "project_min_free": "4MB",
+    "task_min_free": "4MB",
+    "check_interval": 1,
+    "warn_below": "12MB",
+    "kill_below": "6MB",
 }
 SMALL_HEALTH = {
-    "disk_critical_free": "8MB", "disk_critical_percent": 1,
-    "disk_warning_free": "16MB", "disk_warning_percent": 2,
+    "disk_critical_free": "8MB",
+    "disk_critical_percent": 1,
+    "disk_warning_free": "16MB",
+    "disk_warning_percent": 2,
 }
 
 
-def bed_project(root: Path, hosts: Sequence[Host], *, slots: int = 2,
-                distributed: dict[str, Any] | None = None, include_local: bool = False,
-                extra: dict[str, Any] | None = None) -> Path:
+def bed_project(
+    root: Path,
+    hosts: Sequence[Host],
+    *,
+    slots: int = 2,
+    distributed: dict[str, Any] | None = None,
+    include_local: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write hsm_config.yaml with one remote per host (named h1, h2, ...)."""
     remotes = {
         f"h{i + 1}": {"host": h.name, "remote_root": h.work_dir, "max_parallel_jobs": slots}
@@ -36,8 +47,12 @@ def bed_project(root: Path, hosts: Sequence[Host], *, slots: int = 2,
         "ssh_config": str(hosts[0].ssh_config_path),
         "disk": dict(SMALL_DISK),
         "health": dict(SMALL_HEALTH),
-        "distributed": {"include_local": include_local, "health_check_interval": 1,
-                        "remotes": remotes, **(distributed or {})},
+        "distributed": {
+            "include_local": include_local,
+            "health_check_interval": 1,
+            "remotes": remotes,
+            **(distributed or {}),
+        },
     }
     if extra:
         config.update(extra)
@@ -46,16 +61,20 @@ def bed_project(root: Path, hosts: Sequence[Host], *, slots: int = 2,
     return root
 
 
-def sweep_file(root: Path, script: str, n: int, *, name: str = "sweep.yaml",
-               extra: str = "") -> Path:
+def sweep_file(
+    root: Path, script: str, n: int, *, name: str = "sweep.yaml", extra: str = ""
+) -> Path:
     write(root / "task.py", script)
-    return write(root / name, f"""
+    return write(
+        root / name,
+        f"""
         script: task.py
         sweep:
           grid:
             i: [{", ".join(str(i) for i in range(1, n + 1))}]
         {extra}
-    """)
+    """,
+    )
 
 
 def status_json(root: Path, sweep_id: str | None = None) -> dict[str, Any]:

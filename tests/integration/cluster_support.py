@@ -17,10 +17,19 @@ from tests.testbed import SlurmCluster
 
 # Small disk-guard thresholds and a health classification that never holds tasks back.
 QUIET = {
-    "disk": {"project_min_free": "1MB", "task_min_free": "1MB", "warn_below": "1MB",
-             "kill_below": "1MB"},
-    "health": {"disk_critical_free": 0, "disk_critical_percent": 0, "disk_warning_free": 0,
-               "disk_warning_percent": 0, "max_load_per_core": 1000},
+    "disk": {
+        "project_min_free": "1MB",
+        "task_min_free": "1MB",
+        "warn_below": "1MB",
+        "kill_below": "1MB",
+    },
+    "health": {
+        "disk_critical_free": 0,
+        "disk_critical_percent": 0,
+        "disk_warning_free": 0,
+        "disk_warning_percent": 0,
+        "max_load_per_core": 1000,
+    },
 }
 
 # The task: appends start and end lines to a marker file in its task folder (a task that ran
@@ -51,12 +60,23 @@ exit "$fail"
 """
 
 
-def cluster_project(root: Path, remotes: Mapping[str, Mapping[str, Any]], *,
-                    max_retries: int = 0, extra: Mapping[str, Any] | None = None,
-                    ssh_config: Path | None = None) -> Path:
-    config: dict[str, Any] = {**QUIET, "distributed": {
-        "include_local": False, "max_retries": max_retries, "health_check_interval": 5,
-        "remotes": dict(remotes)}}
+def cluster_project(
+    root: Path,
+    remotes: Mapping[str, Mapping[str, Any]],
+    *,
+    max_retries: int = 0,
+    extra: Mapping[str, Any] | None = None,
+    ssh_config: Path | None = None,
+) -> Path:
+    config: dict[str, Any] = {
+        **QUIET,
+        "distributed": {
+            "include_local": False,
+            "max_retries": max_retries,
+            "health_check_interval": 5,
+            "remotes": dict(remotes),
+        },
+    }
     if ssh_config is not None:
         config["ssh_config"] = str(ssh_config)
     for key, value in (extra or {}).items():
@@ -70,17 +90,28 @@ def cluster_project(root: Path, remotes: Mapping[str, Mapping[str, Any]], *,
     return root
 
 
-def sweep_file(root: Path, *, sleep: Sequence[float], fail: Sequence[int] | None = None,
-               fill: Sequence[int] | None = None, hang: Sequence[int] | None = None,
-               name: str = "sweep.yaml", resources: Mapping[str, Any] | None = None) -> Path:
+def sweep_file(
+    root: Path,
+    *,
+    sleep: Sequence[float],
+    fail: Sequence[int] | None = None,
+    fill: Sequence[int] | None = None,
+    hang: Sequence[int] | None = None,
+    name: str = "sweep.yaml",
+    resources: Mapping[str, Any] | None = None,
+) -> Path:
     """One task per ``sleep`` value (paired with ``fail`` exit codes, ``fill`` sizes and
     ``hang`` flags)."""
     group: dict[str, list[Any]] = {"sleep": list(sleep), "fail": list(fail or [0] * len(sleep))}
     for key, values in (("fill", fill), ("hang", hang)):
         if values is not None:
             group[key] = list(values)
-    spec: dict[str, Any] = {"command": ["bash", "task.sh"], "sweep": {"paired": [group]},
-                            "output_dir_arg": None, "wandb_group_arg": None}
+    spec: dict[str, Any] = {
+        "command": ["bash", "task.sh"],
+        "sweep": {"paired": [group]},
+        "output_dir_arg": None,
+        "wandb_group_arg": None,
+    }
     if resources:
         spec["resources"] = dict(resources)
     path = root / name
@@ -112,8 +143,7 @@ def max_overlap(intervals: Iterable[tuple[float, float]]) -> int:
     return best
 
 
-def run_intervals(root: Path, sweep_id: str,
-                  numbers: Iterable[int]) -> list[tuple[float, float]]:
+def run_intervals(root: Path, sweep_id: str, numbers: Iterable[int]) -> list[tuple[float, float]]:
     out = []
     for number in numbers:
         lines = marker_lines(root, sweep_id, number)
@@ -127,8 +157,9 @@ def attempts(root: Path, sweep_id: str) -> list[dict[str, Any]]:
     """Every attempt of the sweep as the state database records it."""
     with sqlite3.connect(root / ".hsm" / "hsm.db") as db:
         db.row_factory = sqlite3.Row
-        rows = db.execute("SELECT * FROM attempts WHERE sweep_id = ? ORDER BY number, attempt",
-                          (sweep_id,)).fetchall()
+        rows = db.execute(
+            "SELECT * FROM attempts WHERE sweep_id = ? ORDER BY number, attempt", (sweep_id,)
+        ).fetchall()
     return [dict(r) for r in rows]
 
 

@@ -27,15 +27,24 @@ REMOTE_ROOT = "/srv/hsm/root"
 MARKS = "/srv/hsm/marks"
 
 # Small thresholds for the 64 MB test-bed disks.
-SMALL_DISK = {"project_min_free": "2MB", "task_min_free": "2MB", "check_interval": 1,
-              "warn_below": "8MB", "kill_below": "4MB"}
-SMALL_HEALTH = {"disk_critical_free": "3MB", "disk_critical_percent": 1,
-                "disk_warning_free": "6MB", "disk_warning_percent": 2}
+SMALL_DISK = {
+    "project_min_free": "2MB",
+    "task_min_free": "2MB",
+    "check_interval": 1,
+    "warn_below": "8MB",
+    "kill_below": "4MB",
+}
+SMALL_HEALTH = {
+    "disk_critical_free": "3MB",
+    "disk_critical_percent": 1,
+    "disk_warning_free": "6MB",
+    "disk_warning_percent": 2,
+}
 
 # key=value arguments: sleep=SECONDS, exit=CODE; a file /srv/hsm/slow_<i> on the host makes
 # task i sleep `slow` seconds instead. Writes result.json (argv, environment, host) into
 # HSM_TASK_DIR and a line per start and end into /srv/hsm/marks/task_NNNN.
-TASK = r'''
+TASK = r"""
 import json, os, socket, subprocess, sys, time
 
 args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
@@ -58,21 +67,31 @@ print(f"task {number} on {socket.gethostname()}", flush=True)
 time.sleep(seconds)
 mark("done")
 sys.exit(int(args.get("exit", "0")))
-'''
+"""
 
 
 def remote(bed_host: Host, /, **overrides: Any) -> dict[str, Any]:
     """A remote entry for a test-bed host (by its ssh_config alias unless overridden)."""
-    entry: dict[str, Any] = {"host": bed_host.name, "remote_root": REMOTE_ROOT,
-                             "max_parallel_jobs": 2}
+    entry: dict[str, Any] = {
+        "host": bed_host.name,
+        "remote_root": REMOTE_ROOT,
+        "max_parallel_jobs": 2,
+    }
     entry.update(overrides)
     return entry
 
 
-def make_project(root: Path, hosts: Sequence[Host], *, n: int = 4, sleep: float = 0.2,
-                 remotes: Mapping[str, Mapping[str, Any]] | None = None,
-                 config: Mapping[str, Any] | None = None, sweep: str | None = None,
-                 defaults: Mapping[str, Any] | None = None) -> Path:
+def make_project(
+    root: Path,
+    hosts: Sequence[Host],
+    *,
+    n: int = 4,
+    sleep: float = 0.2,
+    remotes: Mapping[str, Mapping[str, Any]] | None = None,
+    config: Mapping[str, Any] | None = None,
+    sweep: str | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> Path:
     """A project with hsm_config.yaml (remotes h1.. for ``hosts``), task.py and sweep.yaml."""
     root.mkdir(parents=True, exist_ok=True)
     if remotes is None:
@@ -80,8 +99,11 @@ def make_project(root: Path, hosts: Sequence[Host], *, n: int = 4, sleep: float 
     data: dict[str, Any] = {
         "disk": dict(SMALL_DISK),
         "health": dict(SMALL_HEALTH),
-        "distributed": {"include_local": False, "ssh_config": str(hosts[0].ssh_config_path),
-                        "remotes": dict(remotes)},
+        "distributed": {
+            "include_local": False,
+            "ssh_config": str(hosts[0].ssh_config_path),
+            "remotes": dict(remotes),
+        },
     }
     for key, value in (config or {}).items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
@@ -91,8 +113,11 @@ def make_project(root: Path, hosts: Sequence[Host], *, n: int = 4, sleep: float 
     (root / "hsm_config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     (root / "task.py").write_text(TASK)
     if sweep is None:
-        sweep_data = {"script": "task.py", "sweep": {"grid": {"i": list(range(1, n + 1))}},
-                      "defaults": {"sleep": sleep, **(defaults or {})}}
+        sweep_data = {
+            "script": "task.py",
+            "sweep": {"grid": {"i": list(range(1, n + 1))}},
+            "defaults": {"sleep": sleep, **(defaults or {})},
+        }
         sweep = yaml.safe_dump(sweep_data, sort_keys=False, allow_unicode=True)
     (root / "sweep.yaml").write_text(sweep)
     return root
@@ -108,25 +133,39 @@ def env(extra: Mapping[str, str] | None = None, *, drop: Iterable[str] = ()) -> 
     return out
 
 
-def hsm(*args: str | Path, cwd: Path, extra_env: Mapping[str, str] | None = None,
-        timeout: float = 120.0) -> Result:
-    proc = subprocess.run([*HSM, *map(str, args)], cwd=cwd, env=env(extra_env),
-                          capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+def hsm(
+    *args: str | Path, cwd: Path, extra_env: Mapping[str, str] | None = None, timeout: float = 120.0
+) -> Result:
+    proc = subprocess.run(
+        [*HSM, *map(str, args)],
+        cwd=cwd,
+        env=env(extra_env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
 class Background:
     """``hsm`` started in its own session, output to files; killed at the end if needed."""
 
-    def __init__(self, *args: str | Path, cwd: Path,
-                 extra_env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str | Path, cwd: Path, extra_env: Mapping[str, str] | None = None
+    ) -> None:
         self.out = cwd / f".hsm-bg-{time.monotonic_ns()}.out"
         self.err = self.out.with_suffix(".err")
         with self.out.open("w") as out, self.err.open("w") as err:
-            self.proc = subprocess.Popen([*HSM, *map(str, args)], cwd=cwd, env=env(extra_env),
-                                         stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                [*HSM, *map(str, args)],
+                cwd=cwd,
+                env=env(extra_env),
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -145,8 +184,9 @@ class Background:
             self.kill()
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str,
-             interval: float = 0.05) -> Any:
+def wait_for(
+    predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

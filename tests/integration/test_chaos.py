@@ -37,8 +37,7 @@ from tests.integration.cluster_support import cancel_leftovers
 from tests.integration.ssh_support import Background, attempts, tasks, wait_for
 from tests.testbed import Host, SlurmCluster, TestBed
 
-pytestmark = [pytest.mark.root, pytest.mark.testbed, pytest.mark.slurm,
-              pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.root, pytest.mark.testbed, pytest.mark.slurm, pytest.mark.timeout(300)]
 
 N = 200
 SWEEP_ID = "chaos"
@@ -47,7 +46,7 @@ FAIL_PERCENT = 60
 
 # Sleeps a little; fails on a host that carries FLAKY_FILE for 60 % of the task numbers (by
 # hash); appends one line per finished attempt to `marker` and writes `result.json`.
-TASK = f'''
+TASK = f"""
 import hashlib, json, os, sys, time
 args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
 i = int(args["i"])
@@ -62,7 +61,7 @@ if fails:
 with open(os.path.join(d, "result.json"), "w") as f:
     json.dump({{"i": i, "attempt": int(os.environ["HSM_ATTEMPT"]),
                "source": os.environ["HSM_SOURCE"]}}, f)
-'''
+"""
 
 
 def fails_on_flaky(i: int) -> bool:
@@ -104,7 +103,8 @@ def slurm(testbed: TestBed, slurm_local: SlurmCluster, tmp_path: Path) -> Iterat
 def project(root: Path, hosts: list[Host]) -> Path:
     remotes: dict[str, Any] = {
         f"h{i + 1}": {"host": h.name, "remote_root": h.work_dir, "max_parallel_jobs": 2}
-        for i, h in enumerate(hosts)}
+        for i, h in enumerate(hosts)
+    }
     if os.environ.get("HSM_CHAOS_SLURM", "1") != "0":  # 0: leave the cluster out (diagnosis)
         remotes["cluster"] = {"type": "slurm", "host": "local", "max_parallel_jobs": 4}
     config = {
@@ -112,17 +112,28 @@ def project(root: Path, hosts: list[Host]) -> Path:
         "local": {"max_parallel_jobs": 2},
         "disk": dict(SMALL_DISK),
         "health": {**SMALL_HEALTH, "max_load_per_core": 1000},
-        "distributed": {"include_local": True, "health_check_interval": 1, "max_retries": 4,
-                        "remotes": remotes},
+        "distributed": {
+            "include_local": True,
+            "health_check_interval": 1,
+            "max_retries": 4,
+            "remotes": remotes,
+        },
     }
     root.mkdir(parents=True)
     (root / "hsm_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (root / "task.py").write_text(TASK)
     rng_sleep = random.Random(7)
-    spec = {"script": "task.py",
-            "sweep": {"paired": [{"i": list(range(1, N + 1)),
-                                  "sleep": [round(rng_sleep.uniform(0.3, 1.2), 2)
-                                            for _ in range(N)]}]}}
+    spec = {
+        "script": "task.py",
+        "sweep": {
+            "paired": [
+                {
+                    "i": list(range(1, N + 1)),
+                    "sleep": [round(rng_sleep.uniform(0.3, 1.2), 2) for _ in range(N)],
+                }
+            ]
+        },
+    }
     (root / "sweep.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return root
 
@@ -141,8 +152,11 @@ def test_chaos(tmp_path: Path, testbed_hosts: list[Host], slurm: SlurmCluster) -
 
     def fill_h2() -> str:
         def running_on_h2() -> bool:
-            return any(a.source == "h2" and a.state == AttemptState.RUNNING
-                       for a in attempts(root, SWEEP_ID))
+            return any(
+                a.source == "h2" and a.state == AttemptState.RUNNING
+                for a in attempts(root, SWEEP_ID)
+            )
+
         try:
             wait_for(running_on_h2, timeout=60, what="a task running on h2", interval=0.02)
         except AssertionError:
@@ -150,8 +164,9 @@ def test_chaos(tmp_path: Path, testbed_hosts: list[Host], slurm: SlurmCluster) -
             for a in attempts(root, SWEEP_ID):
                 if a.state in (AttemptState.RUNNING, AttemptState.LAUNCHING):
                     held[a.source] = held.get(a.source, 0) + 1
-            raise AssertionError(f"no task ran on h2 for 60 s; unfinished attempts per "
-                                 f"source: {held}") from None
+            raise AssertionError(
+                f"no task ran on h2 for 60 s; unfinished attempts per source: {held}"
+            ) from None
         h2.fill_disk(leave_bytes=2_000_000)
         return "h2 disk filled"
 
@@ -194,8 +209,16 @@ def test_chaos(tmp_path: Path, testbed_hosts: list[Host], slurm: SlurmCluster) -
     print("chaos schedule: " + ", ".join(f"{f.name}@{f.at}" for f in faults))
     started = time.monotonic()
     try:
-        chaos.controller = Background("run", "sweep.yaml", "--distributed", "--name", SWEEP_ID,
-                                      "--json", cwd=root, extra_env=env)
+        chaos.controller = Background(
+            "run",
+            "sweep.yaml",
+            "--distributed",
+            "--name",
+            SWEEP_ID,
+            "--json",
+            cwd=root,
+            extra_env=env,
+        )
         while True:
             now = time.monotonic()
             assert now - started < 240, f"the sweep did not finish; faults: {faults_seen}"
@@ -208,8 +231,11 @@ def test_chaos(tmp_path: Path, testbed_hosts: list[Host], slurm: SlurmCluster) -
                 if not fault.done and done >= fault.at:
                     fault.done = fault.action()
                     faults_seen.append(f"{fault.done} at {done}")
-            if chaos.controller.proc.poll() is not None and all(f.done for f in faults) \
-                    and not chaos.undo:
+            if (
+                chaos.controller.proc.poll() is not None
+                and all(f.done for f in faults)
+                and not chaos.undo
+            ):
                 break
             if chaos.controller.proc.poll() is not None:
                 break
@@ -229,11 +255,17 @@ def test_chaos(tmp_path: Path, testbed_hosts: list[Host], slurm: SlurmCluster) -
 
     # hsm status --json, the state database and the files on disk agree.
     data = result.json()
-    status = json.loads(Background("status", SWEEP_ID, "--json", cwd=root,
-                                   extra_env=env).wait(timeout=60).stdout)
+    status = json.loads(
+        Background("status", SWEEP_ID, "--json", cwd=root, extra_env=env).wait(timeout=60).stdout
+    )
     assert status["state"] == "completed"
-    assert status["counts"] == {"completed": N, "failed": 0, "pending": 0, "running": 0,
-                                "cancelled": 0}, status["counts"]
+    assert status["counts"] == {
+        "completed": N,
+        "failed": 0,
+        "pending": 0,
+        "running": 0,
+        "cancelled": 0,
+    }, status["counts"]
     assert data["counts"] == status["counts"]
     rows = {t.number: t for t in tasks(root, SWEEP_ID)}
     by_task: dict[int, list[Any]] = {}
@@ -247,8 +279,10 @@ def test_chaos(tmp_path: Path, testbed_hosts: list[Host], slurm: SlurmCluster) -
         if not entry["status"] == row.status.value == "completed":
             problems.append(f"task {number}: status {entry['status']} / {row.status.value}")
         if not entry["attempts"] == row.attempts == len(by_task[number]):
-            problems.append(f"task {number}: attempts {entry['attempts']} / {row.attempts} / "
-                            f"{len(by_task[number])} rows")
+            problems.append(
+                f"task {number}: attempts {entry['attempts']} / {row.attempts} / "
+                f"{len(by_task[number])} rows"
+            )
         completed = [a for a in by_task[number] if a.state == AttemptState.COMPLETED]
         duplicated += len(completed) > 1
         lost += not completed
@@ -257,8 +291,9 @@ def test_chaos(tmp_path: Path, testbed_hosts: list[Host], slurm: SlurmCluster) -
             continue
         (winner,) = completed
         if not entry["source"] == row.source == winner.source:
-            problems.append(f"task {number}: source {entry['source']} / {row.source} / "
-                            f"{winner.source}")
+            problems.append(
+                f"task {number}: source {entry['source']} / {row.source} / {winner.source}"
+            )
         task_dir = Path(entry["task_dir"])
         assert task_dir.is_relative_to(root / "runs" / SWEEP_ID / "tasks")
         result_file = task_dir / "result.json"
@@ -268,17 +303,22 @@ def test_chaos(tmp_path: Path, testbed_hosts: list[Host], slurm: SlurmCluster) -
         record = json.loads(result_file.read_text())
         wanted = {"i": number, "attempt": winner.attempt, "source": winner.source}
         if record != wanted:
-            problems.append(f"task {number}: result file {record}, state database {wanted}: "
-                            + ", ".join(f"{a.attempt}/{a.source}/{a.state.value}/{a.cause}"
-                                        for a in by_task[number]))
+            problems.append(
+                f"task {number}: result file {record}, state database {wanted}: "
+                + ", ".join(
+                    f"{a.attempt}/{a.source}/{a.state.value}/{a.cause}" for a in by_task[number]
+                )
+            )
         # One marker line per attempt that was allowed to finish; none ran twice.
         lines = (task_dir / "marker").read_text().splitlines()
         seen = [(int(line.split()[1]), line.split()[2]) for line in lines]
         if len(seen) != len(set(seen)):
             problems.append(f"task {number}: an attempt finished twice: {lines}")
         if (winner.attempt, winner.source) not in seen:
-            problems.append(f"task {number}: no marker line of the completed attempt "
-                            f"{winner.attempt} on {winner.source}: {lines}")
+            problems.append(
+                f"task {number}: no marker line of the completed attempt "
+                f"{winner.attempt} on {winner.source}: {lines}"
+            )
         recorded = {(a.attempt, a.source) for a in by_task[number]}
         if not set(seen) <= recorded:
             problems.append(f"task {number}: marker lines {lines} not in the state database")
@@ -289,11 +329,14 @@ def test_chaos(tmp_path: Path, testbed_hosts: list[Host], slurm: SlurmCluster) -
 
     # The faults were seen, with the exact messages.
     log = (root / "runs" / SWEEP_ID / "hsm.log").read_text()
-    assert re.search(r"Disabling source 'h3' due to high failure rate: \d+/\d+ \(\d+%\) >= 40%",
-                     log), log[-5000:]
+    assert re.search(
+        r"Disabling source 'h3' due to high failure rate: \d+/\d+ \(\d+%\) >= 40%", log
+    ), log[-5000:]
     assert "CRITICAL: h2 has critical disk space shortage" in log, log[-5000:]
     assert status["sources"]["h3"]["enabled"] is False
     assert "high failure rate" in status["sources"]["h3"]["disabled_reason"]
     assert status["sources"]["h3"]["failed"] >= 1
-    print(f"chaos: {N}/{N} completed once, {lost} lost, {duplicated} duplicated, "
-          f"faults: {'; '.join(faults_seen)} (seed {seed}, {elapsed:.0f} s)")
+    print(
+        f"chaos: {N}/{N} completed once, {lost} lost, {duplicated} duplicated, "
+        f"faults: {'; '.join(faults_seen)} (seed {seed}, {elapsed:.0f} s)"
+    )

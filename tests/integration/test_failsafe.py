@@ -22,8 +22,10 @@ if os.path.exists("/srv/hsm/FAIL_HERE"):
     sys.exit(1)
 """
 
-def test_failing_host_is_disabled_by_failure_rate(tmp_path: Path,
-                                                  testbed_hosts: list[Host]) -> None:
+
+def test_failing_host_is_disabled_by_failure_rate(
+    tmp_path: Path, testbed_hosts: list[Host]
+) -> None:
     root = bed_project(tmp_path, testbed_hosts)
     testbed_hosts[0].run(["touch", "/srv/hsm/FAIL_HERE"])
     sweep = sweep_file(root, FLAKY_HOST, 24)
@@ -31,8 +33,11 @@ def test_failing_host_is_disabled_by_failure_rate(tmp_path: Path,
     assert result.returncode == 0, result
     data = result.json()
     assert data["counts"]["completed"] == 24
-    line = re.search(r"ERROR Disabling source 'h1' due to high failure rate: "
-                     r"(\d+)/(\d+) \((\d+)%\) >= 40%", result.stderr)
+    line = re.search(
+        r"ERROR Disabling source 'h1' due to high failure rate: "
+        r"(\d+)/(\d+) \((\d+)%\) >= 40%",
+        result.stderr,
+    )
     assert line, result.stderr
     failed, finished, pct = map(int, line.groups())
     assert finished >= 5 and failed / finished >= 0.4 and pct == round(100 * failed / finished)
@@ -48,11 +53,13 @@ def test_failing_host_is_disabled_by_failure_rate(tmp_path: Path,
     assert [s["enabled"] for s in listed if s["name"] == "h1"] == [True]
 
 
-def test_script_failing_everywhere_stops_early(tmp_path: Path,
-                                               testbed_hosts: list[Host]) -> None:
+def test_script_failing_everywhere_stops_early(tmp_path: Path, testbed_hosts: list[Host]) -> None:
     root = bed_project(tmp_path, testbed_hosts)
-    sweep = sweep_file(root, "import sys\nprint('NameError: name lr is not defined',"
-                             " file=sys.stderr)\nsys.exit(2)\n", 40)
+    sweep = sweep_file(
+        root,
+        "import sys\nprint('NameError: name lr is not defined', file=sys.stderr)\nsys.exit(2)\n",
+        40,
+    )
     started = time.monotonic()
     result = hsm("run", sweep, "--distributed", cwd=root, timeout=120)
     assert result.returncode == 3, result
@@ -66,14 +73,17 @@ def test_script_failing_everywhere_stops_early(tmp_path: Path,
     assert time.monotonic() - started < 60
 
 
-def test_unreachable_hosts_are_disabled_and_work_moves(tmp_path: Path,
-                                                       testbed_hosts: list[Host]) -> None:
+def test_unreachable_hosts_are_disabled_and_work_moves(
+    tmp_path: Path, testbed_hosts: list[Host]
+) -> None:
     root = bed_project(tmp_path, testbed_hosts)
     sweep = sweep_file(root, "import time\ntime.sleep(1.5)\n", 18)
     h1, h2, _ = testbed_hosts
     with hsm_background("run", sweep, "--distributed", cwd=root) as proc:
-        wait_for(lambda: (root / "runs").exists() and list((root / "runs").glob("*/hsm.log")),
-                 what="the sweep to start")
+        wait_for(
+            lambda: (root / "runs").exists() and list((root / "runs").glob("*/hsm.log")),
+            what="the sweep to start",
+        )
         log_path = next((root / "runs").glob("*/hsm.log"))
         wait_for(lambda: "Health check passed for h1" in log_path.read_text(), timeout=30)
         h1.cut_link()
@@ -81,8 +91,9 @@ def test_unreachable_hosts_are_disabled_and_work_moves(tmp_path: Path,
         assert proc.wait(timeout=150) == 0, outputs(root)
     _, err = outputs(root)
     for name in ("h1", "h2"):
-        assert f"ERROR Disabling source '{name}' due to 3 consecutive health check failures" \
-            in err, err
+        assert (
+            f"ERROR Disabling source '{name}' due to 3 consecutive health check failures" in err
+        ), err
     data = status_json(root)
     assert data["counts"]["completed"] == 18
     assert not data["sources"]["h1"]["enabled"] and not data["sources"]["h2"]["enabled"]
@@ -107,35 +118,61 @@ def diagnostics(root: Path) -> str:
     if path.exists():
         with sqlite3.connect(path, timeout=10) as db:
             lines.append(f"sweep state: {sweep_state(root)}")
-            lines.append("tasks: " + repr(db.execute(
-                "SELECT status, cause, count(*) FROM tasks GROUP BY 1, 2").fetchall()))
-            lines.append("attempts: " + repr(db.execute(
-                "SELECT source, state, cause, count(*) FROM attempts GROUP BY 1, 2, 3"
-            ).fetchall()))
-            lines.append("sources: " + repr(db.execute(
-                "SELECT name, enabled, disabled_reason, last_status FROM sources").fetchall()))
+            lines.append(
+                "tasks: "
+                + repr(
+                    db.execute("SELECT status, cause, count(*) FROM tasks GROUP BY 1, 2").fetchall()
+                )
+            )
+            lines.append(
+                "attempts: "
+                + repr(
+                    db.execute(
+                        "SELECT source, state, cause, count(*) FROM attempts GROUP BY 1, 2, 3"
+                    ).fetchall()
+                )
+            )
+            lines.append(
+                "sources: "
+                + repr(
+                    db.execute(
+                        "SELECT name, enabled, disabled_reason, last_status FROM sources"
+                    ).fetchall()
+                )
+            )
     out, err = outputs(root)
     lines.append("--- stderr (end)\n" + "\n".join(err.splitlines()[-40:]))
     return "\n".join(lines)
 
 
-def test_disk_exhaustion_kills_flags_and_moves_work(tmp_path: Path,
-                                                    testbed_hosts: list[Host]) -> None:
+def test_disk_exhaustion_kills_flags_and_moves_work(
+    tmp_path: Path, testbed_hosts: list[Host]
+) -> None:
     root = bed_project(tmp_path, testbed_hosts)
     sweep = sweep_file(root, "import time\ntime.sleep(2.0)\n", 14)
     h2 = testbed_hosts[1]
     with hsm_background("run", sweep, "--distributed", cwd=root) as proc:
-        wait_for(lambda: list(h2.disk_dir.glob("*/sweeps/*/*/task_*/status.json")),
-                 what="a task running on h2", timeout=60)
+        wait_for(
+            lambda: list(h2.disk_dir.glob("*/sweeps/*/*/task_*/status.json")),
+            what="a task running on h2",
+            timeout=60,
+        )
         h2.fill_disk(leave_bytes=2_000_000)
         # Wait on the sweep's state, not on a fixed time; on a timeout, say where it was.
-        wait_for(lambda: proc.poll() is not None or sweep_state(root) not in (None, "running"),
-                 what="the sweep to end", timeout=240, interval=0.5,
-                 on_timeout=lambda: diagnostics(root))
+        wait_for(
+            lambda: proc.poll() is not None or sweep_state(root) not in (None, "running"),
+            what="the sweep to end",
+            timeout=240,
+            interval=0.5,
+            on_timeout=lambda: diagnostics(root),
+        )
         assert proc.wait(timeout=60) == 0, outputs(root)
     _, err = outputs(root)
-    assert re.search(r"CRITICAL CRITICAL: h2 has critical disk space shortage: "
-                     r"Critical: \d+\.\dGB \(\d+%\) free", err), err
+    assert re.search(
+        r"CRITICAL CRITICAL: h2 has critical disk space shortage: "
+        r"Critical: \d+\.\dGB \(\d+%\) free",
+        err,
+    ), err
     data = status_json(root)
     assert data["counts"]["completed"] == 14
     killed = [t for t in data["tasks"] if t["attempts"] > 1]
@@ -148,15 +185,17 @@ def test_disk_exhaustion_kills_flags_and_moves_work(tmp_path: Path,
 
 
 def test_overloaded_host_is_degraded_and_works_at_half_its_slots(
-        tmp_path: Path, testbed_hosts: list[Host]) -> None:
+    tmp_path: Path, testbed_hosts: list[Host]
+) -> None:
     root = bed_project(tmp_path, testbed_hosts, slots=4)
     h1 = testbed_hosts[0]
     h1.set_load(50.0)
     sweep = sweep_file(root, "import time\ntime.sleep(0.5)\n", 24)
     result = hsm("run", sweep, "--distributed", "--json", cwd=root, timeout=120)
     assert result.returncode == 0, result
-    assert re.search(r"Source h1 is degraded: System overload: load [\d.]+ per core > 2",
-                     result.stderr), result.stderr
+    assert re.search(
+        r"Source h1 is degraded: System overload: load [\d.]+ per core > 2", result.stderr
+    ), result.stderr
     data = result.json()
     assert data["sources"]["h1"]["submitted"] > 0  # it keeps working ...
     assert data["sources"]["h1"]["enabled"] is True  # degraded is not disabled
@@ -172,15 +211,17 @@ def test_overloaded_host_is_degraded_and_works_at_half_its_slots(
 
 
 def test_a_sweep_that_cannot_start_anywhere_says_why_at_once(
-        tmp_path: Path, testbed_hosts: list[Host]) -> None:
-    root = bed_project(tmp_path, testbed_hosts[:2], extra={
-        "health": {"disk_critical_free": "1GB"}})
+    tmp_path: Path, testbed_hosts: list[Host]
+) -> None:
+    root = bed_project(tmp_path, testbed_hosts[:2], extra={"health": {"disk_critical_free": "1GB"}})
     sweep = sweep_file(root, "pass\n", 4)
     result = hsm("run", sweep, "--distributed", "--json", cwd=root, timeout=60)
     assert result.returncode == 3, result
-    assert re.search(r"no source can take a task: h1: critical disk space shortage: "
-                     r"Critical: [\d.]+GB \(\d+%\) free \(health.disk_critical_free: 1GB",
-                     result.stderr), result.stderr
+    assert re.search(
+        r"no source can take a task: h1: critical disk space shortage: "
+        r"Critical: [\d.]+GB \(\d+%\) free \(health.disk_critical_free: 1GB",
+        result.stderr,
+    ), result.stderr
     assert result.json()["counts"]["pending"] == 4
 
 
@@ -188,16 +229,24 @@ def cut_both_after_a_task(root: Path, sweep: Path, hosts: list[Host]) -> str:
     """Run the sweep, cut every host's link once a task has finished, expect exit 3; returns
     what hsm printed on stderr."""
     with hsm_background("run", sweep, "--distributed", cwd=root) as proc:
-        wait_for(lambda: list((root / "runs").glob("*/tasks/task_*/status.json"))
-                 if (root / "runs").exists() else None, what="a finished task", timeout=40)
+        wait_for(
+            lambda: (
+                list((root / "runs").glob("*/tasks/task_*/status.json"))
+                if (root / "runs").exists()
+                else None
+            ),
+            what="a finished task",
+            timeout=40,
+        )
         for host in hosts:
             host.cut_link()
         assert proc.wait(timeout=90) == 3, outputs(root)
     return outputs(root)[1]
 
 
-def test_no_source_left_exits_3_then_reenable_and_resume(tmp_path: Path,
-                                                         testbed_hosts: list[Host]) -> None:
+def test_no_source_left_exits_3_then_reenable_and_resume(
+    tmp_path: Path, testbed_hosts: list[Host]
+) -> None:
     root = bed_project(tmp_path, testbed_hosts[:2])
     sweep = sweep_file(root, "import time\ntime.sleep(1.0)\n", 12)
     h1, h2 = testbed_hosts[:2]
@@ -216,15 +265,19 @@ def test_no_source_left_exits_3_then_reenable_and_resume(tmp_path: Path,
     assert resumed.json()["counts"]["completed"] == 12
 
 
-def test_disable_and_enable_take_effect_in_a_running_sweep(tmp_path: Path,
-                                                           testbed_hosts: list[Host]) -> None:
+def test_disable_and_enable_take_effect_in_a_running_sweep(
+    tmp_path: Path, testbed_hosts: list[Host]
+) -> None:
     root = bed_project(tmp_path, testbed_hosts[:2], slots=1)
     sweep = sweep_file(root, "import time\ntime.sleep(0.5)\n", 16)
     with hsm_background("run", sweep, "--distributed", cwd=root) as proc:
-        wait_for(lambda: list((root / "runs").glob("*/hsm.log"))
-                 if (root / "runs").exists() else None, what="the sweep to start")
-        assert hsm("distributed", "disable", "h2", "--reason", "maintenance",
-                   cwd=root).returncode == 0
+        wait_for(
+            lambda: list((root / "runs").glob("*/hsm.log")) if (root / "runs").exists() else None,
+            what="the sweep to start",
+        )
+        assert (
+            hsm("distributed", "disable", "h2", "--reason", "maintenance", cwd=root).returncode == 0
+        )
         disabled_at = time.time()
         assert proc.wait(timeout=120) == 0, outputs(root)
     _, err = outputs(root)
@@ -236,13 +289,24 @@ def test_disable_and_enable_take_effect_in_a_running_sweep(tmp_path: Path,
 
 
 def test_a_sweep_that_can_start_nothing_gives_up_after_stall_timeout(
-        tmp_path: Path, testbed_hosts: list[Host]) -> None:
-    root = bed_project(tmp_path, testbed_hosts[:2], slots=1, distributed={
-        "auto_disable_unhealthy_sources": False, "health_check_failure_threshold": 100,
-        "stall_timeout": 3})
+    tmp_path: Path, testbed_hosts: list[Host]
+) -> None:
+    root = bed_project(
+        tmp_path,
+        testbed_hosts[:2],
+        slots=1,
+        distributed={
+            "auto_disable_unhealthy_sources": False,
+            "health_check_failure_threshold": 100,
+            "stall_timeout": 3,
+        },
+    )
     sweep = sweep_file(root, "import time\ntime.sleep(0.3)\n", 8)
     err = cut_both_after_a_task(root, sweep, testbed_hosts[:2])
     assert "waiting: no source takes work now" in err, err
-    assert re.search(r"nothing could start for \d+ s \(distributed.stall_timeout\): "
-                     r"h1: unreachable", err), err
+    assert re.search(
+        r"nothing could start for \d+ s \(distributed.stall_timeout\): "
+        r"h1: unreachable",
+        err,
+    ), err
     assert status_json(root)["state"] == "aborted"

@@ -19,8 +19,12 @@ from tests.testbed import Host
 def test_health_table_json_and_exit_code(tmp_path: Path, testbed_hosts: list[Host]) -> None:
     h1, h2, h3 = testbed_hosts
     # This machine's real load is not the test's to choose (a loaded CI box): a high limit.
-    root = bed_project(tmp_path, testbed_hosts, include_local=True,
-                       extra={"health": {**SMALL_HEALTH, "max_load_per_core": 10}})
+    root = bed_project(
+        tmp_path,
+        testbed_hosts,
+        include_local=True,
+        extra={"health": {**SMALL_HEALTH, "max_load_per_core": 10}},
+    )
     healthy = hsm("distributed", "health", "--all", "--json", cwd=root, timeout=60)
     assert healthy.returncode == 0, healthy
     rows = {r["name"]: r for r in healthy.json()["sources"]}
@@ -49,8 +53,16 @@ def test_health_table_json_and_exit_code(tmp_path: Path, testbed_hosts: list[Hos
 
     table = hsm("distributed", "health", "h1", "h2", "h3", cwd=root, timeout=60)
     assert table.returncode == 1
-    for text in ("Disk Space", "System", "Failure Rate", "Status", "degraded", "unhealthy",
-                 "critical", "unreachable"):
+    for text in (
+        "Disk Space",
+        "System",
+        "Failure Rate",
+        "Status",
+        "degraded",
+        "unhealthy",
+        "critical",
+        "unreachable",
+    ):
         assert text in table.stdout, table.stdout
     only_h1 = hsm("distributed", "health", "h1", "--json", cwd=root, timeout=60)
     assert only_h1.returncode == 0  # degraded is not unhealthy
@@ -65,9 +77,15 @@ def test_watch_redraws_until_ctrl_c(tmp_path: Path, testbed_hosts: list[Host]) -
     root = bed_project(tmp_path, testbed_hosts[:1])
     master, slave = pty.openpty()
     env = hsm_env({"COLUMNS": "160", "LINES": "40", "TERM": "xterm"})
-    proc = subprocess.Popen([*HSM, "distributed", "health", "--all", "--watch", "--refresh",
-                             "0.5"], cwd=root, env=env, stdin=slave, stdout=slave,
-                            stderr=slave, start_new_session=True)
+    proc = subprocess.Popen(
+        [*HSM, "distributed", "health", "--all", "--watch", "--refresh", "0.5"],
+        cwd=root,
+        env=env,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+    )
     os.close(slave)
     seen = b""
     try:

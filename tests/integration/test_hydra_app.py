@@ -56,8 +56,9 @@ def check(result: Any, *, remote_tasks: str | None = None) -> None:
         assert values["output_dir"] == f"{where}/{task_dir.name}", values
         overrides = yaml.safe_load((task_dir / ".hydra" / "overrides.yaml").read_text())
         # Hydra keeps the task's own overrides there (hydra.* ones go to hydra.yaml).
-        assert overrides == [f"optim={params['optim']}", f"lr={params['lr']}",
-                             "name='a b, c'"], overrides
+        assert overrides == [f"optim={params['optim']}", f"lr={params['lr']}", "name='a b, c'"], (
+            overrides
+        )
         assert (task_dir / ".hydra" / "config.yaml").is_file()
         assert "training with" in (task_dir / "train.log").read_text()
         seen.add((params["optim"], params["lr"]))
@@ -73,15 +74,25 @@ def test_a_strict_hydra_app_runs_unmodified_here(tmp_path: Path) -> None:
     assert not (root / "outputs").exists()
 
 
-def test_a_strict_hydra_app_runs_unmodified_over_ssh(tmp_path: Path,
-                                                     testbed_hosts: list[Host]) -> None:
+def test_a_strict_hydra_app_runs_unmodified_over_ssh(
+    tmp_path: Path, testbed_hosts: list[Host]
+) -> None:
     host = testbed_hosts[0]
     site = sysconfig.get_paths()["purelib"]  # the hosts' python 3 imports Hydra from here
-    remote = {"host": host.name, "remote_root": "/srv/hsm/root", "max_parallel_jobs": 2,
-              "setup": [f"export PYTHONPATH={site}"]}
-    config = {**QUIET, "distributed": {"include_local": False,
-                                       "ssh_config": str(host.ssh_config_path),
-                                       "remotes": {"h1": remote}}}
+    remote = {
+        "host": host.name,
+        "remote_root": "/srv/hsm/root",
+        "max_parallel_jobs": 2,
+        "setup": [f"export PYTHONPATH={site}"],
+    }
+    config = {
+        **QUIET,
+        "distributed": {
+            "include_local": False,
+            "ssh_config": str(host.ssh_config_path),
+            "remotes": {"h1": remote},
+        },
+    }
     root = project(tmp_path / "p", config)
     result = hsm("run", "sweep.yaml", "--source", "h1", "--json", cwd=root, timeout=150)
     data = result.json() if result.returncode == 0 else None

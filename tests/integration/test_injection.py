@@ -90,14 +90,32 @@ OK_NAMES = ["$x", "a$b", "x-y", "_", "__init__", "$$", "deep.0.key", "a.b-c.$d"]
 
 # Keys it cannot carry: hsm refuses them before anything runs.
 REFUSED_NAMES = [
-    "$(touch CANARY)", "`touch CANARY`", "a;touch CANARY", "a&&b", "a|b", "a\nb", "a b",
-    "../../etc", "--option", "\u0430bc", "ключ", "emoji🎉", "%s", "{}", "${oc.env:HOME}",
-    "a'b", 'a"b', "\u202eabc", "a=b",
+    "$(touch CANARY)",
+    "`touch CANARY`",
+    "a;touch CANARY",
+    "a&&b",
+    "a|b",
+    "a\nb",
+    "a b",
+    "../../etc",
+    "--option",
+    "\u0430bc",
+    "ключ",
+    "emoji🎉",
+    "%s",
+    "{}",
+    "${oc.env:HOME}",
+    "a'b",
+    'a"b',
+    "\u202eabc",
+    "a=b",
 ]
 
 # Runs the argv dumper, then the Hydra app, with the interpreter given as $0.
-SCRIPT = ('"$0" apps/argv_dump.py "$@" && '
-          'HYDRA_DUMP_OUT="$HSM_TASK_DIR/hydra.json" exec "$0" apps/hydra_dump.py "$@"')
+SCRIPT = (
+    '"$0" apps/argv_dump.py "$@" && '
+    'HYDRA_DUMP_OUT="$HSM_TASK_DIR/hydra.json" exec "$0" apps/hydra_dump.py "$@"'
+)
 
 
 def params() -> dict[str, Any]:
@@ -111,11 +129,17 @@ def project(root: Path, config: dict[str, Any], python: str) -> Path:
     root.mkdir(parents=True)
     shutil.copytree(APPS, root / "apps", ignore=shutil.ignore_patterns("__pycache__"))
     (root / "hsm_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    spec = {"command": ["bash", "-c", SCRIPT, python], "hydra_append": True,
-            "output_dir_arg": "output.dir", "wandb_group_arg": "wandb.group",
-            "defaults": params(), "sweep": {"grid": {"task": [1]}}}
-    (root / "sweep.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True),
-                                     encoding="utf-8")
+    spec = {
+        "command": ["bash", "-c", SCRIPT, python],
+        "hydra_append": True,
+        "output_dir_arg": "output.dir",
+        "wandb_group_arg": "wandb.group",
+        "defaults": params(),
+        "sweep": {"grid": {"task": [1]}},
+    }
+    (root / "sweep.yaml").write_text(
+        yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
     return root
 
 
@@ -150,8 +174,8 @@ def check_run(root: Path, result: Any, *, remote_tasks: str | None = None) -> No
     # Byte for byte as hsm.spec.render writes it.
     received = json.loads((task_dir / "argv.json").read_text())
     expected = [hydra_override(f"++{k}", v) for k, v in expected_params.items()]
-    assert received[:len(expected)] == expected
-    output_arg, group_arg = received[len(expected):]
+    assert received[: len(expected)] == expected
+    output_arg, group_arg = received[len(expected) :]
     assert group_arg == f"++wandb.group={data['sweep_id']}"
     assert output_arg.startswith("++output.dir=")
     output_dir = output_arg.removeprefix("++output.dir=")
@@ -167,14 +191,14 @@ def check_run(root: Path, result: Any, *, remote_tasks: str | None = None) -> No
 
     # Everything the run wrote is inside .hsm/ or the sweep folder.
     outside = {p for p in snapshot(root) if not p.startswith((".hsm", "runs", ".out"))}
-    assert outside == {p for p in snapshot(root) if p.split("/")[0] in
-                       {"apps", "hsm_config.yaml", "sweep.yaml"}}
+    assert outside == {
+        p for p in snapshot(root) if p.split("/")[0] in {"apps", "hsm_config.yaml", "sweep.yaml"}
+    }
     assert {p.name for p in (root / "runs").iterdir()} == {data["sweep_id"]}
 
 
 def test_hostile_values_and_names_on_this_machine(tmp_path: Path) -> None:
-    root = project(tmp_path / "p", {**QUIET, "local": {"max_parallel_jobs": 1}},
-                   sys.executable)
+    root = project(tmp_path / "p", {**QUIET, "local": {"max_parallel_jobs": 1}}, sys.executable)
     result = hsm("run", "sweep.yaml", "--json", cwd=root, timeout=120)
     check_run(root, result)
     assert not canaries([tmp_path, Path.cwd() / "CANARY", Path(CANARY_ABS)])
@@ -183,11 +207,20 @@ def test_hostile_values_and_names_on_this_machine(tmp_path: Path) -> None:
 def test_hostile_values_and_names_over_ssh(tmp_path: Path, testbed_hosts: list[Host]) -> None:
     host = testbed_hosts[0]
     site = sysconfig.get_paths()["purelib"]  # the hosts' python 3 imports Hydra from here
-    remote = {"host": host.name, "remote_root": "/srv/hsm/root", "max_parallel_jobs": 1,
-              "setup": [f"export PYTHONPATH={site}"]}
-    config = {**QUIET, "distributed": {"include_local": False,
-                                       "ssh_config": str(host.ssh_config_path),
-                                       "remotes": {"h1": remote}}}
+    remote = {
+        "host": host.name,
+        "remote_root": "/srv/hsm/root",
+        "max_parallel_jobs": 1,
+        "setup": [f"export PYTHONPATH={site}"],
+    }
+    config = {
+        **QUIET,
+        "distributed": {
+            "include_local": False,
+            "ssh_config": str(host.ssh_config_path),
+            "remotes": {"h1": remote},
+        },
+    }
     root = project(tmp_path / "p", config, "/usr/bin/python3")
     result = hsm("run", "sweep.yaml", "--source", "h1", "--json", cwd=root, timeout=150)
     check_run(root, result, remote_tasks="/srv/hsm/root/")
@@ -203,12 +236,18 @@ def slurm(testbed: TestBed, slurm_local: SlurmCluster, tmp_path: Path) -> Iterat
 
 
 def test_hostile_values_and_names_on_slurm(tmp_path: Path, slurm: SlurmCluster) -> None:
-    config = {**QUIET, "distributed": {
-        "include_local": False, "max_retries": 0,
-        "remotes": {"cluster": {"type": "slurm", "host": "local"}}}}
+    config = {
+        **QUIET,
+        "distributed": {
+            "include_local": False,
+            "max_retries": 0,
+            "remotes": {"cluster": {"type": "slurm", "host": "local"}},
+        },
+    }
     root = project(tmp_path / "p", config, sys.executable)
-    result = hsm("run", "sweep.yaml", "--source", "cluster", "--json", cwd=root,
-                 env=slurm.env(), timeout=150)
+    result = hsm(
+        "run", "sweep.yaml", "--source", "cluster", "--json", cwd=root, env=slurm.env(), timeout=150
+    )
     check_run(root, result)
     assert not canaries([tmp_path, Path(CANARY_ABS)])
 
@@ -260,8 +299,9 @@ def test_a_sweep_name_cannot_become_a_path_outside(tmp_path: Path) -> None:
     root = tmp_path / "p"
     root.mkdir()
     (root / "hsm_config.yaml").write_text(yaml.safe_dump(QUIET))
-    (root / "sweep.yaml").write_text(yaml.safe_dump({"command": ["true"],
-                                                     "sweep": {"grid": {"a": [1]}}}))
+    (root / "sweep.yaml").write_text(
+        yaml.safe_dump({"command": ["true"], "sweep": {"grid": {"a": [1]}}})
+    )
     before = snapshot(tmp_path)
     for name in ("../../etc", "..", ".", "a/../../b", "/etc"):
         result = hsm("run", "sweep.yaml", "--name", name, cwd=root)
@@ -280,16 +320,18 @@ def test_a_sweep_name_cannot_become_a_path_outside(tmp_path: Path) -> None:
     assert not canaries([tmp_path])
 
 
-@pytest.mark.parametrize("name", ["x\ny", "x\ry", "x\ty", "x\x1b[31my"],
-                         ids=["newline", "cr", "tab", "escape"])
+@pytest.mark.parametrize(
+    "name", ["x\ny", "x\ry", "x\ty", "x\x1b[31my"], ids=["newline", "cr", "tab", "escape"]
+)
 def test_a_sweep_name_with_control_characters_is_refused(name: str, tmp_path: Path) -> None:
     """The sweep ID goes into log lines, job names and job scripts: a control character in it
     would forge log lines (and break line-based files), so it is refused."""
     root = tmp_path / "p"
     root.mkdir()
     (root / "hsm_config.yaml").write_text(yaml.safe_dump(QUIET))
-    (root / "sweep.yaml").write_text(yaml.safe_dump({"command": ["true"],
-                                                     "sweep": {"grid": {"a": [1]}}}))
+    (root / "sweep.yaml").write_text(
+        yaml.safe_dump({"command": ["true"], "sweep": {"grid": {"a": [1]}}})
+    )
     before = snapshot(tmp_path)
     result = hsm("run", "sweep.yaml", "--name", name, cwd=root)
     assert result.returncode == 2, result

@@ -18,7 +18,9 @@ pytestmark = [pytest.mark.timeout(90), pytest.mark.root]
 # The log line of the contract, as hsm writes it: `YYYY-MM-DD HH:MM:SS LEVEL message`.
 LOW_DISK = re.compile(
     r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d WARNING WARNING: Low disk space detected: "
-    r"\d+\.\dGB remaining\b", re.M)
+    r"\d+\.\dGB remaining\b",
+    re.M,
+)
 
 # Health thresholds at zero: these disks are tiny on purpose, and this test is about the
 # wrapper's guard, not about the health of the source.
@@ -54,12 +56,16 @@ def test_too_little_space_for_the_project_refuses_to_start_tasks(small_disk: Pat
     # On this machine alone: one clear message (free, needed, the key), exit 3, the task
     # still pending, and `local` not disabled for the next sweep.
     config = CONFIG.format(project_min_free="100MB", warn_below="1MB", kill_below="1MB")
-    project = make_project(small_disk / "project", config=config, sweep="""\
+    project = make_project(
+        small_disk / "project",
+        config=config,
+        sweep="""\
         command: [bash, task.sh]
         sweep:
           grid:
             a: [1, 3]
-        """)
+        """,
+    )
     result = hsm("run", "sweeps/sweep.yaml", "--json", "--name", "pre", cwd=project)
     assert result.returncode == 3, result
     data = result.json()
@@ -73,8 +79,9 @@ def test_too_little_space_for_the_project_refuses_to_start_tasks(small_disk: Pat
     assert "Disk space check FAILED" in info
     assert "Required: at least 0.10 GB (100000000 bytes) free" in info
     assert info.rstrip().endswith("Status: FAILED_DISK_SPACE")
-    assert re.search(r"the disk of local is too full to start tasks: \S+ has [\d.]+ GB",
-                     result.stderr), result.stderr
+    assert re.search(
+        r"the disk of local is too full to start tasks: \S+ has [\d.]+ GB", result.stderr
+    ), result.stderr
     assert "disk.project_min_free: 0.1GB" in result.stderr
     listing = hsm("distributed", "list", "--json", cwd=project).json()
     local = next(s for s in listing["sources"] if s["name"] == "local")
@@ -84,12 +91,16 @@ def test_too_little_space_for_the_project_refuses_to_start_tasks(small_disk: Pat
 def fill_project(disk: Path, *, kill_below: str) -> Path:
     """A project on ``disk`` whose one task runs ``fill.sh``; warnings below 20 MB."""
     config = CONFIG.format(project_min_free="1MB", warn_below="20MB", kill_below=kill_below)
-    return make_project(disk / "project", config=config, sweep="""\
+    return make_project(
+        disk / "project",
+        config=config,
+        sweep="""\
         command: [bash, fill.sh]
         sweep:
           grid:
             a: [1]
-        """)
+        """,
+    )
 
 
 def test_a_task_filling_the_disk_is_killed_with_a_warning_first(small_disk: Path) -> None:
@@ -97,10 +108,11 @@ def test_a_task_filling_the_disk_is_killed_with_a_warning_first(small_disk: Path
     # Writes 1 MB every 0.2 s: the guard (every second) sees the space fall below 20 MB
     # and then below 10 MB well before the disk is full.
     (project / "fill.sh").write_text(
-        'for i in $(seq 200); do\n'
+        "for i in $(seq 200); do\n"
         '    head -c 1000000 /dev/zero > "$HSM_TASK_DIR/fill_$i" || true\n'
-        '    sleep 0.2\n'
-        'done\n')
+        "    sleep 0.2\n"
+        "done\n"
+    )
     result = hsm("run", "sweeps/sweep.yaml", "--json", "--name", "kill", cwd=project)
     assert result.returncode == 1, result
     (task,) = result.json()["tasks"]
@@ -123,13 +135,18 @@ def test_a_low_disk_warning_is_reported_while_the_task_runs(small_disk: Path) ->
     (project / "fill.sh").write_text(
         'head -c 15000000 /dev/zero > "$HSM_TASK_DIR/fill"\n'
         'for i in $(seq 300); do [ -e "$HSM_TASK_DIR/go" ] && exit 0; sleep 0.1; done\n'
-        'exit 3\n')
+        "exit 3\n"
+    )
     task_dir = project / "runs" / "live" / "tasks" / "task_0001"
     sweep_log = project / "runs" / "live" / "hsm.log"
-    with hsm_background("run", "sweeps/sweep.yaml", "--json", "--name", "live",
-                        cwd=project) as proc:
-        wait_for(lambda: sweep_log.exists() and LOW_DISK.search(sweep_log.read_text()),
-                 timeout=20, what="the low-disk warning in the sweep log")
+    with hsm_background(
+        "run", "sweeps/sweep.yaml", "--json", "--name", "live", cwd=project
+    ) as proc:
+        wait_for(
+            lambda: sweep_log.exists() and LOW_DISK.search(sweep_log.read_text()),
+            timeout=20,
+            what="the low-disk warning in the sweep log",
+        )
         status = read_status(task_dir)
         assert status is not None and status.status == "running"  # reported live
         (task_dir / "go").touch()

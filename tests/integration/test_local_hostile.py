@@ -58,17 +58,28 @@ HOSTILE: list[Any] = [
 def test_hostile_values_arrive_exactly_and_nothing_is_evaluated(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p")
     # One task, one key per value. `++` adds the keys to the Hydra app's config.
-    grid = "".join(f"    p{i}: [{json.dumps(v, ensure_ascii=False)}]\n"
-                   for i, v in enumerate(HOSTILE))
+    grid = "".join(
+        f"    p{i}: [{json.dumps(v, ensure_ascii=False)}]\n" for i, v in enumerate(HOSTILE)
+    )
     script = (
         '"$0" "$HSM_APPS/argv_dump.py" "$@" && '
-        'HYDRA_DUMP_OUT="$HSM_TASK_DIR/hydra.json" exec "$0" "$HSM_APPS/hydra_dump.py" "$@"')
-    write(project / "sweeps" / "sweep.yaml",
-          f"command: [bash, -c, {json.dumps(script)}, {json.dumps(sys.executable)}]\n"
-          "hydra_append: true\noutput_dir_arg: output.dir\nwandb_group_arg: wandb.group\n"
-          f"sweep:\n  grid:\n{grid}")
-    result = hsm("run", "sweeps/sweep.yaml", "--json", "--name", "h", cwd=project,
-                 env={"HSM_APPS": str(APPS)})
+        'HYDRA_DUMP_OUT="$HSM_TASK_DIR/hydra.json" exec "$0" "$HSM_APPS/hydra_dump.py" "$@"'
+    )
+    write(
+        project / "sweeps" / "sweep.yaml",
+        f"command: [bash, -c, {json.dumps(script)}, {json.dumps(sys.executable)}]\n"
+        "hydra_append: true\noutput_dir_arg: output.dir\nwandb_group_arg: wandb.group\n"
+        f"sweep:\n  grid:\n{grid}",
+    )
+    result = hsm(
+        "run",
+        "sweeps/sweep.yaml",
+        "--json",
+        "--name",
+        "h",
+        cwd=project,
+        env={"HSM_APPS": str(APPS)},
+    )
     assert result.returncode == 0, result
     (task,) = result.json()["tasks"]
     assert task["params"] == {f"p{i}": v for i, v in enumerate(HOSTILE)}

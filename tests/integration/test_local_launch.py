@@ -15,22 +15,30 @@ from hsm.jobscript import GuardSettings, read_status
 from hsm.sources.base import JobHandle, LaunchRequest, SweepContext
 from hsm.sources.local import LocalSource, find_wrapper
 
-GUARD = GuardSettings(project_min_free=0, task_min_free=0, check_interval=0, warn_below=0,
-                      kill_below=0)
+GUARD = GuardSettings(
+    project_min_free=0, task_min_free=0, check_interval=0, warn_below=0, kill_below=0
+)
 
 
 def context(tmp_path: Path, argv: list[str]) -> SweepContext:
     def argv_for(params: Mapping[str, Any], task_dir: str | None, python: str) -> list[str]:
         return argv
 
-    return SweepContext(sweep_id="s", sweep_dir=str(tmp_path / "sweep"),
-                        project_root=str(tmp_path), project_name="p", guard=GUARD,
-                        wandb_group="s", argv_for=argv_for)
+    return SweepContext(
+        sweep_id="s",
+        sweep_dir=str(tmp_path / "sweep"),
+        project_root=str(tmp_path),
+        project_name="p",
+        guard=GUARD,
+        wandb_group="s",
+        argv_for=argv_for,
+    )
 
 
 def request(number: int, nonce: str) -> LaunchRequest:
-    return LaunchRequest(number=number, attempt=1, params={}, slot=0, attempt_id=number,
-                         nonce=nonce)
+    return LaunchRequest(
+        number=number, attempt=1, params={}, slot=0, attempt_id=number, nonce=nonce
+    )
 
 
 def wait_final(folder: Path) -> None:
@@ -88,13 +96,25 @@ def test_a_resumed_controller_finds_a_wrapper_it_never_heard_of(tmp_path: Path) 
     try:
         assert find_wrapper(handle.task_dir) == pid
         fresh = LocalSource(slots=1)
-        blind = JobHandle(source="local", number=1, attempt=1, task_dir=handle.task_dir,
-                          confirmed=False, nonce="ab")
+        blind = JobHandle(
+            source="local",
+            number=1,
+            attempt=1,
+            task_dir=handle.task_dir,
+            confirmed=False,
+            nonce="ab",
+        )
         [result] = asyncio.run(fresh.poll(handles=[blind])).values()
         assert result.facts is not None
         assert result.facts.received is True and result.facts.wrapper_alive is True
-        other = JobHandle(source="local", number=1, attempt=1, task_dir=handle.task_dir,
-                          confirmed=False, nonce="cd")
+        other = JobHandle(
+            source="local",
+            number=1,
+            attempt=1,
+            task_dir=handle.task_dir,
+            confirmed=False,
+            nonce="cd",
+        )
         [result] = asyncio.run(fresh.poll(handles=[other])).values()
         assert result.facts is not None and result.facts.received is False
     finally:

@@ -33,8 +33,7 @@ def intervals(tasks: Path) -> dict[int, tuple[float, float]]:
     out = {}
     for marker in sorted(tasks.glob("task_*/marker")):
         stamps = dict(line.split() for line in marker.read_text().splitlines())
-        out[int(marker.parent.name.split("_")[1])] = (float(stamps["start"]),
-                                                      float(stamps["done"]))
+        out[int(marker.parent.name.split("_")[1])] = (float(stamps["start"]), float(stamps["done"]))
     return out
 
 
@@ -48,18 +47,24 @@ def max_overlap(spans: list[tuple[float, float]]) -> int:
 
 
 def overlapping(spans: dict[int, tuple[float, float]]) -> list[tuple[int, int]]:
-    return [(a, b) for a, b in itertools.combinations(spans, 2)
-            if spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]]
+    return [
+        (a, b)
+        for a, b in itertools.combinations(spans, 2)
+        if spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]
+    ]
 
 
 def test_parallel_slots_are_honoured(tmp_path: Path) -> None:
-    project = make_project(tmp_path / "p", sweep="""\
+    project = make_project(
+        tmp_path / "p",
+        sweep="""\
         command: [bash, task.sh]
         sweep:
           grid:
             a: [1, 3, 4, 5, 6, 7]
         defaults: {sleep: 0.3}
-        """)
+        """,
+    )
     result = hsm("run", "sweeps/sweep.yaml", "--parallel", "2", "--name", "par", cwd=project)
     assert result.returncode == 0, result
     spans = intervals(project / "runs" / "par" / "tasks")
@@ -71,18 +76,27 @@ def test_parallel_slots_are_honoured(tmp_path: Path) -> None:
 def test_slots_follow_the_cpus_this_process_may_use(tmp_path: Path) -> None:
     # No max_parallel_jobs: the slot count is the CPUs of hsm's affinity (taskset, a Slurm
     # allocation), not the machine's, so under `taskset -c 0` tasks run one at a time.
-    project = make_project(tmp_path / "p", config=TEST_CONFIG.replace(
-        "local:\n  max_parallel_jobs: 2\n", ""), sweep="""\
+    project = make_project(
+        tmp_path / "p",
+        config=TEST_CONFIG.replace("local:\n  max_parallel_jobs: 2\n", ""),
+        sweep="""\
         command: [bash, task.sh]
         sweep:
           grid:
             a: [1, 3, 4, 5]
         defaults: {sleep: 0.3}
-        """)
+        """,
+    )
     assert "max_parallel_jobs" not in (project / "hsm_config.yaml").read_text()
-    result = subprocess.run(["taskset", "-c", "0", *HSM, "run", "sweeps/sweep.yaml", "--name",
-                             "one"], cwd=project, env=hsm_env(), capture_output=True,
-                            text=True, timeout=60, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        ["taskset", "-c", "0", *HSM, "run", "sweeps/sweep.yaml", "--name", "one"],
+        cwd=project,
+        env=hsm_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, result.stderr
     spans = intervals(project / "runs" / "one" / "tasks")
     assert len(spans) == 4 and max_overlap(list(spans.values())) == 1, spans
@@ -90,16 +104,21 @@ def test_slots_follow_the_cpus_this_process_may_use(tmp_path: Path) -> None:
 
 def test_gpu_allowlist_is_split_into_disjoint_groups(tmp_path: Path) -> None:
     """No GPU is needed: this checks which CUDA_VISIBLE_DEVICES each task is given."""
-    config = TEST_CONFIG.replace("max_parallel_jobs: 2",
-                                 "max_parallel_jobs: 4\n  gpus: [0, 1, 2, 3]")
-    project = make_project(tmp_path / "p", config=config, sweep="""\
+    config = TEST_CONFIG.replace(
+        "max_parallel_jobs: 2", "max_parallel_jobs: 4\n  gpus: [0, 1, 2, 3]"
+    )
+    project = make_project(
+        tmp_path / "p",
+        config=config,
+        sweep="""\
         command: [bash, task.sh]
         sweep:
           grid:
             a: [1, 3, 4, 5, 6]
         defaults: {sleep: 0.3}
         resources: {gpus: 2}
-        """)
+        """,
+    )
     result = hsm("run", "sweeps/sweep.yaml", "--name", "g", cwd=project)
     assert result.returncode == 0, result
     tasks = project / "runs" / "g" / "tasks"
@@ -114,21 +133,28 @@ def test_gpu_allowlist_is_split_into_disjoint_groups(tmp_path: Path) -> None:
 
 
 def test_gpus_all_asks_nvidia_smi(tmp_path: Path) -> None:
-    fake = write(tmp_path / "bin" / "nvidia-smi", """\
+    fake = write(
+        tmp_path / "bin" / "nvidia-smi",
+        """\
         #!/bin/sh
         # Stands in for nvidia-smi --query-gpu=index --format=csv,noheader
         printf '0\\n1\\n2\\n'
-        """)
+        """,
+    )
     fake.chmod(0o755)
     config = TEST_CONFIG.replace("max_parallel_jobs: 2", "max_parallel_jobs: 8\n  gpus: all")
-    project = make_project(tmp_path / "p", config=config, sweep="""\
+    project = make_project(
+        tmp_path / "p",
+        config=config,
+        sweep="""\
         command: [bash, task.sh]
         sweep:
           grid:
             a: [1, 3, 4, 5]
         defaults: {sleep: 0.3}
         resources: {gpus: 1}
-        """)
+        """,
+    )
     env = {"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
     result = hsm("run", "sweeps/sweep.yaml", "--name", "g", cwd=project, env=env)
     assert result.returncode == 0, result
@@ -147,13 +173,16 @@ def visible_devices(task_dir: Path) -> str:
 
 
 def test_status_reads_the_state_while_a_sweep_runs(tmp_path: Path) -> None:
-    project = make_project(tmp_path / "p", sweep="""\
+    project = make_project(
+        tmp_path / "p",
+        sweep="""\
         command: [bash, task.sh]
         sweep:
           grid:
             a: [1, 3, 4, 5]
         defaults: {hold: 1}
-        """)
+        """,
+    )
     with hsm_background("run", "sweeps/sweep.yaml", "--name", "live", cwd=project) as run:
         tasks = project / "runs" / "live" / "tasks"
         wait_for(lambda: len(list(tasks.glob("task_*/marker"))) == 2, what="2 tasks running")
@@ -161,10 +190,14 @@ def test_status_reads_the_state_while_a_sweep_runs(tmp_path: Path) -> None:
         assert status.returncode == 0, status
         data = status.json()
         assert data["state"] == "running"
-        assert data["counts"] == {"completed": 0, "failed": 0, "pending": 2, "running": 2,
-                                  "cancelled": 0}
-        assert [t["status"] for t in data["tasks"]] == ["running", "running", "pending",
-                                                        "pending"]
+        assert data["counts"] == {
+            "completed": 0,
+            "failed": 0,
+            "pending": 2,
+            "running": 2,
+            "cancelled": 0,
+        }
+        assert [t["status"] for t in data["tasks"]] == ["running", "running", "pending", "pending"]
         text = hsm("status", cwd=project)
         assert text.returncode == 0 and "running" in text.stdout, text
         assert "no hsm process drives" not in text.stdout
@@ -177,14 +210,18 @@ def test_status_reads_the_state_while_a_sweep_runs(tmp_path: Path) -> None:
 
 
 def test_an_internal_error_stops_the_sweep_without_calling_it_completed(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A bug in the run loop ends the run with exit 3 and the state saved; resume finishes."""
-    project = make_project(tmp_path / "p", sweep="""\
+    project = make_project(
+        tmp_path / "p",
+        sweep="""\
         command: [bash, task.sh]
         sweep:
           grid:
             a: [1, 3, 4, 5]
-        """)
+        """,
+    )
     loaded = open_project(project / "hsm_config.yaml", cwd=project)
     plan = plan_run(loaded, project / "sweeps" / "sweep.yaml")
     real = Store.finish_attempt

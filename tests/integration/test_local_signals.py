@@ -18,16 +18,20 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def test_ctrl_c_stops_every_task_tree_exits_130_and_resume_finishes(tmp_path: Path) -> None:
-    project = make_project(tmp_path / "p", sweep="""\
+    project = make_project(
+        tmp_path / "p",
+        sweep="""\
         command: [bash, task.sh]
         sweep:
           grid:
             a: [1, 3, 4]
         defaults: {hold: 1}
-        """)
+        """,
+    )
     tasks = project / "runs" / "i1" / "tasks"
-    with hsm_background("run", "sweeps/sweep.yaml", "--name", "i1", cwd=project,
-                        env={"GRANDCHILD": "1"}) as run:
+    with hsm_background(
+        "run", "sweeps/sweep.yaml", "--name", "i1", cwd=project, env={"GRANDCHILD": "1"}
+    ) as run:
         wait_for(lambda: len(list(tasks.glob("task_*/marker"))) == 2, what="2 tasks started")
         pgids = []
         for status_file in sorted(tasks.glob("task_*/status.json")):
@@ -44,8 +48,13 @@ def test_ctrl_c_stops_every_task_tree_exits_130_and_resume_finishes(tmp_path: Pa
         wait_for(partial(_group_gone, pgid), timeout=5, what=f"group {pgid} gone")
     data = hsm("status", "i1", "--json", cwd=project).json()
     assert data["state"] == "cancelled"
-    assert data["counts"] == {"completed": 0, "failed": 0, "pending": 3, "running": 0,
-                              "cancelled": 0}
+    assert data["counts"] == {
+        "completed": 0,
+        "failed": 0,
+        "pending": 3,
+        "running": 0,
+        "cancelled": 0,
+    }
 
     (project / "release").touch()
     resumed = hsm("resume", "i1", "--json", cwd=project)
@@ -69,7 +78,7 @@ def _group_gone(pgid: int) -> bool:
 
 def _group_of(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2:].split()[2])
+    return int(stat[stat.rindex(")") + 2 :].split()[2])
 
 
 def _group_alive(pgid: int) -> bool:
@@ -110,20 +119,26 @@ def test_sigkill_then_resume_runs_every_task_exactly_once(tmp_path: Path, seed: 
     """Task 1 runs 2.5 s: it still runs when hsm resumes (reattached, waited for). Tasks
     that were running when hsm was killed finish before it resumes (not run again)."""
     rng = random.Random(seed)
-    project = make_project(tmp_path / "p", sweep=f"""\
+    project = make_project(
+        tmp_path / "p",
+        sweep=f"""\
         command: [bash, mark.sh]
         sweep:
           grid:
             i: {list(range(1, TASKS + 1))}
-        """)
+        """,
+    )
     write(project / "mark.sh", MARK_SH)
     tasks = project / "runs" / "k" / "tasks"
     # Kill when a random number of tasks has started, after a random extra moment.
     started_before_kill = rng.randint(1, 6)
-    with hsm_background("run", "sweeps/sweep.yaml", "--parallel", "3", "--name", "k",
-                        cwd=project) as run:
-        wait_for(lambda: len(list(tasks.glob("task_*/marker"))) >= started_before_kill,
-                 what=f"{started_before_kill} tasks started")
+    with hsm_background(
+        "run", "sweeps/sweep.yaml", "--parallel", "3", "--name", "k", cwd=project
+    ) as run:
+        wait_for(
+            lambda: len(list(tasks.glob("task_*/marker"))) >= started_before_kill,
+            what=f"{started_before_kill} tasks started",
+        )
         time.sleep(rng.uniform(0, 0.3))
         run.send_signal(signal.SIGKILL)
         assert run.wait(timeout=10) == -signal.SIGKILL

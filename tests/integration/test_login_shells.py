@@ -43,8 +43,9 @@ def shell_host(request: pytest.FixtureRequest, testbed_hosts: list[Host]) -> Ite
 
 def test_sweep_with_setup_lines(tmp_path: Path, shell_host: Host) -> None:
     setup = ["export SETUP_GREETING='it'\"'\"'s a \\\\ $HOME !x'"]
-    root = make_project(tmp_path / "proj", [shell_host], n=3,
-                        remotes={"h1": remote(shell_host, setup=setup)})
+    root = make_project(
+        tmp_path / "proj", [shell_host], n=3, remotes={"h1": remote(shell_host, setup=setup)}
+    )
     result = hsm("run", "sweep.yaml", "--source", "h1", "--json", cwd=root)
     assert result.returncode == 0, result
     data = result.json()
@@ -56,8 +57,9 @@ def test_sweep_with_setup_lines(tmp_path: Path, shell_host: Host) -> None:
 
 
 def test_cancel_and_health(tmp_path: Path, shell_host: Host) -> None:
-    root = make_project(tmp_path / "proj", [shell_host], n=2, sleep=300,
-                        remotes={"h1": remote(shell_host)})
+    root = make_project(
+        tmp_path / "proj", [shell_host], n=2, sleep=300, remotes={"h1": remote(shell_host)}
+    )
     health = hsm("distributed", "health", "--all", "--json", cwd=root, timeout=60)
     rows = {r["name"]: r for r in health.json()["sources"]}
     assert rows["h1"]["reachable"] and rows["h1"]["status"] == "healthy", rows
@@ -74,18 +76,27 @@ def test_cancel_and_health(tmp_path: Path, shell_host: Host) -> None:
 
 @pytest.mark.slurm
 @pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s.rsplit("/", 1)[-1])
-def test_cluster_login(shell: str, testbed: TestBed, slurm_on_host: SlurmCluster,
-                       tmp_path: Path) -> None:
+def test_cluster_login(
+    shell: str, testbed: TestBed, slurm_on_host: SlurmCluster, tmp_path: Path
+) -> None:
     login = testbed.hosts[0]
     login.set_login_shell(shell)
     folder = f"shell-{shell.rsplit('/', 1)[-1]}"
-    root = cluster_project(tmp_path / "p", {"cluster": {
-        "type": "slurm", "host": login.name, "remote_root": f"{login.work_dir}/{folder}",
-        "max_parallel_jobs": 2}}, ssh_config=login.ssh_config_path)
+    root = cluster_project(
+        tmp_path / "p",
+        {
+            "cluster": {
+                "type": "slurm",
+                "host": login.name,
+                "remote_root": f"{login.work_dir}/{folder}",
+                "max_parallel_jobs": 2,
+            }
+        },
+        ssh_config=login.ssh_config_path,
+    )
     sweep_file(root, sleep=[0.2] * 2, fail=[0, 0])
     try:
-        result = hsm("run", "sweep.yaml", "--source", "cluster", "--json", cwd=root,
-                     timeout=120)
+        result = hsm("run", "sweep.yaml", "--source", "cluster", "--json", cwd=root, timeout=120)
         assert result.returncode == 0, result
         assert json.loads(result.stdout)["counts"]["completed"] == 2
     finally:

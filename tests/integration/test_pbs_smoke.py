@@ -35,24 +35,31 @@ def slurm(testbed: TestBed, slurm_local: SlurmCluster) -> SlurmCluster:
     return slurm_local
 
 
-def test_pbs_array_through_slurm_s_pbs_commands(slurm: SlurmCluster,
-                                                 tmp_path: Path) -> None:
+def test_pbs_array_through_slurm_s_pbs_commands(slurm: SlurmCluster, tmp_path: Path) -> None:
     assert shutil.which("qsub") and shutil.which("qstat") and shutil.which("qdel")
-    root = cluster_project(tmp_path / "p", {"pbs": {"type": "pbs", "host": "local",
-                                                    "max_parallel_jobs": 1}})
-    sweep_file(root, sleep=[0.2] * 3, fail=[0, 4, 0],
-               resources={"walltime": "00:10:00", "mem": "200M", "cpus": 1})
+    root = cluster_project(
+        tmp_path / "p", {"pbs": {"type": "pbs", "host": "local", "max_parallel_jobs": 1}}
+    )
+    sweep_file(
+        root,
+        sleep=[0.2] * 3,
+        fail=[0, 4, 0],
+        resources={"walltime": "00:10:00", "mem": "200M", "cpus": 1},
+    )
     try:
-        result = hsm("run", "sweep.yaml", "--source", "pbs", "--json", cwd=root,
-                     env=slurm.env(), timeout=120)
+        result = hsm(
+            "run", "sweep.yaml", "--source", "pbs", "--json", cwd=root, env=slurm.env(), timeout=120
+        )
     finally:
         cancel_leftovers(slurm, root)
     assert result.returncode == 1, result
     sweep_id = json.loads(result.stdout)["sweep_id"]
     tasks = tasks_by_number(result)
     assert {n: (t["status"], t["cause"], t["exit_code"]) for n, t in tasks.items()} == {
-        1: ("completed", "completed", 0), 2: ("failed", "task_failed", 4),
-        3: ("completed", "completed", 0)}
+        1: ("completed", "completed", 0),
+        2: ("failed", "task_failed", 4),
+        3: ("completed", "completed", 0),
+    }
     # One array job: qsub printed Slurm's job id, and Slurm ran three elements of it.
     [array] = submitted_arrays(root, sweep_id)
     assert array.isdigit()

@@ -34,10 +34,19 @@ ARTIFACTS = REPO / "tests" / "artifacts"
 DOCS_IMAGE = REPO / "docs" / "images" / "report.png"  # refreshed with HSM_UPDATE_DOCS_IMAGES=1
 HSM = [str(Path(sys.executable).with_name("hsm"))]
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-quic", "--host-resolver-rules=MAP * ~NOTFOUND", "--hide-scrollbars",
-    "--mute-audio", "--disable-extensions", "--remote-debugging-pipe",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+    "--hide-scrollbars",
+    "--mute-audio",
+    "--disable-extensions",
+    "--remote-debugging-pipe",
 ]
 HOSTILE = "</script><img src=x onerror=alert(1)><!--"
 REASON = "scratch disk full (e2e)"
@@ -68,8 +77,9 @@ class CdpError(RuntimeError):
 class Chromium:
     """One headless Chromium and one page, driven over the DevTools protocol on a pipe."""
 
-    def __init__(self, binary: str, *, width: int = 1400, height: int = 1000,
-                 log_path: Path | None = None) -> None:
+    def __init__(
+        self, binary: str, *, width: int = 1400, height: int = 1000, log_path: Path | None = None
+    ) -> None:
         self.profile = Path(tempfile.mkdtemp(prefix="hsm-chromium-"))
         to_chrome_r, self._to_chrome = os.pipe()
         self._from_chrome, from_chrome_w = os.pipe()
@@ -80,10 +90,20 @@ class Chromium:
 
         self._log = open(log_path or os.devnull, "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
-            [binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
-             f"--window-size={width},{height}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
-            preexec_fn=fds_3_and_4, close_fds=False, start_new_session=True)
+            [
+                binary,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={self.profile}",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+            preexec_fn=fds_3_and_4,
+            close_fds=False,
+            start_new_session=True,
+        )
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         self._buffer = b""
@@ -93,14 +113,18 @@ class Chromium:
         self.session = ""
         try:
             target = self.send("Target.createTarget", {"url": "about:blank"}, browser=True)
-            attached = self.send("Target.attachToTarget",
-                                 {"targetId": target["targetId"], "flatten": True}, browser=True)
+            attached = self.send(
+                "Target.attachToTarget",
+                {"targetId": target["targetId"], "flatten": True},
+                browser=True,
+            )
             self.session = attached["sessionId"]
             for domain in ("Page", "Network", "Runtime", "Log"):
                 self.send(f"{domain}.enable")
-            self.send("Emulation.setDeviceMetricsOverride",
-                      {"width": width, "height": height, "deviceScaleFactor": 1,
-                       "mobile": False})
+            self.send(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            )
         except BaseException:
             self.close()
             raise
@@ -118,8 +142,14 @@ class Chromium:
         for raw in messages:
             self._pending.append(json.loads(raw))
 
-    def send(self, method: str, params: dict[str, Any] | None = None, *,
-             browser: bool = False, timeout: float = 30.0) -> dict[str, Any]:
+    def send(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        browser: bool = False,
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
         self._next_id += 1
         ident = self._next_id
         message: dict[str, Any] = {"id": ident, "method": method, "params": params or {}}
@@ -160,8 +190,10 @@ class Chromium:
             self._read(min(0.2, deadline - time.monotonic()))
 
     def evaluate(self, expression: str) -> Any:
-        result = self.send("Runtime.evaluate", {"expression": expression,
-                                                "returnByValue": True, "awaitPromise": True})
+        result = self.send(
+            "Runtime.evaluate",
+            {"expression": expression, "returnByValue": True, "awaitPromise": True},
+        )
         if "exceptionDetails" in result:
             raise CdpError(f"page error: {result['exceptionDetails']}")
         return result["result"].get("value")
@@ -181,8 +213,11 @@ class Chromium:
 
     def requests(self) -> list[str]:
         self._drain_events()
-        return [e["params"]["request"]["url"] for e in self.events
-                if e.get("method") == "Network.requestWillBeSent"]
+        return [
+            e["params"]["request"]["url"]
+            for e in self.events
+            if e.get("method") == "Network.requestWillBeSent"
+        ]
 
     def problems(self) -> list[str]:
         """Script exceptions, console errors and browser log errors (such as CSP refusals)."""
@@ -202,17 +237,26 @@ class Chromium:
         box = self.evaluate(
             f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
             " e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
-            " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+            " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+        )
         for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
-            self.send("Input.dispatchMouseEvent", {"type": kind, "x": box[0], "y": box[1],
-                                                   "button": "left", "clickCount": 1})
+            self.send(
+                "Input.dispatchMouseEvent",
+                {"type": kind, "x": box[0], "y": box[1], "button": "left", "clickCount": 1},
+            )
 
     def screenshot(self, path: Path, *, full_page: bool = True, width: int = 1400) -> None:
         if full_page:
             height = int(self.evaluate("document.documentElement.scrollHeight"))
-            self.send("Emulation.setDeviceMetricsOverride",
-                      {"width": width, "height": min(height, 8000), "deviceScaleFactor": 1,
-                       "mobile": False})
+            self.send(
+                "Emulation.setDeviceMetricsOverride",
+                {
+                    "width": width,
+                    "height": min(height, 8000),
+                    "deviceScaleFactor": 1,
+                    "mobile": False,
+                },
+            )
         self.evaluate("window.scrollTo(0, 0)")
         data = self.send("Page.captureScreenshot", {"format": "png"})["data"]
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -247,7 +291,7 @@ def session_members(sid: int) -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         if fields[0] != "Z" and int(fields[3]) == sid:
             found.append(int(entry))
     return found
@@ -305,8 +349,7 @@ defaults:
 
 
 def hsm(project: Path, *args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([*HSM, *args], cwd=project, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([*HSM, *args], cwd=project, capture_output=True, text=True, timeout=120)
     if check is not None:
         assert done.returncode == check, (args, done.returncode, done.stdout, done.stderr)
     return done
@@ -320,10 +363,20 @@ def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 30.0) ->
 
 
 def record_health(store: Store, free: int, total: int = 50 * 10**9) -> None:
-    store.record_health(source="local", reachable=True, disk_path="/", free_bytes=free,
-                        total_bytes=total, load1=0.5, cores=2, memory_percent=30.0,
-                        disk_status="healthy", status="healthy", detail=None,
-                        consecutive_failures=0)
+    store.record_health(
+        source="local",
+        reachable=True,
+        disk_path="/",
+        free_bytes=free,
+        total_bytes=total,
+        load1=0.5,
+        cores=2,
+        memory_percent=30.0,
+        disk_status="healthy",
+        status="healthy",
+        detail=None,
+        consecutive_failures=0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -334,8 +387,13 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     (project / "hsm_config.yaml").write_text(CONFIG)
     (project / "train.py").write_text(SCRIPT)
     (project / "sweep.yaml").write_text(SWEEP)
-    running = subprocess.Popen([*HSM, "run", "sweep.yaml", "--name", "e2e"], cwd=project,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running = subprocess.Popen(
+        [*HSM, "run", "sweep.yaml", "--name", "e2e"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         db = project / ".hsm" / "hsm.db"
 
@@ -347,8 +405,9 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
         wait_for("the sweep to start", started)
         store = Store.open(db)
-        wait_for("a running task", lambda: started() and bool(
-            store.attempts("e2e", active_only=True)))
+        wait_for(
+            "a running task", lambda: started() and bool(store.attempts("e2e", active_only=True))
+        )
         during = hsm(project, "report", "e2e", "-o", "running.html")
         out, err = running.communicate(timeout=120)
     finally:
@@ -367,13 +426,20 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     status = hsm(project, "status", "e2e", check=None)
     attempts = store.attempts("e2e")
     store.close()
-    return {"project": project, "during": during, "written": written, "status": status,
-            "attempts": attempts, "report": project / "runs" / "e2e" / "report.html",
-            "running": project / "running.html"}
+    return {
+        "project": project,
+        "during": during,
+        "written": written,
+        "status": status,
+        "attempts": attempts,
+        "report": project / "runs" / "e2e" / "report.html",
+        "running": project / "running.html",
+    }
 
 
 def page_facts(browser: Chromium) -> dict[str, Any]:
-    return dict(browser.evaluate("""(() => {
+    return dict(
+        browser.evaluate("""(() => {
       const all = (q) => Array.from(document.querySelectorAll(q));
       const data = JSON.parse(document.getElementById('hsm-data').textContent);
       return {
@@ -402,7 +468,8 @@ def page_facts(browser: Chromium) -> dict[str, Any]:
         scripts: all('script').length,
         images: all('img').length,
       };
-    })()"""))
+    })()""")
+    )
 
 
 # -- the tests --------------------------------------------------------------------------------
@@ -413,8 +480,7 @@ def test_the_report_is_written_and_status_points_to_it(swept: dict[str, Any]) ->
     assert swept["during"].stdout.strip().startswith("wrote ")
 
 
-def test_the_page_shows_the_sweep_in_chromium_without_any_request(
-        swept: dict[str, Any]) -> None:
+def test_the_page_shows_the_sweep_in_chromium_without_any_request(swept: dict[str, Any]) -> None:
     attempts = swept["attempts"]
     with chromium() as browser:
         seconds = browser.open(swept["report"])
@@ -424,12 +490,15 @@ def test_the_page_shows_the_sweep_in_chromium_without_any_request(
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         browser.screenshot(ARTIFACTS / "report-full.png")
         # Click a failed bar: the panel shows the task and the end of its error log.
-        browser.send("Emulation.setDeviceMetricsOverride",
-                     {"width": 1400, "height": 1500, "deviceScaleFactor": 1, "mobile": False})
+        browser.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1400, "height": 1500, "deviceScaleFactor": 1, "mobile": False},
+        )
         browser.click("rect.bar-failed")
         detail = browser.evaluate(
             "[document.getElementById('detail').hidden,"
-            " document.getElementById('detail-body').textContent]")
+            " document.getElementById('detail-body').textContent]"
+        )
         browser.screenshot(ARTIFACTS / "report.png", full_page=False)
         # Close the panel, then sort the metrics table by loss, largest first (two clicks).
         browser.click("#detail-close")
@@ -439,10 +508,12 @@ def test_the_page_shows_the_sweep_in_chromium_without_any_request(
         sorted_by = browser.evaluate(
             "(() => { const th = document.querySelector("
             "\"table.metrics-table th[title='metric']\"); th.click(); th.click();"
-            " return [th.textContent, th.className]; })()")
+            " return [th.textContent, th.className]; })()"
+        )
         losses = browser.evaluate(
             "Array.from(document.querySelectorAll('table.metrics-table tbody tr'))"
-            ".map((r) => r.children[r.children.length - 2].textContent)")
+            ".map((r) => r.children[r.children.length - 2].textContent)"
+        )
         problems += browser.problems()
 
     assert seconds < 10
@@ -450,8 +521,13 @@ def test_the_page_shows_the_sweep_in_chromium_without_any_request(
     assert problems == [] and facts["errors"] is None
     # Timeline: one bar per attempt, coloured by outcome.
     assert facts["bars"] == len(attempts) == 8
-    assert facts["outcomes"] == {"completed": 4, "failed": 4, "lost": 0, "cancelled": 0,
-                                 "running": 0}
+    assert facts["outcomes"] == {
+        "completed": 4,
+        "failed": 4,
+        "lost": 0,
+        "cancelled": 0,
+        "running": 0,
+    }
     assert facts["lanes"] == ["local #0", "local #1"]
     assert detail[0] is False and closed is True
     assert "ValueError: loss is nan at step" in detail[1] and "seed" in detail[1]
@@ -471,8 +547,7 @@ def test_the_page_shows_the_sweep_in_chromium_without_any_request(
     assert facts["metricRows"] == 4 and facts["pcLines"] == 4
     assert sorted_by[0] == "loss" and "sorted-desc" in sorted_by[1], sorted_by
     assert [float(x) for x in losses] == sorted((float(x) for x in losses), reverse=True)
-    assert (facts["resume"], facts["retry"]) == ("hsm resume e2e",
-                                                 "hsm resume e2e --retry-failed")
+    assert (facts["resume"], facts["retry"]) == ("hsm resume e2e", "hsm resume e2e --retry-failed")
     # The hostile parameter is data, not markup: no extra script or image appeared.
     assert facts["hostile"] == HOSTILE
     assert (facts["scripts"], facts["images"]) == (2, 0)
@@ -481,8 +556,7 @@ def test_the_page_shows_the_sweep_in_chromium_without_any_request(
         shutil.copyfile(ARTIFACTS / "report.png", DOCS_IMAGE)
 
 
-def test_a_report_made_while_the_sweep_runs_shows_the_state_so_far(
-        swept: dict[str, Any]) -> None:
+def test_a_report_made_while_the_sweep_runs_shows_the_state_so_far(swept: dict[str, Any]) -> None:
     with chromium() as browser:
         browser.open(swept["running"])
         facts = page_facts(browser)
@@ -496,9 +570,11 @@ def test_a_report_made_while_the_sweep_runs_shows_the_state_so_far(
 def test_the_request_check_sees_a_page_that_fetches(tmp_path: Path) -> None:
     """The no-request assertion above would catch a fetch: here is one it catches."""
     page = tmp_path / "fetching.html"
-    page.write_text('<!DOCTYPE html><html><head><link rel="stylesheet" href="missing.css">'
-                    '</head><body><img src="http://hsm-canary.invalid/pixel.png">'
-                    "<script>document.body.dataset.rendered = 'true'</script></body></html>")
+    page.write_text(
+        '<!DOCTYPE html><html><head><link rel="stylesheet" href="missing.css">'
+        '</head><body><img src="http://hsm-canary.invalid/pixel.png">'
+        "<script>document.body.dataset.rendered = 'true'</script></body></html>"
+    )
     with chromium() as browser:
         browser.open(page)
         time.sleep(0.3)

@@ -54,22 +54,32 @@ def run_dir(root: Path, sweep_id: str) -> Path:
     return root / "runs" / sweep_id
 
 
-def test_throttled_chunked_arrays_with_a_failing_element(slurm: SlurmCluster,
-                                                         tmp_path: Path) -> None:
+def test_throttled_chunked_arrays_with_a_failing_element(
+    slurm: SlurmCluster, tmp_path: Path
+) -> None:
     # A project folder whose name needs quoting everywhere.
-    root = cluster_project(tmp_path / "it's a \"project\"",
-                           local_cluster(max_parallel_jobs=1, max_array_size=2))
-    sweep_file(root, sleep=[0.3] * 5, fail=[0, 0, 3, 0, 0],
-               resources={"walltime": "00:05:00", "mem": "100M", "cpus": 1})
-    result = hsm("run", "sweep.yaml", "--source", "cluster", "--json", cwd=root,
-                 env=slurm.env(), timeout=120)
+    root = cluster_project(
+        tmp_path / 'it\'s a "project"', local_cluster(max_parallel_jobs=1, max_array_size=2)
+    )
+    sweep_file(
+        root,
+        sleep=[0.3] * 5,
+        fail=[0, 0, 3, 0, 0],
+        resources={"walltime": "00:05:00", "mem": "100M", "cpus": 1},
+    )
+    result = hsm(
+        "run", "sweep.yaml", "--source", "cluster", "--json", cwd=root, env=slurm.env(), timeout=120
+    )
     assert result.returncode == 1, result
     data = json.loads(result.stdout)
     tasks = tasks_by_number(result)
     assert {n: (t["status"], t["cause"], t["exit_code"]) for n, t in tasks.items()} == {
-        1: ("completed", "completed", 0), 2: ("completed", "completed", 0),
-        3: ("failed", "task_failed", 3), 4: ("completed", "completed", 0),
-        5: ("completed", "completed", 0)}
+        1: ("completed", "completed", 0),
+        2: ("completed", "completed", 0),
+        3: ("failed", "task_failed", 3),
+        4: ("completed", "completed", 0),
+        5: ("completed", "completed", 0),
+    }
     sweep_id = data["sweep_id"]
     # 5 tasks in chunks of 2: three array jobs, each submitted once, run one after the other.
     arrays = submitted_arrays(root, sweep_id)
@@ -93,11 +103,15 @@ def test_throttled_chunked_arrays_with_a_failing_element(slurm: SlurmCluster,
 def test_hsm_cancel_stops_the_array(slurm: SlurmCluster, tmp_path: Path) -> None:
     root = cluster_project(tmp_path / "p", local_cluster(max_parallel_jobs=1))
     sweep_file(root, sleep=[120, 120, 120])
-    with hsm_background("run", "sweep.yaml", "--source", "cluster", "--name", "tocancel",
-                        cwd=root, env=slurm.env()) as proc:
+    with hsm_background(
+        "run", "sweep.yaml", "--source", "cluster", "--name", "tocancel", cwd=root, env=slurm.env()
+    ) as proc:
         status = run_dir(root, "tocancel") / "tasks" / "task_0001" / "status.json"
-        wait_for(lambda: status.exists() and '"running"' in status.read_text(), timeout=60,
-                 what="the first element running")
+        wait_for(
+            lambda: status.exists() and '"running"' in status.read_text(),
+            timeout=60,
+            what="the first element running",
+        )
         arrays = submitted_arrays(root, "tocancel")
         queued = slurm.run(["squeue", "-h", "-r", "-j", arrays[0], "-o", "%T"]).stdout
         assert sorted(queued.split()) == ["PENDING", "PENDING", "RUNNING"]  # throttle 1
@@ -113,11 +127,13 @@ def test_hsm_cancel_stops_the_array(slurm: SlurmCluster, tmp_path: Path) -> None
 
 
 def test_killed_controller_resumes_without_running_anything_twice(
-        slurm: SlurmCluster, tmp_path: Path) -> None:
+    slurm: SlurmCluster, tmp_path: Path
+) -> None:
     root = cluster_project(tmp_path / "p", local_cluster(max_parallel_jobs=2))
     sweep_file(root, sleep=[3, 3, 1, 1, 1])
-    with hsm_background("run", "sweep.yaml", "--source", "cluster", "--name", "killed",
-                        cwd=root, env=slurm.env()) as proc:
+    with hsm_background(
+        "run", "sweep.yaml", "--source", "cluster", "--name", "killed", cwd=root, env=slurm.env()
+    ) as proc:
         first = run_dir(root, "killed") / "tasks" / "task_0001" / "status.json"
         wait_for(lambda: first.exists(), timeout=60, what="the first element started")
         proc.send_signal(signal.SIGKILL)  # no clean-up: handles stay in the database
@@ -125,20 +141,24 @@ def test_killed_controller_resumes_without_running_anything_twice(
     # Forget one job id, as if the controller had died between sbatch and recording it: the
     # resumed controller must find the element again instead of submitting it twice.
     with sqlite3.connect(root / ".hsm" / "hsm.db") as db:
-        db.execute("UPDATE attempts SET handle_json = NULL, state = 'launching'"
-                   " WHERE sweep_id = 'killed' AND number = 2")
+        db.execute(
+            "UPDATE attempts SET handle_json = NULL, state = 'launching'"
+            " WHERE sweep_id = 'killed' AND number = 2"
+        )
     resumed = hsm("resume", "killed", "--json", cwd=root, env=slurm.env(), timeout=120)
     assert resumed.returncode == 0, resumed
     tasks = tasks_by_number(resumed)
     assert all(t["status"] == "completed" and t["attempts"] == 1 for t in tasks.values())
     assert [starts(root, "killed", n) for n in range(1, 6)] == [1] * 5
     assert [a["state"] for a in attempts(root, "killed")] == ["completed"] * 5
-    assert "task 2 (attempt 1) found again as job" in (run_dir(root, "killed")
-                                                       / "hsm.log").read_text()
+    assert (
+        "task 2 (attempt 1) found again as job" in (run_dir(root, "killed") / "hsm.log").read_text()
+    )
 
 
 def test_a_rejected_job_script_stops_the_run_before_anything_is_written(
-        slurm: SlurmCluster, tmp_path: Path) -> None:
+    slurm: SlurmCluster, tmp_path: Path
+) -> None:
     root = cluster_project(tmp_path / "p", local_cluster(partition="nosuchpartition"))
     sweep_file(root, sleep=[0])
     before = slurm.run(["squeue", "-h", "-t", "all", "-o", "%i"]).stdout
@@ -163,8 +183,14 @@ def test_missing_scheduler_commands(slurm: SlurmCluster, tmp_path: Path) -> None
     bin_dir.mkdir()
     for tool in ("bash", "dirname", "df", "tail"):
         (bin_dir / tool).symlink_to(f"/usr/bin/{tool}")
-    result = hsm("run", "sweep.yaml", "--source", "cluster", cwd=root,
-                 env={**slurm.env(), "PATH": str(bin_dir)})
+    result = hsm(
+        "run",
+        "sweep.yaml",
+        "--source",
+        "cluster",
+        cwd=root,
+        env={**slurm.env(), "PATH": str(bin_dir)},
+    )
     assert result.returncode == 2, result
     assert "sbatch, squeue, scontrol, scancel not found" in result.stderr
     assert not (root / "runs").exists()
@@ -217,40 +243,75 @@ def test_health_probe_and_a_dead_controller(slurm: SlurmCluster, tmp_path: Path)
 
 
 @pytest.mark.timeout(420)
-def test_timeouts_rerun_with_a_longer_walltime_keep_their_numbers(slurm: SlurmCluster,
-                                                                  tmp_path: Path) -> None:
+def test_timeouts_rerun_with_a_longer_walltime_keep_their_numbers(
+    slurm: SlurmCluster, tmp_path: Path
+) -> None:
     # Task 1 needs two minutes; with a one-minute walltime Slurm stops it (TIMEOUT).
     root = cluster_project(tmp_path / "p", local_cluster(max_parallel_jobs=2))
     sweep_file(root, sleep=[120, 0], resources={"walltime": 1, "mem": "100M"})
-    first = hsm("run", "sweep.yaml", "--source", "cluster", "--name", "short", "--json",
-                cwd=root, env=slurm.env(), timeout=240)
+    first = hsm(
+        "run",
+        "sweep.yaml",
+        "--source",
+        "cluster",
+        "--name",
+        "short",
+        "--json",
+        cwd=root,
+        env=slurm.env(),
+        timeout=240,
+    )
     assert first.returncode == 1, first
     tasks = tasks_by_number(first)
     assert {n: (t["status"], t["cause"]) for n, t in tasks.items()} == {
-        1: ("failed", "timeout"), 2: ("completed", "completed")}
+        1: ("failed", "timeout"),
+        2: ("completed", "completed"),
+    }
     assert "1 of them hit the walltime" in first.stderr
     assert "hsm resume short --retry-failed --cause timeout --walltime" in first.stderr
     [array] = submitted_arrays(root, "short")
     assert sorted(slurm.job_states(array)) == ["COMPLETED", "TIMEOUT"]
     table = hsm("status", "short", cwd=root, env=slurm.env()).stdout
     head, row = [line for line in table.splitlines() if "completed" in line or "│" in line][:2]
-    cells = dict(zip([c.strip() for c in head.strip("┃ ").split("┃")],
-                     [c.strip() for c in row.strip("│ ").split("│")], strict=True))
+    cells = dict(
+        zip(
+            [c.strip() for c in head.strip("┃ ").split("┃")],
+            [c.strip() for c in row.strip("│ ").split("│")],
+            strict=True,
+        )
+    )
     assert (cells["failed"], cells["timed out"], cells["completed"]) == ("0", "1", "1"), table
 
-    rerun = hsm("resume", "short", "--retry-failed", "--cause", "timeout", "--walltime",
-                "00:05:00", "--json", cwd=root, env=slurm.env(), timeout=300)
+    rerun = hsm(
+        "resume",
+        "short",
+        "--retry-failed",
+        "--cause",
+        "timeout",
+        "--walltime",
+        "00:05:00",
+        "--json",
+        cwd=root,
+        env=slurm.env(),
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun
     tasks = tasks_by_number(rerun)
     assert {n: (t["status"], t["attempts"]) for n, t in tasks.items()} == {
-        1: ("completed", 2), 2: ("completed", 1)}
+        1: ("completed", 2),
+        2: ("completed", 1),
+    }
     assert tasks[1]["task_dir"].endswith("task_0001")
     assert [(a["number"], a["state"], a["cause"]) for a in attempts(root, "short")] == [
-        (1, "failed", "timeout"), (1, "completed", "completed"), (2, "completed", "completed")]
+        (1, "failed", "timeout"),
+        (1, "completed", "completed"),
+        (2, "completed", "completed"),
+    ]
     _, again = submitted_arrays(root, "short")
     assert slurm.job_states(again) == ["COMPLETED"]
-    scripts = sorted(run_dir(root, "short").joinpath(".hsm", "jobs").iterdir(),
-                     key=lambda p: p.stat().st_mtime)
+    scripts = sorted(
+        run_dir(root, "short").joinpath(".hsm", "jobs").iterdir(), key=lambda p: p.stat().st_mtime
+    )
     assert "#SBATCH --time=00:01:00" in scripts[0].read_text()
     assert "#SBATCH --time=00:05:00" in scripts[-1].read_text()
     # The change is in the state, and status shows it.

@@ -51,36 +51,70 @@ def hung_agent(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_hung_agent_is_skipped_and_the_key_file_used(
-        tmp_path: Path, testbed_hosts: list[Host], hung_agent: Path) -> None:
+    tmp_path: Path, testbed_hosts: list[Host], hung_agent: Path
+) -> None:
     hosts = testbed_hosts[:1]
     root = make_project(tmp_path / "proj", hosts, n=2, remotes={"h1": remote(hosts[0])})
-    result = hsm("run", "sweep.yaml", "--source", "h1", "--json", cwd=root,
-                 extra_env={"SSH_AUTH_SOCK": str(hung_agent)})
+    result = hsm(
+        "run",
+        "sweep.yaml",
+        "--source",
+        "h1",
+        "--json",
+        cwd=root,
+        extra_env={"SSH_AUTH_SOCK": str(hung_agent)},
+    )
     assert result.returncode == 0, result
     assert result.json()["counts"]["completed"] == 2
     assert "SSH_AUTH_SOCK" in result.stderr  # the skipped agent is reported
 
 
 def test_when_nothing_works_the_message_names_the_agent(
-        tmp_path: Path, testbed_hosts: list[Host], hung_agent: Path) -> None:
+    tmp_path: Path, testbed_hosts: list[Host], hung_agent: Path
+) -> None:
     host = testbed_hosts[0]
     stranger = keygen(tmp_path / "stranger")
-    root, result = run_h1(tmp_path, host, **direct(host, ssh_key=str(stranger)),
-                          extra_env={"SSH_AUTH_SOCK": str(hung_agent)})
-    assert_bad_input(root, result, "authentication as 'root' failed",
-                     f"ssh-agent at {hung_agent} (SSH_AUTH_SOCK)", "unset SSH_AUTH_SOCK")
+    root, result = run_h1(
+        tmp_path,
+        host,
+        **direct(host, ssh_key=str(stranger)),
+        extra_env={"SSH_AUTH_SOCK": str(hung_agent)},
+    )
+    assert_bad_input(
+        root,
+        result,
+        "authentication as 'root' failed",
+        f"ssh-agent at {hung_agent} (SSH_AUTH_SOCK)",
+        "unset SSH_AUTH_SOCK",
+    )
     assert "connect_timeout" not in result.stderr
 
 
 def test_identity_agent_none_in_the_ssh_config_is_honoured(
-        tmp_path: Path, testbed_hosts: list[Host], hung_agent: Path) -> None:
+    tmp_path: Path, testbed_hosts: list[Host], hung_agent: Path
+) -> None:
     host = testbed_hosts[0]
     config = tmp_path / "ssh_config"
-    config.write_text(host.ssh_config_path.read_text().replace(
-        f"Host {host.name}\n", f"Host {host.name}\n    IdentityAgent none\n"))
-    root = make_project(tmp_path / "proj", [host], n=1, remotes={"h1": remote(host)},
-                        config={"distributed": {"ssh_config": str(config)}})
-    result = hsm("run", "sweep.yaml", "--source", "h1", "--json", cwd=root,
-                 extra_env={"SSH_AUTH_SOCK": str(hung_agent)})
+    config.write_text(
+        host.ssh_config_path.read_text().replace(
+            f"Host {host.name}\n", f"Host {host.name}\n    IdentityAgent none\n"
+        )
+    )
+    root = make_project(
+        tmp_path / "proj",
+        [host],
+        n=1,
+        remotes={"h1": remote(host)},
+        config={"distributed": {"ssh_config": str(config)}},
+    )
+    result = hsm(
+        "run",
+        "sweep.yaml",
+        "--source",
+        "h1",
+        "--json",
+        cwd=root,
+        extra_env={"SSH_AUTH_SOCK": str(hung_agent)},
+    )
     assert result.returncode == 0, result
     assert "SSH_AUTH_SOCK" not in result.stderr, result  # the agent was never asked

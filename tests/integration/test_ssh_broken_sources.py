@@ -27,11 +27,17 @@ pytestmark = [pytest.mark.root, pytest.mark.testbed, pytest.mark.timeout(240)]
 BROKEN_SETUP = ["source /nonexistent/activate"]
 
 
-def two_hosts(tmp_path: Path, hosts: list[Host], *, broken: bool, n: int = 4,
-              sleep: float = 0.2) -> Path:
+def two_hosts(
+    tmp_path: Path, hosts: list[Host], *, broken: bool, n: int = 4, sleep: float = 0.2
+) -> Path:
     h1, h2 = hosts[:2]
-    return make_project(tmp_path / "p", hosts, n=n, sleep=sleep, remotes={
-        "h1": remote(h1, setup=BROKEN_SETUP if broken else []), "h2": remote(h2)})
+    return make_project(
+        tmp_path / "p",
+        hosts,
+        n=n,
+        sleep=sleep,
+        remotes={"h1": remote(h1, setup=BROKEN_SETUP if broken else []), "h2": remote(h2)},
+    )
 
 
 def set_remotes(root: Path, change: dict[str, object]) -> None:
@@ -47,7 +53,8 @@ def set_remotes(root: Path, change: dict[str, object]) -> None:
 
 
 def test_a_failing_setup_line_leaves_its_host_out_and_the_sweep_goes_on(
-        tmp_path: Path, testbed_hosts: list[Host]) -> None:
+    tmp_path: Path, testbed_hosts: list[Host]
+) -> None:
     root = two_hosts(tmp_path, testbed_hosts, broken=True)
     result = hsm("run", "sweep.yaml", "--distributed", "--json", cwd=root)
     assert result.returncode == 0, result
@@ -65,7 +72,8 @@ def test_a_failing_setup_line_leaves_its_host_out_and_the_sweep_goes_on(
 
 
 def test_the_broken_host_named_alone_is_exit_2_and_nothing_is_recorded(
-        tmp_path: Path, testbed_hosts: list[Host]) -> None:
+    tmp_path: Path, testbed_hosts: list[Host]
+) -> None:
     root = two_hosts(tmp_path, testbed_hosts, broken=True)
     result = hsm("run", "sweep.yaml", "--source", "h1", "--name", "alone", cwd=root)
     assert result.returncode == 2, result
@@ -79,18 +87,26 @@ def test_the_broken_host_named_alone_is_exit_2_and_nothing_is_recorded(
     assert by_name["h1"]["enabled"] is True  # the user's one choice is not disabled
 
 
-def test_resume_after_disabling_or_removing_a_source(tmp_path: Path,
-                                                     testbed_hosts: list[Host]) -> None:
+def test_resume_after_disabling_or_removing_a_source(
+    tmp_path: Path, testbed_hosts: list[Host]
+) -> None:
     h1, h2 = testbed_hosts[:2]
     root = two_hosts(tmp_path, testbed_hosts, broken=False, n=4, sleep=30)
     # Kill the controller while tasks run on both hosts.
     with Background("run", "sweep.yaml", "--distributed", "--name", "mixed", cwd=root) as bg:
-        wait_for(lambda: (root / ".hsm" / "hsm.db").exists() and {
-            a.source for a in attempts(root, "mixed") if a.state == "running"} == {"h1", "h2"},
-            timeout=60, what="tasks running on h1 and h2")
+        wait_for(
+            lambda: (
+                (root / ".hsm" / "hsm.db").exists()
+                and {a.source for a in attempts(root, "mixed") if a.state == "running"}
+                == {"h1", "h2"}
+            ),
+            timeout=60,
+            what="tasks running on h1 and h2",
+        )
         bg.kill()
-    on_h1 = sorted(a.number for a in attempts(root, "mixed")
-                   if a.source == "h1" and a.state == "running")
+    on_h1 = sorted(
+        a.number for a in attempts(root, "mixed") if a.source == "h1" and a.state == "running"
+    )
     # Disabled: the tasks that run on h1 are collected there; new ones go to h2 only.
     assert hsm("distributed", "disable", "h1", cwd=root).returncode == 0
     for path in (h1.disk_dir / "marks").glob("task_*"):
@@ -111,8 +127,7 @@ def test_resume_after_disabling_or_removing_a_source(tmp_path: Path,
     assert {h for _, _, h in [m for ms in marks([h2]).values() for m in ms]} == {h2.name}
 
 
-def test_retry_failed_after_disabling_the_source(tmp_path: Path,
-                                                 testbed_hosts: list[Host]) -> None:
+def test_retry_failed_after_disabling_the_source(tmp_path: Path, testbed_hosts: list[Host]) -> None:
     root = two_hosts(tmp_path, testbed_hosts, broken=False, n=2)
     sweep = yaml.safe_load((root / "sweep.yaml").read_text())
     sweep["sweep"] = {"paired": [{"i": [1, 2], "exit": [0, 3]}]}

@@ -19,7 +19,7 @@ from tests.integration.ssh_support import (
 )
 from tests.testbed import Host
 
-TASK = r'''
+TASK = r"""
 import json, os, sys, time
 args = dict(a.split("=", 1) for a in sys.argv[1:])
 version = open("VERSION").read().strip()  # read from the code folder the task runs in
@@ -30,7 +30,7 @@ if gate:
     open(gate + ".started", "w").close()
     while not os.path.exists(gate):
         time.sleep(0.05)
-'''
+"""
 
 
 def status(root: Path, sweep_id: str) -> dict[str, object]:
@@ -42,21 +42,28 @@ def status(root: Path, sweep_id: str) -> dict[str, object]:
 
 def test_two_sweeps_each_run_their_own_code(tmp_path: Path, testbed_hosts: list[Host]) -> None:
     host = testbed_hosts[0]
-    root = make_project(tmp_path / "proj", [host],
-                        remotes={"h1": remote(host, max_parallel_jobs=1)})
+    root = make_project(
+        tmp_path / "proj", [host], remotes={"h1": remote(host, max_parallel_jobs=1)}
+    )
     (root / "task.py").write_text(TASK)
     (root / "VERSION").write_text("one\n")
     gate = f"/srv/hsm/gate-{secrets.token_hex(4)}"  # host disks outlive a test: a new name
-    (root / "a.yaml").write_text(yaml.safe_dump(
-        {"script": "task.py", "sweep": {"grid": {"i": [1, 2, 3]}}, "defaults": {"gate": gate}}))
-    (root / "b.yaml").write_text(yaml.safe_dump(
-        {"script": "task.py", "sweep": {"grid": {"i": [1, 2]}}}))
+    (root / "a.yaml").write_text(
+        yaml.safe_dump(
+            {"script": "task.py", "sweep": {"grid": {"i": [1, 2, 3]}}, "defaults": {"gate": gate}}
+        )
+    )
+    (root / "b.yaml").write_text(
+        yaml.safe_dump({"script": "task.py", "sweep": {"grid": {"i": [1, 2]}}})
+    )
 
-    with Background("run", "a.yaml", "--source", "h1", "--name", "a", "--json",
-                    cwd=root) as first:
+    with Background("run", "a.yaml", "--source", "h1", "--name", "a", "--json", cwd=root) as first:
         # Sweep a: task 1 runs (held at its gate), tasks 2 and 3 wait for the slot.
-        wait_for(lambda: remote_path(host, gate + ".started").exists(), timeout=60,
-                 what="sweep a's first task to start")
+        wait_for(
+            lambda: remote_path(host, gate + ".started").exists(),
+            timeout=60,
+            what="sweep a's first task to start",
+        )
         (root / "VERSION").write_text("two\n")
         second = hsm("run", "b.yaml", "--source", "h1", "--name", "b", "--json", cwd=root)
         assert second.returncode == 0, second

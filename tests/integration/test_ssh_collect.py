@@ -22,11 +22,13 @@ wandb_group_arg: null
 """
 
 
-def test_a_refused_archive_ends_the_attempt_collect_failed(tmp_path: Path,
-                                                           testbed_hosts: list[Host]) -> None:
+def test_a_refused_archive_ends_the_attempt_collect_failed(
+    tmp_path: Path, testbed_hosts: list[Host]
+) -> None:
     host = testbed_hosts[0]
-    root = make_project(tmp_path / "proj", [host], sweep=SWEEP,
-                        config={"distributed": {"max_retries": 0}})
+    root = make_project(
+        tmp_path / "proj", [host], sweep=SWEEP, config={"distributed": {"max_retries": 0}}
+    )
     result = hsm("run", "sweep.yaml", "--source", "h1", "--json", cwd=root)
     assert result.returncode == 1, result
     data = result.json()

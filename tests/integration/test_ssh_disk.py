@@ -22,14 +22,24 @@ from tests.testbed import Host
 pytestmark = [pytest.mark.root, pytest.mark.testbed]
 
 MB = 1 << 20
-GUARD = {"project_min_free": "1MB", "task_min_free": "1MB", "check_interval": 1,
-         "warn_below": "20MB", "kill_below": "10MB"}
+GUARD = {
+    "project_min_free": "1MB",
+    "task_min_free": "1MB",
+    "check_interval": 1,
+    "warn_below": "20MB",
+    "kill_below": "10MB",
+}
 
 
 def test_disk_filled_mid_task_kills_it(tmp_path: Path, testbed_hosts: list[Host]) -> None:
     host = testbed_hosts[0]
-    root = make_project(tmp_path / "proj", [host], n=1, sleep=60,
-                        config={"disk": GUARD, "distributed": {"max_retries": 0}})
+    root = make_project(
+        tmp_path / "proj",
+        [host],
+        n=1,
+        sleep=60,
+        config={"disk": GUARD, "distributed": {"max_retries": 0}},
+    )
     with Background("run", "sweep.yaml", "--source", "h1", "--json", cwd=root) as run:
         wait_for(lambda: started_on([host], 1, host), timeout=20, what="the task to start")
         host.fill_disk(leave_bytes=5 * MB)
@@ -50,10 +60,16 @@ def test_disk_filled_mid_task_kills_it(tmp_path: Path, testbed_hosts: list[Host]
 
 
 def test_a_low_disk_warning_is_reported_while_the_task_runs(
-        tmp_path: Path, testbed_hosts: list[Host]) -> None:
+    tmp_path: Path, testbed_hosts: list[Host]
+) -> None:
     host = testbed_hosts[0]
-    root = make_project(tmp_path / "proj", [host], n=1, sleep=6,
-                        config={"disk": GUARD, "distributed": {"max_retries": 0}})
+    root = make_project(
+        tmp_path / "proj",
+        [host],
+        n=1,
+        sleep=6,
+        config={"disk": GUARD, "distributed": {"max_retries": 0}},
+    )
 
     def warned() -> str | None:
         logs = [p.read_text() for p in root.glob("runs/*/hsm.log")]
@@ -73,15 +89,22 @@ def test_a_low_disk_warning_is_reported_while_the_task_runs(
     assert final.count("Low disk space detected") == 1  # not logged again at the end
 
 
-def test_disk_kill_is_retried_on_another_host(tmp_path: Path,
-                                              testbed_hosts: list[Host]) -> None:
+def test_disk_kill_is_retried_on_another_host(tmp_path: Path, testbed_hosts: list[Host]) -> None:
     h1, h2 = testbed_hosts[:2]
     (h1.disk_dir / "slow_1").write_text("")
     remotes = {"h1": remote(h1, max_parallel_jobs=1), "h2": remote(h2, max_parallel_jobs=1)}
-    root = make_project(tmp_path / "proj", [h1, h2], n=1, sleep=0.5, remotes=remotes,
-                        config={"disk": GUARD}, defaults={"slow": 60})
-    with Background("run", "sweep.yaml", "--source", "h1", "--source", "h2", "--json",
-                    cwd=root) as run:
+    root = make_project(
+        tmp_path / "proj",
+        [h1, h2],
+        n=1,
+        sleep=0.5,
+        remotes=remotes,
+        config={"disk": GUARD},
+        defaults={"slow": 60},
+    )
+    with Background(
+        "run", "sweep.yaml", "--source", "h1", "--source", "h2", "--json", cwd=root
+    ) as run:
         wait_for(lambda: started_on([h1], 1, h1), timeout=20, what="task 1 on h1")
         h1.fill_disk(leave_bytes=5 * MB)
         result = run.wait(timeout=30)
@@ -90,12 +113,14 @@ def test_disk_kill_is_retried_on_another_host(tmp_path: Path,
     assert rows == [("h1", "failed", "disk_kill"), ("h2", "completed", "completed")], rows
 
 
-def test_too_small_disk_is_refused_before_the_task_starts(tmp_path: Path,
-                                                          testbed_hosts: list[Host]) -> None:
+def test_too_small_disk_is_refused_before_the_task_starts(
+    tmp_path: Path, testbed_hosts: list[Host]
+) -> None:
     host = testbed_hosts[1]
     guard = {**GUARD, "project_min_free": "100MB"}  # more than the whole 64 MB disk
-    root = make_project(tmp_path / "proj", [host], n=1,
-                        config={"disk": guard, "distributed": {"max_retries": 0}})
+    root = make_project(
+        tmp_path / "proj", [host], n=1, config={"disk": guard, "distributed": {"max_retries": 0}}
+    )
     with Background("run", "sweep.yaml", "--source", "h1", "--json", cwd=root) as run:
         result = run.wait(timeout=30)
     # The only source refuses it: one clear message and exit 3; the task stays pending.

@@ -23,10 +23,12 @@ pytestmark = [pytest.mark.root, pytest.mark.testbed]
 PASSPHRASE = "correct horse battery staple"
 
 
-def run_h1(tmp_path: Path, bed_host: Host, /, *, extra_env: dict[str, str] | None = None,
-           **overrides: Any) -> tuple[Path, Result]:
-    root = make_project(tmp_path / "proj", [bed_host], n=1,
-                        remotes={"h1": remote(bed_host, **overrides)})
+def run_h1(
+    tmp_path: Path, bed_host: Host, /, *, extra_env: dict[str, str] | None = None, **overrides: Any
+) -> tuple[Path, Result]:
+    root = make_project(
+        tmp_path / "proj", [bed_host], n=1, remotes={"h1": remote(bed_host, **overrides)}
+    )
     return root, hsm("run", "sweep.yaml", "--source", "h1", cwd=root, extra_env=extra_env)
 
 
@@ -46,8 +48,10 @@ def direct(host: Host, **extra: Any) -> dict[str, Any]:
 
 
 def keygen(path: Path, passphrase: str = "") -> Path:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-C", "test",
-                    "-f", str(path)], check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-C", "test", "-f", str(path)],
+        check=True,
+    )
     return path
 
 
@@ -94,14 +98,18 @@ def test_auth_failure(tmp_path: Path, testbed_hosts: list[Host]) -> None:
     assert_bad_input(root, result, "authentication as 'root' failed", str(key))
 
 
-def test_unknown_host_key_is_refused_with_a_fix(tmp_path: Path,
-                                                testbed_hosts: list[Host]) -> None:
+def test_unknown_host_key_is_refused_with_a_fix(tmp_path: Path, testbed_hosts: list[Host]) -> None:
     host = testbed_hosts[0]
     empty = tmp_path / "known_hosts"
     empty.write_text("")
     root, result = run_h1(tmp_path, host, known_hosts=str(empty))
-    assert_bad_input(root, result, "is not trusted", "never accepts an unknown host key",
-                     f"ssh-keyscan -p 22 {host.ip} >> {empty}")
+    assert_bad_input(
+        root,
+        result,
+        "is not trusted",
+        "never accepts an unknown host key",
+        f"ssh-keyscan -p 22 {host.ip} >> {empty}",
+    )
     assert empty.read_text() == ""  # nothing was added behind the user's back
 
 
@@ -114,21 +122,29 @@ def test_changed_host_key_is_refused(tmp_path: Path, testbed_hosts: list[Host]) 
     assert_bad_input(root, result, "is not trusted", f"ssh-keygen -R {host.ip}")
 
 
-def test_passphrase_key_without_agent(tmp_path: Path, testbed_hosts: list[Host],
-                                      locked_key: Path) -> None:
+def test_passphrase_key_without_agent(
+    tmp_path: Path, testbed_hosts: list[Host], locked_key: Path
+) -> None:
     host = testbed_hosts[0]
     start = time.monotonic()
     root, result = run_h1(tmp_path, host, **direct(host, ssh_key=str(locked_key)))
-    assert_bad_input(root, result, f"The key {locked_key} needs a passphrase",
-                     "no ssh-agent is running", f"ssh-add {locked_key}")
+    assert_bad_input(
+        root,
+        result,
+        f"The key {locked_key} needs a passphrase",
+        "no ssh-agent is running",
+        f"ssh-add {locked_key}",
+    )
     assert time.monotonic() - start < 10  # no prompt, no hang
 
 
-def test_ssh_agent_holds_the_passphrase_key(tmp_path: Path, testbed_hosts: list[Host],
-                                            locked_key: Path) -> None:
+def test_ssh_agent_holds_the_passphrase_key(
+    tmp_path: Path, testbed_hosts: list[Host], locked_key: Path
+) -> None:
     socket = tmp_path / "agent.sock"
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    agent = subprocess.Popen(
+        ["ssh-agent", "-D", "-a", str(socket)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 10
         while not socket.exists():
@@ -138,18 +154,38 @@ def test_ssh_agent_holds_the_passphrase_key(tmp_path: Path, testbed_hosts: list[
         askpass.write_text(f"#!/bin/sh\necho '{PASSPHRASE}'\n")
         askpass.chmod(askpass.stat().st_mode | stat.S_IXUSR)
         added = subprocess.run(
-            ["ssh-add", str(locked_key)], capture_output=True, text=True, timeout=20,
+            ["ssh-add", str(locked_key)],
+            capture_output=True,
+            text=True,
+            timeout=20,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "SSH_AUTH_SOCK": str(socket), "SSH_ASKPASS": str(askpass),
-                 "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"})
+            env={
+                **os.environ,
+                "SSH_AUTH_SOCK": str(socket),
+                "SSH_ASKPASS": str(askpass),
+                "SSH_ASKPASS_REQUIRE": "force",
+                "DISPLAY": ":0",
+            },
+        )
         assert added.returncode == 0, added.stderr
         # Both the asyncssh connection and rsync's ssh use the agent.
         hosts = testbed_hosts[:2]
-        remotes = {f"h{i + 1}": {**remote(h), **direct(h, ssh_key=str(locked_key))}
-                   for i, h in enumerate(hosts)}
+        remotes = {
+            f"h{i + 1}": {**remote(h), **direct(h, ssh_key=str(locked_key))}
+            for i, h in enumerate(hosts)
+        }
         root = make_project(tmp_path / "proj", hosts, n=4, remotes=remotes)
-        result = hsm("run", "sweep.yaml", "--source", "h1", "--source", "h2", "--json",
-                     cwd=root, extra_env={"SSH_AUTH_SOCK": str(socket)})
+        result = hsm(
+            "run",
+            "sweep.yaml",
+            "--source",
+            "h1",
+            "--source",
+            "h2",
+            "--json",
+            cwd=root,
+            extra_env={"SSH_AUTH_SOCK": str(socket)},
+        )
         assert result.returncode == 0, result
         assert result.json()["counts"]["completed"] == 4
     finally:
@@ -159,15 +195,18 @@ def test_ssh_agent_holds_the_passphrase_key(tmp_path: Path, testbed_hosts: list[
 
 def test_missing_python(tmp_path: Path, testbed_hosts: list[Host]) -> None:
     root, result = run_h1(tmp_path, testbed_hosts[0], python="python3.99")
-    assert_bad_input(root, result, "python 'python3.99' is not found",
-                     "distributed.remotes.h1.python")
+    assert_bad_input(
+        root, result, "python 'python3.99' is not found", "distributed.remotes.h1.python"
+    )
 
 
 def test_python_from_setup_lines_is_found(tmp_path: Path, testbed_hosts: list[Host]) -> None:
     host = testbed_hosts[0]
     bindir = f"{host.work_dir}/bin"
-    setup = [f"mkdir -p {bindir} && ln -sf /usr/bin/python3 {bindir}/mypython",
-             f"export PATH={bindir}:$PATH"]
+    setup = [
+        f"mkdir -p {bindir} && ln -sf /usr/bin/python3 {bindir}/mypython",
+        f"export PATH={bindir}:$PATH",
+    ]
     root, result = run_h1(tmp_path, host, python="mypython", setup=setup)
     assert result.returncode == 0, result
 
@@ -175,8 +214,11 @@ def test_python_from_setup_lines_is_found(tmp_path: Path, testbed_hosts: list[Ho
 def test_missing_script_on_the_host(tmp_path: Path, testbed_hosts: list[Host]) -> None:
     root, result = run_h1(tmp_path, testbed_hosts[0], exclude=["task.py"])
     assert result.returncode == 2, result
-    assert re.search(r"the script 'task.py' is not in /srv/hsm/root/proj/sweeps/[^/]+/h1/code "
-                     "after the code push", result.stderr), result
+    assert re.search(
+        r"the script 'task.py' is not in /srv/hsm/root/proj/sweeps/[^/]+/h1/code "
+        "after the code push",
+        result.stderr,
+    ), result
     assert "exclude" in result.stderr
 
 

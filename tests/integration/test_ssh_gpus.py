@@ -30,26 +30,39 @@ esac
 @pytest.fixture
 def gpu_host(testbed_hosts: list[Host]) -> Iterator[Host]:
     host = testbed_hosts[2]
-    host.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=755", "fake-gpu", "/usr/local/sbin"],
-             check=True)
+    host.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=755", "fake-gpu", "/usr/local/sbin"],
+        check=True,
+    )
     try:
-        host.run(["sh", "-c", "cat > /usr/local/sbin/nvidia-smi && "
-                  "chmod 755 /usr/local/sbin/nvidia-smi"], input=NVIDIA_SMI, check=True)
+        host.run(
+            [
+                "sh",
+                "-c",
+                "cat > /usr/local/sbin/nvidia-smi && chmod 755 /usr/local/sbin/nvidia-smi",
+            ],
+            input=NVIDIA_SMI,
+            check=True,
+        )
         yield host
     finally:
         host.run(["umount", "/usr/local/sbin"], check=True)
 
 
-def test_gpu_slots_and_visible_devices(tmp_path: Path, testbed_hosts: list[Host],
-                                       gpu_host: Host) -> None:
+def test_gpu_slots_and_visible_devices(
+    tmp_path: Path, testbed_hosts: list[Host], gpu_host: Host
+) -> None:
     other = testbed_hosts[1]
-    remotes = {"gpu": remote(gpu_host, gpus="all", max_parallel_jobs=8),
-               "pair": remote(other, gpus=[5, 7], max_parallel_jobs=8)}
-    sweep = ("script: task.py\nsweep:\n  grid:\n    i: [1, 2, 3, 4, 5, 6, 7, 8]\n"
-             "defaults: {sleep: 0.6}\nresources: {gpus: 2}\n")
+    remotes = {
+        "gpu": remote(gpu_host, gpus="all", max_parallel_jobs=8),
+        "pair": remote(other, gpus=[5, 7], max_parallel_jobs=8),
+    }
+    sweep = (
+        "script: task.py\nsweep:\n  grid:\n    i: [1, 2, 3, 4, 5, 6, 7, 8]\n"
+        "defaults: {sleep: 0.6}\nresources: {gpus: 2}\n"
+    )
     root = make_project(tmp_path / "proj", [gpu_host, other], remotes=remotes, sweep=sweep)
-    result = hsm("run", "sweep.yaml", "--source", "gpu", "--source", "pair", "--json",
-                 cwd=root)
+    result = hsm("run", "sweep.yaml", "--source", "gpu", "--source", "pair", "--json", cwd=root)
     assert result.returncode == 0, result
     data = result.json()
     allowed = {"gpu": {"0,1", "2,3"}, "pair": {"5,7"}}
@@ -61,7 +74,8 @@ def test_gpu_slots_and_visible_devices(tmp_path: Path, testbed_hosts: list[Host]
         assert f"CUDA_VISIBLE_DEVICES={devices}" in (folder / "task_info.txt").read_text()
         status = json.loads((folder / "status.json").read_text())
         spans.setdefault((task["source"], devices), []).append(
-            (status["started"], status["finished"]))
+            (status["started"], status["finished"])
+        )
     assert {s for s, _ in spans} == {"gpu", "pair"}
     assert len({d for s, d in spans if s == "gpu"}) == 2  # both pairs of the 4 GPUs used
     for key, runs in spans.items():  # one task at a time on each group of GPUs
@@ -70,11 +84,9 @@ def test_gpu_slots_and_visible_devices(tmp_path: Path, testbed_hosts: list[Host]
             assert start >= end, (key, runs)
 
 
-def test_gpus_all_without_nvidia_smi_is_an_error(tmp_path: Path,
-                                                 testbed_hosts: list[Host]) -> None:
+def test_gpus_all_without_nvidia_smi_is_an_error(tmp_path: Path, testbed_hosts: list[Host]) -> None:
     host = testbed_hosts[0]
-    root = make_project(tmp_path / "proj", [host], n=1,
-                        remotes={"h1": remote(host, gpus="all")})
+    root = make_project(tmp_path / "proj", [host], n=1, remotes={"h1": remote(host, gpus="all")})
     result = hsm("run", "sweep.yaml", "--source", "h1", cwd=root)
     assert result.returncode == 2, result
     assert "gpus: all, but nvidia-smi fails" in result.stderr

@@ -24,8 +24,7 @@ from tests.testbed import Host
 pytestmark = [pytest.mark.root, pytest.mark.testbed]
 
 
-def test_sweep_on_one_host_pulls_every_result(tmp_path: Path,
-                                              testbed_hosts: list[Host]) -> None:
+def test_sweep_on_one_host_pulls_every_result(tmp_path: Path, testbed_hosts: list[Host]) -> None:
     host = testbed_hosts[0]
     root = make_project(tmp_path / "proj", [host], n=4)
     result = hsm("run", "sweep.yaml", "--source", "h1", "--json", cwd=root)
@@ -54,14 +53,27 @@ def test_sweep_on_one_host_pulls_every_result(tmp_path: Path,
     assert list(sweeps.iterdir()) == []
 
 
-def test_sweep_on_three_hosts_runs_setup_lines_first(tmp_path: Path,
-                                                     testbed_hosts: list[Host]) -> None:
-    setup = ["export SETUP_GREETING='hello from setup'",
-             f"touch {REMOTE_ROOT}/setup-ran-$HSM_TASK_NUMBER"]
+def test_sweep_on_three_hosts_runs_setup_lines_first(
+    tmp_path: Path, testbed_hosts: list[Host]
+) -> None:
+    setup = [
+        "export SETUP_GREETING='hello from setup'",
+        f"touch {REMOTE_ROOT}/setup-ran-$HSM_TASK_NUMBER",
+    ]
     remotes = {f"h{i + 1}": remote(h, setup=setup) for i, h in enumerate(testbed_hosts)}
     root = make_project(tmp_path / "proj", testbed_hosts, n=12, sleep=0.3, remotes=remotes)
-    result = hsm("run", "sweep.yaml", "--source", "h1", "--source", "h2", "--source", "h3",
-                 "--json", cwd=root)
+    result = hsm(
+        "run",
+        "sweep.yaml",
+        "--source",
+        "h1",
+        "--source",
+        "h2",
+        "--source",
+        "h3",
+        "--json",
+        cwd=root,
+    )
     assert result.returncode == 0, result
     data = result.json()
     assert data["counts"]["completed"] == 12
@@ -79,23 +91,21 @@ def test_sweep_on_three_hosts_runs_setup_lines_first(tmp_path: Path,
         assert remote_path(host, f"{REMOTE_ROOT}/setup-ran-{task['number']}").exists()
 
 
-def test_keep_remote_keeps_the_task_folders(tmp_path: Path,
-                                            testbed_hosts: list[Host]) -> None:
+def test_keep_remote_keeps_the_task_folders(tmp_path: Path, testbed_hosts: list[Host]) -> None:
     host = testbed_hosts[1]
-    root = make_project(tmp_path / "proj", [host], n=2,
-                        remotes={"h2": remote(host, keep_remote=True)})
+    root = make_project(
+        tmp_path / "proj", [host], n=2, remotes={"h2": remote(host, keep_remote=True)}
+    )
     result = hsm("run", "sweep.yaml", "--source", "h2", "--json", cwd=root)
     assert result.returncode == 0, result
     sweep_id = result.json()["sweep_id"]
     kept = remote_path(host, f"{REMOTE_ROOT}/proj/sweeps/{sweep_id}/h2")
-    assert sorted(p.name for p in kept.iterdir()) == ["code", "code.done", "task_0001",
-                                                      "task_0002"]
+    assert sorted(p.name for p in kept.iterdir()) == ["code", "code.done", "task_0001", "task_0002"]
     assert (kept / "code" / "task.py").is_file()
     assert "Status: COMPLETED" in (kept / "task_0001" / "task_info.txt").read_text()
 
 
-def test_failed_sweep_keeps_the_remote_folder(tmp_path: Path,
-                                              testbed_hosts: list[Host]) -> None:
+def test_failed_sweep_keeps_the_remote_folder(tmp_path: Path, testbed_hosts: list[Host]) -> None:
     host = testbed_hosts[2]
     root = make_project(tmp_path / "proj", [host], n=2, defaults={"exit": 3})
     result = hsm("run", "sweep.yaml", "--source", "h1", "--json", cwd=root)
@@ -109,50 +119,75 @@ def test_failed_sweep_keeps_the_remote_folder(tmp_path: Path,
     assert (folder / "task_0001" / "status.json").is_file()
 
 
-def test_code_push_honours_gitignore_and_exclude(tmp_path: Path,
-                                                 testbed_hosts: list[Host]) -> None:
+def test_code_push_honours_gitignore_and_exclude(tmp_path: Path, testbed_hosts: list[Host]) -> None:
     host = testbed_hosts[0]
     remotes = {"h1": remote(host, exclude=["secrets.txt", "/big/"], keep_remote=True)}
     root = make_project(tmp_path / "proj", [host], n=1, remotes=remotes)
     (root / ".gitignore").write_text("data/\n*.ckpt\n")
-    for rel in ("data/train.csv", "model.ckpt", "secrets.txt", "big/blob", "lib/util.py",
-                "lib/data/keep.txt", "lib/sub/w.ckpt", "unchanged.txt", "changed.txt",
-                ".git/HEAD"):
+    for rel in (
+        "data/train.csv",
+        "model.ckpt",
+        "secrets.txt",
+        "big/blob",
+        "lib/util.py",
+        "lib/data/keep.txt",
+        "lib/sub/w.ckpt",
+        "unchanged.txt",
+        "changed.txt",
+        ".git/HEAD",
+    ):
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"{rel}\n")
+
     def snapshot(sweep_id: str) -> Path:
         return remote_path(host, f"{REMOTE_ROOT}/proj/sweeps/{sweep_id}/h1/code")
 
     assert hsm("run", "sweep.yaml", "--source", "h1", "--name", "a", cwd=root).returncode == 0
     code = snapshot("a")
     present = {str(p.relative_to(code)) for p in code.rglob("*") if p.is_file()}
-    assert {"task.py", "sweep.yaml", "hsm_config.yaml", "lib/util.py", "unchanged.txt",
-            "changed.txt", ".gitignore"} <= present
-    for absent in ("model.ckpt", "secrets.txt", "big/blob", "lib/sub/w.ckpt", ".git/HEAD",
-                   "lib/data/keep.txt", "data/train.csv"):
+    assert {
+        "task.py",
+        "sweep.yaml",
+        "hsm_config.yaml",
+        "lib/util.py",
+        "unchanged.txt",
+        "changed.txt",
+        ".gitignore",
+    } <= present
+    for absent in (
+        "model.ckpt",
+        "secrets.txt",
+        "big/blob",
+        "lib/sub/w.ckpt",
+        ".git/HEAD",
+        "lib/data/keep.txt",
+        "data/train.csv",
+    ):
         assert absent not in present, absent
     assert not any(p.startswith((".hsm/", "runs/")) for p in present)
 
     # The next sweep's snapshot hard-links what did not change to the previous one.
     (root / "changed.txt").write_text("new content\n")
     assert hsm("run", "sweep.yaml", "--source", "h1", "--name", "b", cwd=root).returncode == 0
-    assert os.stat(snapshot("b") / "unchanged.txt").st_ino == \
-        os.stat(code / "unchanged.txt").st_ino
+    assert os.stat(snapshot("b") / "unchanged.txt").st_ino == os.stat(code / "unchanged.txt").st_ino
     assert (snapshot("b") / "changed.txt").read_text() == "new content\n"
     assert (code / "changed.txt").read_text() == "changed.txt\n"  # a's own code is untouched
 
 
 def test_a_slot_takes_its_next_task_while_the_last_results_are_pulled(
-        tmp_path: Path, testbed_hosts: list[Host]) -> None:
+    tmp_path: Path, testbed_hosts: list[Host]
+) -> None:
     # One slot, two tasks with big results: the second task starts as soon as the first one
     # ends, not after its 20 MB have come back and been recorded.
     host = testbed_hosts[0]
     big = 'head -c 20000000 /dev/zero >"$HSM_TASK_DIR/big.bin"'
-    sweep = yaml.safe_dump({"command": ["bash", "-c", big, "task"],
-                            "sweep": {"grid": {"i": [1, 2]}}})
-    root = make_project(tmp_path / "proj", [host], sweep=sweep,
-                        remotes={"h1": remote(host, max_parallel_jobs=1)})
+    sweep = yaml.safe_dump(
+        {"command": ["bash", "-c", big, "task"], "sweep": {"grid": {"i": [1, 2]}}}
+    )
+    root = make_project(
+        tmp_path / "proj", [host], sweep=sweep, remotes={"h1": remote(host, max_parallel_jobs=1)}
+    )
     result = hsm("run", "sweep.yaml", "--source", "h1", "--json", cwd=root)
     assert result.returncode == 0, result
     data = result.json()
@@ -162,5 +197,6 @@ def test_a_slot_takes_its_next_task_while_the_last_results_are_pulled(
     second_started = json.loads((folders[2] / "status.json").read_text())["started"]
     with sqlite3.connect(root / ".hsm" / "hsm.db") as conn:
         (first_recorded,) = conn.execute(
-            "SELECT finished FROM attempts WHERE number = 1").fetchone()
+            "SELECT finished FROM attempts WHERE number = 1"
+        ).fetchone()
     assert second_started < first_recorded

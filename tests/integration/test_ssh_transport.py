@@ -18,8 +18,7 @@ pytestmark = [pytest.mark.root, pytest.mark.testbed]
 
 
 def target(host: Host, **kwargs: object) -> SshTarget:
-    return SshTarget(source="t", host=host.name, ssh_config=str(host.ssh_config_path),
-                     **kwargs)  # type: ignore[arg-type]
+    return SshTarget(source="t", host=host.name, ssh_config=str(host.ssh_config_path), **kwargs)  # type: ignore[arg-type]
 
 
 def test_one_connection_and_bounded_channels(testbed_hosts: list[Host]) -> None:
@@ -30,13 +29,17 @@ def test_one_connection_and_bounded_channels(testbed_hosts: list[Host]) -> None:
         try:
             start = time.monotonic()
             # Each command records how many of them run at that moment.
-            script = ("mkdir -p /srv/hsm/inflight; : > /srv/hsm/inflight/$1; sleep 0.3; "
-                      "ls /srv/hsm/inflight | wc -l; rm /srv/hsm/inflight/$1")
-            results = await asyncio.gather(*(
-                transport.run_script(script, [str(i)], name="t") for i in range(15)))
+            script = (
+                "mkdir -p /srv/hsm/inflight; : > /srv/hsm/inflight/$1; sleep 0.3; "
+                "ls /srv/hsm/inflight | wc -l; rm /srv/hsm/inflight/$1"
+            )
+            results = await asyncio.gather(
+                *(transport.run_script(script, [str(i)], name="t") for i in range(15))
+            )
             elapsed = time.monotonic() - start
-            peers = (await transport.run("ss -tnH state established '( sport = :22 )' | wc -l")
-                     ).stdout
+            peers = (
+                await transport.run("ss -tnH state established '( sport = :22 )' | wc -l")
+            ).stdout
         finally:
             await transport.close()
         return [r.stdout.strip() for r in results], elapsed, int(peers)
@@ -47,17 +50,18 @@ def test_one_connection_and_bounded_channels(testbed_hosts: list[Host]) -> None:
     assert connections == 1  # every command went over the same connection
 
 
-def test_refused_channel_opens_are_retried(testbed_hosts: list[Host],
-                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_refused_channel_opens_are_retried(
+    testbed_hosts: list[Host], caplog: pytest.LogCaptureFixture
+) -> None:
     host = testbed_hosts[1]
 
     async def scenario() -> list[str]:
         # Beyond sshd's MaxSessions (10): some opens are refused and must be retried.
         transport = SshTransport(target(host), max_channels=40)
         try:
-            results = await asyncio.gather(*(
-                transport.run_script("sleep 0.5; echo $1", [str(i)], name="t")
-                for i in range(30)))
+            results = await asyncio.gather(
+                *(transport.run_script("sleep 0.5; echo $1", [str(i)], name="t") for i in range(30))
+            )
         finally:
             await transport.close()
         return [r.stdout.strip() for r in results]
@@ -88,14 +92,14 @@ def test_keepalive_notices_a_dead_link_within_five_seconds(testbed_hosts: list[H
     assert asyncio.run(scenario()) <= 5.0
 
 
-def test_probe_reads_disk_load_cores_memory_in_one_round_trip(
-        testbed_hosts: list[Host]) -> None:
+def test_probe_reads_disk_load_cores_memory_in_one_round_trip(testbed_hosts: list[Host]) -> None:
     host = testbed_hosts[0]
     host.set_load(1.5, cores=host.nproc)
     host.set_memory_percent(70)
     transport = SshTransport(target(host))
-    source = SshSource("h1", transport=transport, slots=1, remote_root="/srv/hsm/root",
-                       python="python3", setup=[])
+    source = SshSource(
+        "h1", transport=transport, slots=1, remote_root="/srv/hsm/root", python="python3", setup=[]
+    )
     calls = []
     run = transport.run
 
@@ -126,8 +130,14 @@ def test_probe_reads_disk_load_cores_memory_in_one_round_trip(
 def test_probe_of_an_unreachable_host(testbed_hosts: list[Host]) -> None:
     host = testbed_hosts[1]
     host.kill_sshd()
-    source = SshSource("h2", transport=SshTransport(target(host)), slots=1,
-                       remote_root="/srv/hsm/root", python="python3", setup=[])
+    source = SshSource(
+        "h2",
+        transport=SshTransport(target(host)),
+        slots=1,
+        remote_root="/srv/hsm/root",
+        python="python3",
+        setup=[],
+    )
 
     async def scenario() -> object:
         try:

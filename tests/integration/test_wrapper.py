@@ -238,8 +238,11 @@ def check_info(text: str, task: Task, status_line: str, exit_code: int | None) -
 
 
 def test_completed(task: Task, runner: Runner) -> None:
-    task.write(py("print('hello'); import sys; print('oops', file=sys.stderr)"), guard=WATCHING,
-               nonce="c0ffee" * 5)
+    task.write(
+        py("print('hello'); import sys; print('oops', file=sys.stderr)"),
+        guard=WATCHING,
+        nonce="c0ffee" * 5,
+    )
     status = runner.run(task.dir)
     assert status.status is WrapperState.COMPLETED
     assert status.cause is Cause.COMPLETED

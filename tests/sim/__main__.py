@@ -1,7 +1,7 @@
 """python -m tests.sim: run schedules, or replay one seed with the engine's log.
 
-    python -m tests.sim --seed 178 -v          replay one schedule, log on virtual time
-    python -m tests.sim --schedules 1000000    a long run; prints schedules per second
+python -m tests.sim --seed 178 -v          replay one schedule, log on virtual time
+python -m tests.sim --schedules 1000000    a long run; prints schedules per second
 """
 
 from __future__ import annotations
@@ -20,14 +20,20 @@ class _VirtualTime(logging.Formatter):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.sim", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.sim",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--seed", type=int, help="replay this seed")
     parser.add_argument("--schedules", type=int, default=1000)
     parser.add_argument("--start", type=int, default=0, help="first seed of a run")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--all-faults", action="store_true",
-                        help="also the fault kinds today's engine is known to fail")
+    parser.add_argument(
+        "--all-faults",
+        action="store_true",
+        help="also the fault kinds today's engine is known to fail",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="the engine's log")
     args = parser.parse_args(argv)
     exclude = () if args.all_faults else KNOWN_FAILING_FAULTS

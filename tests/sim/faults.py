@@ -8,25 +8,35 @@ from dataclasses import dataclass, field, replace
 
 # Every fault kind a schedule can mix.
 FAULT_KINDS = (
-    "launch_late",        # the host acknowledges a launch late (param: extra seconds)
-    "launch_lost",        # a launch request never reaches the host
-    "launch_refused",     # the host refuses a launch (nothing starts)
-    "launch_partial",     # a batch launch fails after its first request started
-    "freeze",             # SIGSTOP of the whole host, then SIGCONT (param: seconds)
-    "link",               # the connection is cut, then restored (param: seconds)
-    "sshd",               # sshd restarted: connections drop (param: seconds)
-    "kill",               # the controller is SIGKILLed at its Nth commit (param: N), resumed
-    "interrupt",          # Ctrl-C, then resume
-    "torn_status",        # a status file read half-written
+    "launch_late",  # the host acknowledges a launch late (param: extra seconds)
+    "launch_lost",  # a launch request never reaches the host
+    "launch_refused",  # the host refuses a launch (nothing starts)
+    "launch_partial",  # a batch launch fails after its first request started
+    "freeze",  # SIGSTOP of the whole host, then SIGCONT (param: seconds)
+    "link",  # the connection is cut, then restored (param: seconds)
+    "sshd",  # sshd restarted: connections drop (param: seconds)
+    "kill",  # the controller is SIGKILLed at its Nth commit (param: N), resumed
+    "interrupt",  # Ctrl-C, then resume
+    "torn_status",  # a status file read half-written
     "end_during_cancel",  # a task ends while it is being cancelled
-    "enospc",             # the local disk fills during a copy of results
-    "fewer_slots",        # the next resume has one slot less on every source
-    "host_fails_task",    # the script fails on one host for one task (param: task)
-    "bad_task",           # the script fails everywhere for one task (param: task)
+    "enospc",  # the local disk fills during a copy of results
+    "fewer_slots",  # the next resume has one slot less on every source
+    "host_fails_task",  # the script fails on one host for one task (param: task)
+    "bad_task",  # the script fails everywhere for one task (param: task)
 )
-HOST_FAULTS = {"launch_late", "launch_lost", "launch_refused", "launch_partial", "freeze",
-               "link", "sshd", "torn_status", "end_during_cancel", "enospc",
-               "host_fails_task"}
+HOST_FAULTS = {
+    "launch_late",
+    "launch_lost",
+    "launch_refused",
+    "launch_partial",
+    "freeze",
+    "link",
+    "sshd",
+    "torn_status",
+    "end_during_cancel",
+    "enospc",
+    "host_fails_task",
+}
 
 
 @dataclass(frozen=True)
@@ -51,13 +61,15 @@ class Schedule:
     note: str = field(default="", compare=False)
 
     def without(self, index: int) -> Schedule:
-        return replace(self, faults=self.faults[:index] + self.faults[index + 1:])
+        return replace(self, faults=self.faults[:index] + self.faults[index + 1 :])
 
     def code(self) -> str:
         faults = "".join(f"\n        {f.code()}," for f in self.faults)
-        return (f"Schedule(seed={self.seed}, tasks={self.tasks}, hosts={self.hosts!r},"
-                f" durations={self.durations!r}, max_retries={self.max_retries},\n"
-                f"    faults=({faults}\n    ))")
+        return (
+            f"Schedule(seed={self.seed}, tasks={self.tasks}, hosts={self.hosts!r},"
+            f" durations={self.durations!r}, max_retries={self.max_retries},\n"
+            f"    faults=({faults}\n    ))"
+        )
 
 
 def generate(seed: int, *, exclude: Iterable[str] = ()) -> Schedule:
@@ -77,8 +89,7 @@ def generate(seed: int, *, exclude: Iterable[str] = ()) -> Schedule:
         t = round(rng.uniform(0.0, 8.0), 2)
         param = 0.0
         if kind in ("freeze", "link", "sshd"):
-            param = round(rng.uniform(0.5, 2.0) if kind == "sshd" else rng.uniform(1.0, 25.0),
-                          2)
+            param = round(rng.uniform(0.5, 2.0) if kind == "sshd" else rng.uniform(1.0, 25.0), 2)
             if any(a < t + param + 1.0 and t < b + 1.0 for a, b in busy[host]):
                 continue  # one outage at a time per host
             busy[host].append((t, t + param))

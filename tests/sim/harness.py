@@ -49,8 +49,9 @@ MAX_CONTROLLERS = 8  # runs of one schedule (kills, interrupts, aborts, then res
 RESTART_DELAY = 2.0  # virtual seconds between a controller's death and its resume
 AFTERMATH = 120.0  # the hosts run on this long after the sweep ended
 HEALTH_INTERVAL = 5.0
-GUARD = GuardSettings(project_min_free=0, task_min_free=0, check_interval=5, warn_below=0,
-                      kill_below=0)
+GUARD = GuardSettings(
+    project_min_free=0, task_min_free=0, check_interval=5, warn_below=0, kill_below=0
+)
 
 
 def _tmp_root() -> Path:
@@ -149,10 +150,17 @@ def _run(schedule: Schedule, world: World, root: Path, errors: _Errors) -> Resul
     sweep_dir.mkdir()
     names = [name for name, _ in schedule.hosts]
     store = SimStore.open(db)
-    store.create_sweep(sweep_id=SWEEP, spec_path=str(root / "sweep.yaml"), spec={},
-                       sweep_dir=str(sweep_dir), project_root=str(root), sources=names,
-                       parallel=None, command_line="hsm run sweep.yaml",
-                       params=({"x": n} for n in range(1, schedule.tasks + 1)))
+    store.create_sweep(
+        sweep_id=SWEEP,
+        spec_path=str(root / "sweep.yaml"),
+        spec={},
+        sweep_dir=str(sweep_dir),
+        project_root=str(root),
+        sources=names,
+        parallel=None,
+        command_line="hsm run sweep.yaml",
+        params=({"x": n} for n in range(1, schedule.tasks + 1)),
+    )
     kills: list[int] = []
     fewer = 0
     engine: list[Engine] = []
@@ -169,9 +177,15 @@ def _run(schedule: Schedule, world: World, root: Path, errors: _Errors) -> Resul
             world.bad_tasks.add(int(f.param))
         elif f.host and f.kind not in ("freeze", "link", "sshd"):
             world.hosts[f.host].once.append((f.t, f.kind, f.param))
-    ctx = SweepContext(sweep_id=SWEEP, sweep_dir=str(sweep_dir), project_root=str(root),
-                       project_name="sim", guard=GUARD, wandb_group=SWEEP,
-                       argv_for=lambda params, task_dir, python: [python, "train.py"])
+    ctx = SweepContext(
+        sweep_id=SWEEP,
+        sweep_dir=str(sweep_dir),
+        project_root=str(root),
+        project_name="sim",
+        guard=GUARD,
+        wandb_group=SWEEP,
+        argv_for=lambda params, task_dir, python: [python, "train.py"],
+    )
     options = EngineOptions(max_retries=schedule.max_retries, health_interval=HEALTH_INTERVAL)
     last: RunOutcome | None = None
     for generation in range(1, MAX_CONTROLLERS + 1):
@@ -179,11 +193,11 @@ def _run(schedule: Schedule, world: World, root: Path, errors: _Errors) -> Resul
         if generation > 1:
             store = SimStore.open(db)
             _resume(store, names, aborted=last is not None and last.state is SweepState.ABORTED)
-        slots = {name: max(1, n - (fewer if generation > 1 else 0))
-                 for name, n in schedule.hosts}
+        slots = {name: max(1, n - (fewer if generation > 1 else 0)) for name, n in schedule.hosts}
         sources: dict[str, Source] = {
             name: SimSource(world, world.hosts[name], slots=slots[name], generation=generation)
-            for name in names}
+            for name in names
+        }
         world.sources = dict(sources)  # type: ignore[arg-type]
         loop = VirtualLoop(world)
         store.commits = 0
@@ -226,8 +240,9 @@ def _run(schedule: Schedule, world: World, root: Path, errors: _Errors) -> Resul
         result.outcomes.append(outcome)
         last = outcome
         if outcome.state is SweepState.CANCELLED or (
-                outcome.state is SweepState.ABORTED
-                and (outcome.message or "").startswith("no usable source")):
+            outcome.state is SweepState.ABORTED
+            and (outcome.message or "").startswith("no usable source")
+        ):
             continue  # the user resumes it
         break
     world.sources = {}

@@ -20,8 +20,12 @@ SWEEP = "sim"
 STOP_MARGIN = 5.0  # a superseded attempt on a host that is back is stopped within this
 USABLE_FOR = 7.0  # a source answering this long (a health interval, 2 s more) is usable
 TASK_LEVEL = {c.value for c in TASK_LEVEL_CAUSES}
-EXIT_CODES = {SweepState.COMPLETED: 0, SweepState.FAILED: 1, SweepState.ABORTED: 3,
-              SweepState.CANCELLED: 130}
+EXIT_CODES = {
+    SweepState.COMPLETED: 0,
+    SweepState.FAILED: 1,
+    SweepState.ABORTED: 3,
+    SweepState.CANCELLED: 130,
+}
 RATE = re.compile(r"high failure rate: (\d+)/(\d+)")
 
 
@@ -43,8 +47,9 @@ def check(world: World, store: Store, sweep_dir: Path, outcomes: list[RunOutcome
 
     for t in tasks:
         waits = t.status is TaskStatus.PENDING or (
-            t.status is TaskStatus.RUNNING and all(
-                unconfirmed(a) for a in by_task[t.number] if a.state in ACTIVE_ATTEMPT))
+            t.status is TaskStatus.RUNNING
+            and all(unconfirmed(a) for a in by_task[t.number] if a.state in ACTIVE_ATTEMPT)
+        )
         if t.status not in TERMINAL_TASK and not (aborted and waits):
             v.append(f"task {t.number} did not end: it is {t.status.value}")
     for a in rows:
@@ -55,15 +60,18 @@ def check(world: World, store: Store, sweep_dir: Path, outcomes: list[RunOutcome
     for t in tasks:
         done = [a for a in by_task[t.number] if a.state is AttemptState.COMPLETED]
         if len(done) > 1:
-            v.append(f"task {t.number} completed {len(done)} times: "
-                     + ", ".join(f"{a.attempt} on {a.source}" for a in done))
+            v.append(
+                f"task {t.number} completed {len(done)} times: "
+                + ", ".join(f"{a.attempt} on {a.source}" for a in done)
+            )
         if t.status is TaskStatus.COMPLETED and len(done) == 1:
             v.extend(_files_match(sweep_dir, done[0]))
         elif t.status is TaskStatus.COMPLETED:
             v.append(f"task {t.number} is completed, with no completed attempt")
         elif done:
-            v.append(f"task {t.number} is {t.status.value} although attempt"
-                     f" {done[0].attempt} completed")
+            v.append(
+                f"task {t.number} is {t.status.value} although attempt {done[0].attempt} completed"
+            )
 
     # No attempt is forgotten; no attempt number runs twice.
     runs: dict[tuple[int, int], list[str]] = defaultdict(list)
@@ -73,8 +81,9 @@ def check(world: World, store: Store, sweep_dir: Path, outcomes: list[RunOutcome
             v.append(f"attempt {e.number}.{e.attempt} ran on {e.host} and has no record")
     for (number, attempt), hosts in runs.items():
         if len(hosts) > 1:
-            v.append(f"attempt {number}.{attempt} was started {len(hosts)} times"
-                     f" ({', '.join(hosts)})")
+            v.append(
+                f"attempt {number}.{attempt} was started {len(hosts)} times ({', '.join(hosts)})"
+            )
 
     # No verdict "lost" against an attempt that ran on a host that answered.
     for a in rows:
@@ -82,12 +91,21 @@ def check(world: World, store: Store, sweep_dir: Path, outcomes: list[RunOutcome
             continue
         t_lost = a.finished - EPOCH
         host = world.hosts.get(a.source)
-        ran = [e for e in world.executions if (e.number, e.attempt, e.host) ==
-               (a.number, a.attempt, a.source) and e.received <= t_lost]
-        if host is not None and ran and not host.unreachable_through(
-                t_lost - LOST_AFTER + 0.01, t_lost):
-            v.append(f"attempt {a.number}.{a.attempt} on {a.source} was recorded lost at"
-                     f" t={t_lost:.2f} while it ran there and the host answered")
+        ran = [
+            e
+            for e in world.executions
+            if (e.number, e.attempt, e.host) == (a.number, a.attempt, a.source)
+            and e.received <= t_lost
+        ]
+        if (
+            host is not None
+            and ran
+            and not host.unreachable_through(t_lost - LOST_AFTER + 0.01, t_lost)
+        ):
+            v.append(
+                f"attempt {a.number}.{a.attempt} on {a.source} was recorded lost at"
+                f" t={t_lost:.2f} while it ran there and the host answered"
+            )
 
     # No two attempts of a task ran at once, unless the first one's host was silent.
     by_number = defaultdict(list)
@@ -96,16 +114,20 @@ def check(world: World, store: Store, sweep_dir: Path, outcomes: list[RunOutcome
     for number, execs in by_number.items():
         execs.sort(key=lambda e: (e.attempt, e.received))
         for i, a in enumerate(execs):
-            for b in execs[i + 1:]:
+            for b in execs[i + 1 :]:
                 start = max(a.received, b.received)
-                end = min(a.ended if a.ended is not None else world.now,
-                          b.ended if b.ended is not None else world.now)
+                end = min(
+                    a.ended if a.ended is not None else world.now,
+                    b.ended if b.ended is not None else world.now,
+                )
                 if end <= start:
                     continue
                 if not _excused(world, by_task[number], a, end):
-                    v.append(f"task {number}: attempt {a.attempt} on {a.host} and attempt"
-                             f" {b.attempt} on {b.host} ran at the same time"
-                             f" (t={start:.2f}..{end:.2f})")
+                    v.append(
+                        f"task {number}: attempt {a.attempt} on {a.host} and attempt"
+                        f" {b.attempt} on {b.host} ran at the same time"
+                        f" (t={start:.2f}..{end:.2f})"
+                    )
 
     # Placement never goes back to a source that failed the task while another is usable.
     disabled = _disabled_times(store)
@@ -115,22 +137,35 @@ def check(world: World, store: Store, sweep_dir: Path, outcomes: list[RunOutcome
         for a in sorted(attempts, key=lambda r: r.id):
             t = a.started - EPOCH
             if a.source in failed_on:
-                others = [n for n in names if n not in failed_on
-                          and not world.hosts[n].outage_between(t - USABLE_FOR, t)
-                          and not _disabled_at(disabled.get(n, []), a.started)]
+                others = [
+                    n
+                    for n in names
+                    if n not in failed_on
+                    and not world.hosts[n].outage_between(t - USABLE_FOR, t)
+                    and not _disabled_at(disabled.get(n, []), a.started)
+                ]
                 if others:
-                    v.append(f"task {number}: attempt {a.attempt} went back to {a.source},"
-                             f" which had failed it, while {others[0]} was usable")
+                    v.append(
+                        f"task {number}: attempt {a.attempt} went back to {a.source},"
+                        f" which had failed it, while {others[0]} was usable"
+                    )
             if a.state in (AttemptState.FAILED, AttemptState.LOST):
                 failed_on.add(a.source)
 
     # A task failure is excused only by a task failure on another source.
     for a in rows:
-        if a.counted is False and a.cause in TASK_LEVEL and not any(
-                b.source != a.source and b.state is AttemptState.FAILED
-                and b.cause in TASK_LEVEL for b in by_task[a.number]):
-            v.append(f"attempt {a.number}.{a.attempt} on {a.source} ({a.cause}) was"
-                     f" excused without a task failure elsewhere")
+        if (
+            a.counted is False
+            and a.cause in TASK_LEVEL
+            and not any(
+                b.source != a.source and b.state is AttemptState.FAILED and b.cause in TASK_LEVEL
+                for b in by_task[a.number]
+            )
+        ):
+            v.append(
+                f"attempt {a.number}.{a.attempt} on {a.source} ({a.cause}) was"
+                f" excused without a task failure elsewhere"
+            )
 
     # The failure counts behind a disable message stay on record.
     for ev in store.events(limit=10_000):
@@ -138,8 +173,10 @@ def check(world: World, store: Store, sweep_dir: Path, outcomes: list[RunOutcome
         if m is not None:
             counted = sum(1 for a in rows if a.source == ev.source and a.counted is True)
             if counted < int(m.group(1)):
-                v.append(f"{ev.source} was disabled for {m.group(1)}/{m.group(2)} failures;"
-                         f" the record now counts {counted}")
+                v.append(
+                    f"{ev.source} was disabled for {m.group(1)}/{m.group(2)} failures;"
+                    f" the record now counts {counted}"
+                )
 
     # Lost tasks go first: no new task starts, on a source the lost task may go to, between a
     # loss and its task's next attempt (a retry waits for a source it has not failed on).
@@ -150,13 +187,24 @@ def check(world: World, store: Store, sweep_dir: Path, outcomes: list[RunOutcome
         if not later:
             continue
         t_retry = min(b.started for b in later)
-        failed_on = {b.source for b in by_task[a.number] if b.id <= a.id
-                     and b.state in (AttemptState.FAILED, AttemptState.LOST)}
-        fresh = [b for b in rows if b.attempt == 1 and b.number != a.number
-                 and a.finished < b.started < t_retry and b.source not in failed_on]
+        failed_on = {
+            b.source
+            for b in by_task[a.number]
+            if b.id <= a.id and b.state in (AttemptState.FAILED, AttemptState.LOST)
+        }
+        fresh = [
+            b
+            for b in rows
+            if b.attempt == 1
+            and b.number != a.number
+            and a.finished < b.started < t_retry
+            and b.source not in failed_on
+        ]
         if fresh:
-            v.append(f"task {a.number} was lost at t={a.finished - EPOCH:.2f}, and"
-                     f" {len(fresh)} new task(s) started before its retry")
+            v.append(
+                f"task {a.number} was lost at t={a.finished - EPOCH:.2f}, and"
+                f" {len(fresh)} new task(s) started before its retry"
+            )
 
     # The exit code matches the outcome.
     for o in outcomes:
@@ -183,17 +231,22 @@ def _files_match(sweep_dir: Path, a: AttemptRow) -> list[str]:
         return [f"{where}: no readable status.json in its folder"]
     out = []
     if (status.attempt, status.host, status.status.value) != (a.attempt, a.source, "completed"):
-        out.append(f"{where}: its status.json says attempt {status.attempt} on {status.host},"
-                   f" {status.status.value}")
+        out.append(
+            f"{where}: its status.json says attempt {status.attempt} on {status.host},"
+            f" {status.status.value}"
+        )
     try:
         result = json.loads((folder / "result.json").read_text())
     except (OSError, ValueError):
         return [*out, f"{where}: no readable result.json in its folder"]
     nonce = getattr(a, "nonce", None)
     if (result.get("attempt"), result.get("source")) != (a.attempt, a.source) or (
-            nonce and result.get("nonce") != nonce):
-        out.append(f"{where}: its result.json is attempt {result.get('attempt')}'s on"
-                   f" {result.get('source')}")
+        nonce and result.get("nonce") != nonce
+    ):
+        out.append(
+            f"{where}: its result.json is attempt {result.get('attempt')}'s on"
+            f" {result.get('source')}"
+        )
     return out
 
 

@@ -20,24 +20,32 @@ class Regression:
     failing: str = ""  # why today's engine fails it ("" : it passes)
 
 
-def _two_hosts(faults: tuple[Fault, ...], *, tasks: int = 6,
-               durations: tuple[float, float] = (0.5, 3.0)) -> Schedule:
-    return Schedule(seed=0, tasks=tasks, hosts=(("h1", 1), ("h2", 1)), faults=faults,
-                    durations=durations)
+def _two_hosts(
+    faults: tuple[Fault, ...], *, tasks: int = 6, durations: tuple[float, float] = (0.5, 3.0)
+) -> Schedule:
+    return Schedule(
+        seed=0, tasks=tasks, hosts=(("h1", 1), ("h2", 1)), faults=faults, durations=durations
+    )
 
 
 REGRESSIONS = (
     Regression("superseded attempt overwrites the final result", generate(178, exclude=ALL)),
     Regression("retry placement forgotten on restart", generate(379, exclude=ALL)),
-    Regression("lost 'never started' while it ran (half-written status)",
-               _two_hosts((Fault("torn_status", 11.0, "h1"),), tasks=1, durations=(12, 14))),
-    Regression("launch rows deleted and rerun under the same attempt number",
-               generate(1173, exclude=KNOWN)),
+    Regression(
+        "lost 'never started' while it ran (half-written status)",
+        _two_hosts((Fault("torn_status", 11.0, "h1"),), tasks=1, durations=(12, 14)),
+    ),
+    Regression(
+        "launch rows deleted and rerun under the same attempt number", generate(1173, exclude=KNOWN)
+    ),
     Regression("task failure excused by a machine cause elsewhere", generate(524, exclude=ALL)),
-    Regression("lost tasks at the back of a long queue",
-               _two_hosts((Fault("link", 0.7, "h1", 16.7),))),
+    Regression(
+        "lost tasks at the back of a long queue", _two_hosts((Fault("link", 0.7, "h1", 16.7),))
+    ),
     Regression("partial launch settles the whole batch", generate(1844, exclude=ALL)),
-    Regression("truncated status record", _two_hosts((Fault("torn_status", 1.0, "h1"),
-                                                      Fault("torn_status", 1.5, "h2")))),
+    Regression(
+        "truncated status record",
+        _two_hosts((Fault("torn_status", 1.0, "h1"), Fault("torn_status", 1.5, "h2"))),
+    ),
     Regression("sshd restarted while tasks run", _two_hosts((Fault("sshd", 1.0, "h1", 1.0),))),
 )

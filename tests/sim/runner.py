@@ -16,8 +16,9 @@ from tests.sim.harness import Result, _template_db, run_schedule
 KNOWN_FAILING_FAULTS: tuple[str, ...] = ()
 
 
-def run_seed(seed: int, *, exclude: Iterable[str] = KNOWN_FAILING_FAULTS,
-             verbose: bool = False) -> Result:
+def run_seed(
+    seed: int, *, exclude: Iterable[str] = KNOWN_FAILING_FAULTS, verbose: bool = False
+) -> Result:
     return run_schedule(generate(seed, exclude=exclude), verbose=verbose)
 
 
@@ -33,12 +34,19 @@ def shrink(schedule: Schedule) -> Schedule:
     return schedule
 
 
-def report(result: Result, *, exclude: Sequence[str] = KNOWN_FAILING_FAULTS,
-           shrink_it: bool = True, shrink: bool = True) -> str:
+def report(
+    result: Result,
+    *,
+    exclude: Sequence[str] = KNOWN_FAILING_FAULTS,
+    shrink_it: bool = True,
+    shrink: bool = True,
+) -> str:
     s = result.schedule
     if result.ok:
-        return (f"seed {s.seed}: ok ({len(s.faults)} fault(s), {result.kills} kill(s),"
-                f" outcomes {[o.state.value for o in result.outcomes]})")
+        return (
+            f"seed {s.seed}: ok ({len(s.faults)} fault(s), {result.kills} kill(s),"
+            f" outcomes {[o.state.value for o in result.outcomes]})"
+        )
     minimal = _shrink(s) if (shrink and shrink_it) else s
     flag = " --all-faults" if not exclude else ""
     lines = [f"seed {s.seed} FAILS:"]
@@ -60,8 +68,10 @@ class Summary:
 
     def text(self, exclude: Sequence[str]) -> str:
         rate = self.schedules / self.seconds if self.seconds else 0.0
-        head = (f"{self.schedules} schedules in {self.seconds:.1f} s: {rate:.0f} schedules/s;"
-                f" {len(self.failures)} failed")
+        head = (
+            f"{self.schedules} schedules in {self.seconds:.1f} s: {rate:.0f} schedules/s;"
+            f" {len(self.failures)} failed"
+        )
         if exclude:
             head += f" (fault kinds left out: {', '.join(exclude)})"
         return "\n".join([head, *self.failures[:5]])
@@ -77,8 +87,9 @@ def _chunk(args: tuple[int, int, tuple[str, ...]]) -> list[str]:
     return out
 
 
-def run_many(start: int, count: int, *, workers: int = 2,
-             exclude: Iterable[str] = KNOWN_FAILING_FAULTS) -> Summary:
+def run_many(
+    start: int, count: int, *, workers: int = 2, exclude: Iterable[str] = KNOWN_FAILING_FAULTS
+) -> Summary:
     banned = tuple(exclude)
     _template_db()  # made once here, so that the forked workers share it
     t0 = time.perf_counter()

@@ -98,8 +98,9 @@ class SimSource(Source):
         self._alive()
         self.ctx = ctx
 
-    async def launch(self, *, ctx: SweepContext,
-                     requests: Sequence[LaunchRequest]) -> list[JobHandle | Exception]:
+    async def launch(
+        self, *, ctx: SweepContext, requests: Sequence[LaunchRequest]
+    ) -> list[JobHandle | Exception]:
         self._alive()
         world, host = self.world, self.host
         if not self.reachable:
@@ -116,10 +117,16 @@ class SimSource(Source):
             for req in send:
                 task_dir = self.task_dir(ctx, req.number)
                 nonce = str(getattr(req, "nonce", "") or "")
-                info = (f"Task: {req.number}\nSource: {self.name}\nAttempt: {req.attempt}\n"
-                        f"Nonce: {nonce}\n")
-                host.after(LATENCY, lambda r=req, d=task_dir, n=nonce, i=info:
-                           host.receive(d, r.number, r.attempt, n, i))
+                info = (
+                    f"Task: {req.number}\nSource: {self.name}\nAttempt: {req.attempt}\n"
+                    f"Nonce: {nonce}\n"
+                )
+                host.after(
+                    LATENCY,
+                    lambda r=req, d=task_dir, n=nonce, i=info: host.receive(
+                        d, r.number, r.attempt, n, i
+                    ),
+                )
         if partial:  # the host wrote the first spec, then its disk was full
             await asyncio.sleep(LATENCY)
             self._alive()
@@ -144,9 +151,17 @@ class SimSource(Source):
             task_dir = self.task_dir(ctx, req.number)
             self._first_seen[(task_dir, req.attempt)] = world.now
             self._watched[task_dir] = (req.attempt, world.now)
-            handles.append(JobHandle(source=self.name, number=req.number, attempt=req.attempt,
-                                     task_dir=task_dir, host=self.name, confirmed=confirmed,
-                                     nonce=str(getattr(req, "nonce", "") or "")))
+            handles.append(
+                JobHandle(
+                    source=self.name,
+                    number=req.number,
+                    attempt=req.attempt,
+                    task_dir=task_dir,
+                    host=self.name,
+                    confirmed=confirmed,
+                    nonce=str(getattr(req, "nonce", "") or ""),
+                )
+            )
         return handles
 
     async def poll(self, *, handles: Sequence[JobHandle]) -> dict[JobHandle, PollResult]:
@@ -155,11 +170,20 @@ class SimSource(Source):
         up, since = host.view(world.now)
         if not up:
             assert since is not None
-            return {h: PollResult(PollState.UNKNOWN, None, f"{host.name} is unreachable",
-                                  facts=Facts(attempt=h.attempt, nonce=h.nonce,
-                                              host_answered=False,
-                                              silent_for=world.now - since))
-                    for h in handles}
+            return {
+                h: PollResult(
+                    PollState.UNKNOWN,
+                    None,
+                    f"{host.name} is unreachable",
+                    facts=Facts(
+                        attempt=h.attempt,
+                        nonce=h.nonce,
+                        host_answered=False,
+                        silent_for=world.now - since,
+                    ),
+                )
+                for h in handles
+            }
         # The host monitor's last report: a frozen host changes nothing, so it is current.
         await asyncio.sleep(LATENCY)
         self._alive()
@@ -182,10 +206,15 @@ class SimSource(Source):
         e = self.host.current.get(h.task_dir)
         mine = status is not None and status.belongs_to(h.attempt, h.nonce)
         alive = (e is not None and e.ended is None and e.attempt == h.attempt) if mine else None
-        facts = Facts(attempt=h.attempt, nonce=h.nonce, status=status, wrapper_alive=alive,
-                      status_unreadable=text is not None and status is None,
-                      ack=Ack.CONFIRMED if h.confirmed else Ack.UNCONFIRMED,
-                      since_launch=now - self._first_seen.setdefault(key, now))
+        facts = Facts(
+            attempt=h.attempt,
+            nonce=h.nonce,
+            status=status,
+            wrapper_alive=alive,
+            status_unreadable=text is not None and status is None,
+            ack=Ack.CONFIRMED if h.confirmed else Ack.UNCONFIRMED,
+            since_launch=now - self._first_seen.setdefault(key, now),
+        )
         return PollResult(state or PollState.STARTING, status, facts=facts)
 
     async def cancel(self, *, handles: Sequence[JobHandle]) -> None:
@@ -239,5 +268,12 @@ class SimSource(Source):
                 return HealthSample(reachable=False, error="the probe timed out")
         await asyncio.sleep(LATENCY)
         self._alive()
-        return HealthSample(reachable=True, disk_path="/remote", free_bytes=500 * 10**9,
-                            total_bytes=1000 * 10**9, load1=0.1, cores=8, memory_percent=10.0)
+        return HealthSample(
+            reachable=True,
+            disk_path="/remote",
+            free_bytes=500 * 10**9,
+            total_bytes=1000 * 10**9,
+            load1=0.1,
+            cores=8,
+            memory_percent=10.0,
+        )

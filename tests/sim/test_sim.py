@@ -36,8 +36,11 @@ def test_kill_at_every_commit() -> None:
     assert clean.ok, report(clean, shrink=False)
     failed = []
     for n in range(1, clean.commits[0] + 1):
-        result = run_schedule(type(base)(seed=base.seed, tasks=base.tasks, hosts=base.hosts,
-                                         faults=(Fault("kill", param=n),)))
+        result = run_schedule(
+            type(base)(
+                seed=base.seed, tasks=base.tasks, hosts=base.hosts, faults=(Fault("kill", param=n),)
+            )
+        )
         if not result.ok:
             failed.append(f"kill at commit {n}: {result.violations}")
     assert not failed, "\n".join(failed)

@@ -57,13 +57,21 @@ class HostEvent:
     cancelled: bool = False
 
 
-def status_text(e: Execution, state: str, *, cause: str | None, exit_code: int | None,
-                pid: int, now: float) -> str:
+def status_text(
+    e: Execution, state: str, *, cause: str | None, exit_code: int | None, pid: int, now: float
+) -> str:
     """A status record in the job wrapper's format (parse_status reads it)."""
     data: dict[str, Any] = {
-        "version": 1, "attempt": e.attempt, "status": state, "cause": cause,
-        "exit_code": exit_code, "pid": pid, "pgid": pid, "host": e.host,
-        "started": EPOCH + e.received, "finished": None if state == "running" else EPOCH + now,
+        "version": 1,
+        "attempt": e.attempt,
+        "status": state,
+        "cause": cause,
+        "exit_code": exit_code,
+        "pid": pid,
+        "pgid": pid,
+        "host": e.host,
+        "started": EPOCH + e.received,
+        "finished": None if state == "running" else EPOCH + now,
     }
     if e.nonce:
         data["nonce"] = e.nonce
@@ -173,8 +181,9 @@ class Host:
         e.pid = pid = self.pids
         files = self.files.setdefault(task_dir, {})
         files["task_info.txt"] = info
-        files["status.json"] = status_text(e, "running", cause=None, exit_code=None, pid=pid,
-                                           now=world.now)
+        files["status.json"] = status_text(
+            e, "running", cause=None, exit_code=None, pid=pid, now=world.now
+        )
         duration = world.duration(number, attempt, self.name)
         self.after(duration, lambda: self._end(e, pid, cancelled=False))
 
@@ -186,18 +195,22 @@ class Host:
         files = self.files.setdefault(e.task_dir, {})
         if cancelled:
             e.outcome = "cancelled"
-            files["status.json"] = status_text(e, "cancelled", cause="cancelled", exit_code=None,
-                                               pid=pid, now=world.now)
+            files["status.json"] = status_text(
+                e, "cancelled", cause="cancelled", exit_code=None, pid=pid, now=world.now
+            )
         elif e.number in self.fails or e.number in world.bad_tasks:
             e.outcome = "failed"
-            files["status.json"] = status_text(e, "failed", cause="task_failed", exit_code=1,
-                                               pid=pid, now=world.now)
+            files["status.json"] = status_text(
+                e, "failed", cause="task_failed", exit_code=1, pid=pid, now=world.now
+            )
         else:
             e.outcome = "completed"
-            files["result.json"] = json.dumps({"number": e.number, "attempt": e.attempt,
-                                               "nonce": e.nonce, "source": self.name})
-            files["status.json"] = status_text(e, "completed", cause="completed", exit_code=0,
-                                               pid=pid, now=world.now)
+            files["result.json"] = json.dumps(
+                {"number": e.number, "attempt": e.attempt, "nonce": e.nonce, "source": self.name}
+            )
+            files["status.json"] = status_text(
+                e, "completed", cause="completed", exit_code=0, pid=pid, now=world.now
+            )
         source = world.sources.get(self.name)
         if source is not None:
             source.wrapper_ended(e)

@@ -66,12 +66,12 @@ def test_retry_returns_on_success_and_raises_other_errors_at_once() -> None:
         raise ValueError("bad input")
 
     with pytest.raises(ValueError):
-        asyncio.run(retry(broken, backoff=Backoff(clock=clock), retry_on=(OSError,),
-                          sleep=clock.sleep))
+        asyncio.run(
+            retry(broken, backoff=Backoff(clock=clock), retry_on=(OSError,), sleep=clock.sleep)
+        )
 
 
-def test_collection_gives_up_and_names_the_remote_folder(
-        caplog: pytest.LogCaptureFixture) -> None:
+def test_collection_gives_up_and_names_the_remote_folder(caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
     backoff = collect_backoff()
     backoff.clock = clock
@@ -83,8 +83,9 @@ def test_collection_gives_up_and_names_the_remote_folder(
         if not backoff.ready():
             continue
         with caplog.at_level(logging.WARNING):
-            results.append(give_up_collecting(backoff, 1, "h1", "/scratch/hsm/t1",
-                                              OSError("tar exit 2")))
+            results.append(
+                give_up_collecting(backoff, 1, "h1", "/scratch/hsm/t1", OSError("tar exit 2"))
+            )
     assert len(results) == COLLECT_TRIES
     assert polls < 60  # the waits grew: far fewer tries than polls
     assert "collect_failed" in caplog.records[-1].getMessage()

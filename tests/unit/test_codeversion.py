@@ -12,8 +12,9 @@ from hsm.engine.codeversion import code_version, content_hash, describe
 
 
 def git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(root), *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 @pytest.fixture
@@ -44,8 +45,7 @@ def test_a_git_project_is_its_commit_and_dirty_flag(repo: Path) -> None:
     assert describe({"git": head, "dirty": True}) == f"git {head[:12]} (dirty)"
 
 
-def test_an_untracked_file_is_dirty_and_a_project_folder_inside_a_repo_works(
-        repo: Path) -> None:
+def test_an_untracked_file_is_dirty_and_a_project_folder_inside_a_repo_works(repo: Path) -> None:
     sub = repo / "proj"
     sub.mkdir()
     (sub / "a.py").write_text("a\n")

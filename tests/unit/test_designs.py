@@ -49,13 +49,16 @@ def test_random_draws_are_exact_for_a_seed(tmp_path: Path) -> None:
 
 
 def test_random_is_crossed_with_the_grid_as_the_last_factor(tmp_path: Path) -> None:
-    spec = load(tmp_path, """\
+    spec = load(
+        tmp_path,
+        """\
         command: [bash, task.sh]
         sweep:
           grid: {seed: [1, 2]}
           random: {n: 2, params: {optimizer: {lr: {uniform: [0, 1]}}}}
         defaults: {steps: 5}
-        """)
+        """,
+    )
     tasks = list(iter_tasks(spec))
     assert count_tasks(spec) == len(tasks) == 4
     assert [t["seed"] for t in tasks] == [1, 1, 2, 2]
@@ -64,7 +67,9 @@ def test_random_is_crossed_with_the_grid_as_the_last_factor(tmp_path: Path) -> N
 
 
 def test_exclude_drops_tasks_matching_every_key_and_include_appends(tmp_path: Path) -> None:
-    spec = load(tmp_path, """\
+    spec = load(
+        tmp_path,
+        """\
         command: [bash, task.sh]
         sweep:
           grid: {a: [1, 2, 3], b: [x, y], flag: [true, false]}
@@ -76,7 +81,8 @@ def test_exclude_drops_tasks_matching_every_key_and_include_appends(tmp_path: Pa
             - {a: 9, b: z, flag: true}
             - {a: 10, b: x}
         defaults: {flag: false, c: 5}
-        """)
+        """,
+    )
     tasks = list(iter_tasks(spec))
     # flag: 1 is not true: booleans only match booleans.
     assert tasks == [
@@ -93,20 +99,25 @@ def test_exclude_drops_tasks_matching_every_key_and_include_appends(tmp_path: Pa
 
 
 def test_max_runs_applies_after_exclude_and_include(tmp_path: Path) -> None:
-    spec = load(tmp_path, """\
+    spec = load(
+        tmp_path,
+        """\
         command: [bash, task.sh]
         sweep:
           grid: {a: [1, 2]}
           exclude: [{a: 1}]
           include: [{a: 7}, {a: 8}]
         max_runs: 2
-        """)
+        """,
+    )
     assert list(iter_tasks(spec)) == [{"a": 2}, {"a": 7}]
     assert count_tasks(spec) == 2
 
 
 def test_combinations_are_explicit_tasks_with_defaults_underneath(tmp_path: Path) -> None:
-    spec = load(tmp_path, """\
+    spec = load(
+        tmp_path,
+        """\
         command: [bash, task.sh]
         sweep:
           combinations:
@@ -115,7 +126,8 @@ def test_combinations_are_explicit_tasks_with_defaults_underneath(tmp_path: Path
           random: {n: 2, seed: 3, params: {seed: {randint: [0, 9]}}}
           exclude: [{model: large, seed: 3}]
         defaults: {lr: 0.01}
-        """)
+        """,
+    )
     tasks = list(iter_tasks(spec))
     assert tasks == [
         {"model": "small", "lr": 0.1, "seed": 3},
@@ -126,11 +138,14 @@ def test_combinations_are_explicit_tasks_with_defaults_underneath(tmp_path: Path
 
 
 def test_combinations_alone(tmp_path: Path) -> None:
-    spec = load(tmp_path, """\
+    spec = load(
+        tmp_path,
+        """\
         command: [bash, task.sh]
         sweep:
           combinations: [{a: 1}, {a: 2, b: [1, 2]}]
-        """)
+        """,
+    )
     assert list(iter_tasks(spec)) == [{"a": 1}, {"a": 2, "b": [1, 2]}]
     assert count_tasks(spec) == 2
 
@@ -162,13 +177,16 @@ def test_bad_designs_name_the_key(tmp_path: Path, sweep: str, parts: list[str]) 
 
 
 def test_expanding_100000_tasks_with_random_and_exclude_is_fast(tmp_path: Path) -> None:
-    spec = load(tmp_path, """\
+    spec = load(
+        tmp_path,
+        """\
         command: [bash, task.sh]
         sweep:
           grid: {seed: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], wd: [0.0, 0.1]}
           random: {n: 5000, params: {lr: {loguniform: [1.0e-5, 1.0e-2]}}}
           exclude: [{seed: 99}]
-        """)
+        """,
+    )
     started = time.perf_counter()
     assert count_tasks(spec) == 100_000
     assert sum(1 for _ in iter_tasks(spec)) == 100_000

@@ -10,7 +10,8 @@ def counts(completed: int, failed: int) -> SourceCounts:
 
 def test_failure_rate_message_is_exact() -> None:
     assert failure_rate_reason("blossom", counts(2, 3), CFG) == (
-        "Disabling source 'blossom' due to high failure rate: 3/5 (60%) >= 40%")
+        "Disabling source 'blossom' due to high failure rate: 3/5 (60%) >= 40%"
+    )
 
 
 def test_exactly_at_the_threshold_disables() -> None:
@@ -30,16 +31,14 @@ def test_failsafe_switch() -> None:
 def test_health_disable_message_and_switch() -> None:
     assert health_reason("blossom", 2, CFG) is None
     assert health_reason("blossom", 3, CFG) == (
-        "Disabling source 'blossom' due to 3 consecutive health check failures")
+        "Disabling source 'blossom' due to 3 consecutive health check failures"
+    )
     assert health_reason("blossom", 9, FailsafeConfig(auto_disable_unhealthy=False)) is None
 
 
 def test_script_broken_needs_failures_everywhere_and_no_success() -> None:
     assert script_broken(completed=0, task_failures=5, failed_sources=2, sources=3, cfg=CFG)
-    assert not script_broken(completed=1, task_failures=50, failed_sources=3, sources=3,
-                             cfg=CFG)
-    assert not script_broken(completed=0, task_failures=4, failed_sources=2, sources=2,
-                             cfg=CFG)
-    assert not script_broken(completed=0, task_failures=5, failed_sources=1, sources=2,
-                             cfg=CFG)
+    assert not script_broken(completed=1, task_failures=50, failed_sources=3, sources=3, cfg=CFG)
+    assert not script_broken(completed=0, task_failures=4, failed_sources=2, sources=2, cfg=CFG)
+    assert not script_broken(completed=0, task_failures=5, failed_sources=1, sources=2, cfg=CFG)
     assert script_broken(completed=0, task_failures=5, failed_sources=1, sources=1, cfg=CFG)

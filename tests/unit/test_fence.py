@@ -9,21 +9,31 @@ from hsm.engine import fence
 from hsm.jobscript import STATUS_FILE, STATUS_SIZE
 
 
-def folder(path: Path, attempt: int, nonce: str, status: str = "completed",
-           result: str = "") -> Path:
+def folder(
+    path: Path, attempt: int, nonce: str, status: str = "completed", result: str = ""
+) -> Path:
     path.mkdir(parents=True, exist_ok=True)
-    body = json.dumps({
-        "version": 2, "attempt": attempt, "nonce": nonce, "status": status,
-        "cause": None if status == "running" else "completed",
-        "exit_code": None if status == "running" else 0, "pid": 1, "pgid": 2, "host": "h",
-        "started": 1.0, "finished": None if status == "running" else 2.0})
+    body = json.dumps(
+        {
+            "version": 2,
+            "attempt": attempt,
+            "nonce": nonce,
+            "status": status,
+            "cause": None if status == "running" else "completed",
+            "exit_code": None if status == "running" else 0,
+            "pid": 1,
+            "pgid": 2,
+            "host": "h",
+            "started": 1.0,
+            "finished": None if status == "running" else 2.0,
+        }
+    )
     (path / STATUS_FILE).write_text(body.ljust(STATUS_SIZE - 1) + "\n")
     (path / "result.json").write_text(result or f"{attempt}:{nonce}")
     return path
 
 
-def test_accept_puts_the_current_attempt_in_place_and_keeps_the_old_apart(
-        tmp_path: Path) -> None:
+def test_accept_puts_the_current_attempt_in_place_and_keeps_the_old_apart(tmp_path: Path) -> None:
     final = folder(tmp_path / "tasks/task_0001", 1, "aa", status="completed")
     staged = folder(fence.incoming_dir(tmp_path, "h2") / "task_0001", 2, "bb")
     assert fence.accept(staged, final, 2, "bb")

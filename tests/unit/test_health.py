@@ -13,10 +13,18 @@ GB = 10**9
 CFG = HealthConfig()
 
 
-def sample(free: int, total: int = 100 * GB, load1: float = 0.1, cores: int = 4,
-           mem: float = 20.0) -> HealthSample:
-    return HealthSample(reachable=True, disk_path="/w", free_bytes=free, total_bytes=total,
-                        load1=load1, cores=cores, memory_percent=mem)
+def sample(
+    free: int, total: int = 100 * GB, load1: float = 0.1, cores: int = 4, mem: float = 20.0
+) -> HealthSample:
+    return HealthSample(
+        reachable=True,
+        disk_path="/w",
+        free_bytes=free,
+        total_bytes=total,
+        load1=load1,
+        cores=cores,
+        memory_percent=mem,
+    )
 
 
 def test_disk_classes_by_size_and_percent() -> None:
@@ -34,10 +42,14 @@ def test_disk_thresholds_are_exclusive_at_the_edge() -> None:
 
 
 def test_summary_wording() -> None:
-    assert disk_summary(DiskStatus.HEALTHY, int(5.2 * GB), int(34.7 * GB)) == \
-        "Healthy: 5.2GB (15%) free"
-    assert disk_summary(DiskStatus.CRITICAL, int(0.8 * GB), int(26.7 * GB)) == \
-        "Critical: 0.8GB (3%) free"
+    assert (
+        disk_summary(DiskStatus.HEALTHY, int(5.2 * GB), int(34.7 * GB))
+        == "Healthy: 5.2GB (15%) free"
+    )
+    assert (
+        disk_summary(DiskStatus.CRITICAL, int(0.8 * GB), int(26.7 * GB))
+        == "Critical: 0.8GB (3%) free"
+    )
 
 
 def test_unreachable_and_critical_fail_the_check() -> None:
@@ -45,7 +57,10 @@ def test_unreachable_and_critical_fail_the_check() -> None:
     assert (v.status, v.passed) == (HealthStatus.UNHEALTHY, False)
     v = classify(sample(int(0.5 * GB), 10 * GB), CFG)
     assert (v.status, v.passed, v.disk_status) == (
-        HealthStatus.UNHEALTHY, False, DiskStatus.CRITICAL)
+        HealthStatus.UNHEALTHY,
+        False,
+        DiskStatus.CRITICAL,
+    )
 
 
 def test_overload_degrades_but_passes() -> None:
@@ -65,10 +80,14 @@ def test_overload_degrades_but_passes() -> None:
 
 def test_own_tasks_do_not_make_this_machine_overloaded() -> None:
     # 8 of hsm's own tasks on 4 cores: load 8.5 is theirs, not an overload.
-    assert classify(sample(50 * GB, load1=8.5, cores=4), CFG, own_tasks=8).status is \
-        HealthStatus.HEALTHY
-    assert classify(sample(50 * GB, load1=8.5, cores=4), CFG, own_tasks=0).status is \
-        HealthStatus.DEGRADED
+    assert (
+        classify(sample(50 * GB, load1=8.5, cores=4), CFG, own_tasks=8).status
+        is HealthStatus.HEALTHY
+    )
+    assert (
+        classify(sample(50 * GB, load1=8.5, cores=4), CFG, own_tasks=0).status
+        is HealthStatus.DEGRADED
+    )
 
 
 def test_disk_failure_rate_with_low_space_degrades() -> None:
@@ -76,8 +95,7 @@ def test_disk_failure_rate_with_low_space_degrades() -> None:
     assert v.status is HealthStatus.DEGRADED
     assert "High disk failure rate with low space" in v.reasons
     # High disk failure rate alone, with plenty of space: healthy.
-    assert classify(sample(50 * GB), CFG, disk_failure_rate=0.5).status is \
-        HealthStatus.HEALTHY
+    assert classify(sample(50 * GB), CFG, disk_failure_rate=0.5).status is HealthStatus.HEALTHY
 
 
 def test_consecutive_count_resets_on_any_passed_check() -> None:

@@ -18,9 +18,11 @@ from hsm.sources.transport import ConnectionLost
 
 
 def status_bytes(nonce: str) -> bytes:
-    body = (f'{{"version": 2, "attempt": 1, "nonce": "{nonce}", "status": "completed", '
-            f'"cause": null, "exit_code": 0, "pid": {os.getpid()}, "pgid": null, '
-            f'"host": "h", "started": 1.5, "finished": 2.5}}')
+    body = (
+        f'{{"version": 2, "attempt": 1, "nonce": "{nonce}", "status": "completed", '
+        f'"cause": null, "exit_code": 0, "pid": {os.getpid()}, "pgid": null, '
+        f'"host": "h", "started": 1.5, "finished": 2.5}}'
+    )
     return (body + " " * (1023 - len(body)) + "\n").encode()
 
 
@@ -40,8 +42,11 @@ def test_monitor_survives_split_writes_and_garbage(tmp_path: Path) -> None:
     task.mkdir()
     final = status_bytes("ab12")
     (task / "status.json").write_bytes(final)
-    proc = subprocess.Popen(["bash", "-c", MONITOR, "hsm-monitor", "/nonexistent"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["bash", "-c", MONITOR, "hsm-monitor", "/nonexistent"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     assert proc.stdin is not None and proc.stdout is not None
     try:
         # Garbage first (an unknown type, a non-numeric id), then a watch written a few bytes
@@ -50,7 +55,7 @@ def test_monitor_survives_split_writes_and_garbage(tmp_path: Path) -> None:
         proc.stdin.flush()
         record = b"W\x003\0" + str(task).encode() + b"\x001\0P\x007\0"
         for i in range(0, len(record), 3):
-            proc.stdin.write(record[i:i + 3])
+            proc.stdin.write(record[i : i + 3])
             proc.stdin.flush()
             time.sleep(0.01)
         events = read_until_pong(proc.stdout, b"7")
@@ -73,12 +78,15 @@ class _Proc:
         self.stdout = _Stream(chunks)
 
 
-@pytest.mark.parametrize("chunks", [
-    [b"S\0notanumber\0{}\x001\0"],
-    [b"A\0" + b"\xff" * 10 + b"\0x\0", b"E\0-3\0msg\0"],
-    [b"\0\0\0garbage\0", b"V\x001"],  # ends mid-record
-    [os.urandom(4096) for _ in range(8)],
-])
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"S\0notanumber\0{}\x001\0"],
+        [b"A\0" + b"\xff" * 10 + b"\0x\0", b"E\0-3\0msg\0"],
+        [b"\0\0\0garbage\0", b"V\x001"],  # ends mid-record
+        [os.urandom(4096) for _ in range(8)],
+    ],
+)
 def test_reader_survives_malformed_records(chunks: list[bytes]) -> None:
     changes: list[tuple[int, ...]] = []
     monitor = HostMonitor(None, "w", lambda ids: changes.append(tuple(ids)))  # type: ignore[arg-type]
@@ -101,8 +109,9 @@ def test_unacknowledged_launch_is_unconfirmed() -> None:
             stdin = Stdin()
 
         monitor._proc = Proc()  # type: ignore[assignment]
-        task = asyncio.ensure_future(monitor.launch(
-            [(1, "/a", 1, "", b"spec"), (2, "/b", 1, "ab", b"spec")], timeout=0.2))
+        task = asyncio.ensure_future(
+            monitor.launch([(1, "/a", 1, "", b"spec"), (2, "/b", 1, "ab", b"spec")], timeout=0.2)
+        )
         while not sent:
             await asyncio.sleep(0)
         monitor._event([b"A", b"1", b"4242"])
@@ -127,12 +136,16 @@ def test_monitor_records_the_launch_before_the_wrapper(tmp_path: Path) -> None:
     task = tmp_path / "task"
     wrapper = tmp_path / "wrapper.sh"
     wrapper.write_text('printf started >"$1/started"\n')
-    proc = subprocess.Popen(["bash", "-c", MONITOR, "hsm-monitor", str(wrapper)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["bash", "-c", MONITOR, "hsm-monitor", str(wrapper)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     assert proc.stdin is not None and proc.stdout is not None
     try:
-        proc.stdin.write(b"L\x002\0" + str(task).encode() + b"\x003\0beef\0sp\\x00ec\0"
-                         + b"P\x001\0")
+        proc.stdin.write(
+            b"L\x002\0" + str(task).encode() + b"\x003\0beef\0sp\\x00ec\0" + b"P\x001\0"
+        )
         proc.stdin.flush()
         events = read_until_pong(proc.stdout, b"1")
         assert events[:2] == [b"A", b"2"] and events[2].isdigit()
@@ -169,12 +182,20 @@ def test_monitor_reports_the_launch_record_of_a_folder_without_status(tmp_path: 
     got, never = tmp_path / "got", tmp_path / "never"
     (got / ".hsm").mkdir(parents=True)
     (got / ".hsm" / "launch").write_text("2 beef\n")
-    proc = subprocess.Popen(["bash", "-c", MONITOR, "hsm-monitor", "/nonexistent"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["bash", "-c", MONITOR, "hsm-monitor", "/nonexistent"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     assert proc.stdin is not None and proc.stdout is not None
     try:
-        proc.stdin.write(b"W\x001\0" + str(got).encode() + b"\x002\0W\x002\0"
-                         + str(never).encode() + b"\x001\0P\x005\0")
+        proc.stdin.write(
+            b"W\x001\0"
+            + str(got).encode()
+            + b"\x002\0W\x002\0"
+            + str(never).encode()
+            + b"\x001\0P\x005\0"
+        )
         proc.stdin.flush()
         events = read_until_pong(proc.stdout, b"5")
         assert events == [b"R", b"1", b"2 beef", b"R", b"2", b"", b"P", b"5"]

@@ -131,7 +131,8 @@ def test_every_value_reaches_the_app_exactly(tmp_path: Path) -> None:
         "script": str(APP),
         "sweep": {"grid": grid, "paired": [{"+p.a": ["x y"], "+p.b": [[1, 2]]}]},
         "defaults": {"model": {"width": 64}, "+d.empty": "", "+d.one": "1"},
-        "output_dir_arg": "output.dir", "wandb_group_arg": "wandb.group",
+        "output_dir_arg": "output.dir",
+        "wandb_group_arg": "wandb.group",
     }
     # JSON is YAML: this goes through the real loader, and keeps every string quoted.
     path = tmp_path / "sweep.yaml"

@@ -103,8 +103,14 @@ def test_every_cause_parses(cause: Cause) -> None:
 
 def test_enums_are_lowercase_strings() -> None:
     assert {s.value for s in WrapperState} == {"running", "completed", "failed", "cancelled"}
-    wrapper_causes = {"completed", "task_failed", "disk_precheck", "disk_kill", "cancelled",
-                      "signal"}
+    wrapper_causes = {
+        "completed",
+        "task_failed",
+        "disk_precheck",
+        "disk_kill",
+        "cancelled",
+        "signal",
+    }
     assert wrapper_causes <= {c.value for c in Cause}
     assert all(c.value == c.value.lower() for c in Cause)
     assert WrapperState.COMPLETED == "completed"
@@ -311,8 +317,10 @@ def test_write_spec(tmp_path: Path) -> None:
 
 
 def test_events_are_read_per_attempt() -> None:
-    text = ("# hsm events, one per line\n# attempt 1\nWARNING: one\n"
-            "# attempt 2\nWARNING: two\nCRITICAL: two\n")
+    text = (
+        "# hsm events, one per line\n# attempt 1\nWARNING: one\n"
+        "# attempt 2\nWARNING: two\nCRITICAL: two\n"
+    )
     assert parse_events(text) == ["WARNING: one", "WARNING: two", "CRITICAL: two"]
     assert parse_events(text, 1) == ["WARNING: one"]
     assert parse_events(text, 2) == ["WARNING: two", "CRITICAL: two"]

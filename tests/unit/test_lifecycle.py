@@ -10,11 +10,22 @@ from hsm.engine.lifecycle import START_GRACE, Facts, Next, decide, from_state
 from hsm.jobscript import WrapperState, WrapperStatus
 from hsm.states import Cause
 
-RUNNING = WrapperStatus(version=2, attempt=2, status=WrapperState.RUNNING, cause=None,
-                        exit_code=None, pid=10, pgid=11, host="h", started=1.0, finished=None,
-                        nonce="ab12")
-DONE = replace(RUNNING, status=WrapperState.COMPLETED, cause=Cause.COMPLETED, exit_code=0,
-               finished=2.0)
+RUNNING = WrapperStatus(
+    version=2,
+    attempt=2,
+    status=WrapperState.RUNNING,
+    cause=None,
+    exit_code=None,
+    pid=10,
+    pgid=11,
+    host="h",
+    started=1.0,
+    finished=None,
+    nonce="ab12",
+)
+DONE = replace(
+    RUNNING, status=WrapperState.COMPLETED, cause=Cause.COMPLETED, exit_code=0, finished=2.0
+)
 FAILED = replace(DONE, status=WrapperState.FAILED, cause=Cause.DISK_KILL, exit_code=None)
 
 
@@ -65,18 +76,17 @@ def test_never_started_needs_the_hosts_word() -> None:
     assert decide(facts(received=False), lost_after=4).next is Next.NOT_STARTED
     # No word either way: it waits out the start grace, then it is lost (a try is used).
     assert decide(facts(received=None, since_launch=1), lost_after=4).next is Next.STARTING
-    assert decide(facts(received=None, since_launch=START_GRACE), lost_after=4).next \
-        is Next.LOST
+    assert decide(facts(received=None, since_launch=START_GRACE), lost_after=4).next is Next.LOST
     # The host got it and shows nothing: lost, not "never started".
-    v = decide(facts(received=True, wrapper_alive=False, since_launch=START_GRACE),
-               lost_after=4)
+    v = decide(facts(received=True, wrapper_alive=False, since_launch=START_GRACE), lost_after=4)
     assert v.next is Next.LOST and "got the launch" in v.detail
     # A live wrapper that has not written its status yet is starting, however long.
-    assert decide(facts(received=True, wrapper_alive=True, since_launch=600),
-                  lost_after=4).next is Next.STARTING
+    assert (
+        decide(facts(received=True, wrapper_alive=True, since_launch=600), lost_after=4).next
+        is Next.STARTING
+    )
     # A silent host proves nothing.
-    assert decide(facts(received=False, host_answered=False), lost_after=4).next \
-        is Next.UNKNOWN
+    assert decide(facts(received=False, host_answered=False), lost_after=4).next is Next.UNKNOWN
 
 
 def test_a_scheduler_end_before_any_status_is_lost_with_its_cause() -> None:

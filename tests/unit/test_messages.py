@@ -19,7 +19,8 @@ def test_a_failed_task_shows_the_end_of_its_stderr_and_where_it_is(tmp_path: Pat
 
 def test_no_exit_code_is_shown_when_there_is_none(tmp_path: Path) -> None:
     assert failed_task_message(1, "h1", "launch_failed", None, None) == (
-        "task 1 failed on h1: launch_failed")
+        "task 1 failed on h1: launch_failed"
+    )
     missing = tmp_path / "none.log"
     assert "None" not in failed_task_message(1, "h1", "host_lost", None, missing)
     empty = tmp_path / "empty.log"

@@ -6,18 +6,30 @@ from hsm.states import AttemptState, Cause, TaskStatus
 def test_completed_is_final() -> None:
     v = judge_attempt(Cause.COMPLETED, attempt=1, max_retries=2)
     assert (v.attempt_state, v.task_status, v.retry) == (
-        AttemptState.COMPLETED, TaskStatus.COMPLETED, False)
+        AttemptState.COMPLETED,
+        TaskStatus.COMPLETED,
+        False,
+    )
 
 
 def test_task_failure_is_not_retried_by_default() -> None:
     v = judge_attempt(Cause.TASK_FAILED, attempt=1, max_retries=2)
     assert (v.attempt_state, v.task_status, v.retry) == (
-        AttemptState.FAILED, TaskStatus.FAILED, False)
+        AttemptState.FAILED,
+        TaskStatus.FAILED,
+        False,
+    )
 
 
 def test_infrastructure_causes_retry_within_budget() -> None:
-    for cause in (Cause.LOST, Cause.DISK_KILL, Cause.DISK_PRECHECK, Cause.TIMEOUT,
-                  Cause.NODE_FAIL, Cause.PREEMPTED):
+    for cause in (
+        Cause.LOST,
+        Cause.DISK_KILL,
+        Cause.DISK_PRECHECK,
+        Cause.TIMEOUT,
+        Cause.NODE_FAIL,
+        Cause.PREEMPTED,
+    ):
         assert judge_attempt(cause, attempt=1, max_retries=2).retry
         assert judge_attempt(cause, attempt=3, max_retries=2).retry is False
         assert judge_attempt(cause, attempt=3, max_retries=2).task_status is TaskStatus.FAILED
@@ -29,8 +41,9 @@ def test_zero_retries() -> None:
 
 
 def test_retry_task_failures_flag() -> None:
-    assert judge_attempt(Cause.TASK_FAILED, attempt=1, max_retries=2,
-                         retry_task_failures=True).retry
+    assert judge_attempt(
+        Cause.TASK_FAILED, attempt=1, max_retries=2, retry_task_failures=True
+    ).retry
 
 
 def test_cancelled() -> None:

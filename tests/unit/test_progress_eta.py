@@ -15,8 +15,11 @@ def simulate(tasks: int, slots: int, duration: float) -> list[tuple[float, float
     end = -(-tasks // slots) * duration
     while finished < tasks:
         running = min(slots, tasks - finished)
-        counts = {TaskStatus.COMPLETED: finished, TaskStatus.RUNNING: running,
-                  TaskStatus.PENDING: tasks - finished - running}
+        counts = {
+            TaskStatus.COMPLETED: finished,
+            TaskStatus.RUNNING: running,
+            TaskStatus.PENDING: tasks - finished - running,
+        }
         out.append((now, end - now, eta.observe(now, counts)))
         now += duration
         finished += running

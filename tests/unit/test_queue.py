@@ -32,11 +32,21 @@ from hsm.states import Cause
 S = ElementState
 
 
-def status(state: str, cause: Cause | None, *, attempt: int = 1,
-           exit_code: int | None = None) -> WrapperStatus:
-    return WrapperStatus(version=1, attempt=attempt, status=WrapperState(state), cause=cause,
-                         exit_code=exit_code, pid=42, pgid=43, host="node1", started=1.0,
-                         finished=None if state == "running" else 2.0)
+def status(
+    state: str, cause: Cause | None, *, attempt: int = 1, exit_code: int | None = None
+) -> WrapperStatus:
+    return WrapperStatus(
+        version=1,
+        attempt=attempt,
+        status=WrapperState(state),
+        cause=cause,
+        exit_code=exit_code,
+        pid=42,
+        pgid=43,
+        host="node1",
+        started=1.0,
+        finished=None if state == "running" else 2.0,
+    )
 
 
 def el(state: ElementState, raw: str = "X") -> Element:
@@ -44,21 +54,44 @@ def el(state: ElementState, raw: str = "X") -> Element:
 
 
 # -- state maps -----------------------------------------------------------------------------
-@pytest.mark.parametrize(("raw", "expected"), [
-    ("PENDING", S.PENDING), ("CONFIGURING", S.PENDING), ("REQUEUED", S.PENDING),
-    ("RUNNING", S.RUNNING), ("COMPLETING", S.RUNNING), ("SUSPENDED", S.RUNNING),
-    ("COMPLETED", S.COMPLETED), ("FAILED", S.FAILED), ("TIMEOUT", S.TIMEOUT),
-    ("DEADLINE", S.TIMEOUT), ("OUT_OF_MEMORY", S.OUT_OF_MEMORY), ("NODE_FAIL", S.NODE_FAIL),
-    ("BOOT_FAIL", S.NODE_FAIL), ("PREEMPTED", S.PREEMPTED), ("CANCELLED", S.CANCELLED),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("PENDING", S.PENDING),
+        ("CONFIGURING", S.PENDING),
+        ("REQUEUED", S.PENDING),
+        ("RUNNING", S.RUNNING),
+        ("COMPLETING", S.RUNNING),
+        ("SUSPENDED", S.RUNNING),
+        ("COMPLETED", S.COMPLETED),
+        ("FAILED", S.FAILED),
+        ("TIMEOUT", S.TIMEOUT),
+        ("DEADLINE", S.TIMEOUT),
+        ("OUT_OF_MEMORY", S.OUT_OF_MEMORY),
+        ("NODE_FAIL", S.NODE_FAIL),
+        ("BOOT_FAIL", S.NODE_FAIL),
+        ("PREEMPTED", S.PREEMPTED),
+        ("CANCELLED", S.CANCELLED),
+    ],
+)
 def test_slurm_state_map(raw: str, expected: ElementState) -> None:
     assert translate(raw, SLURM_STATES, "slurm") is expected
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    ("Q", S.PENDING), ("H", S.PENDING), ("W", S.PENDING), ("R", S.RUNNING), ("E", S.RUNNING),
-    ("B", S.RUNNING), ("F", S.COMPLETED), ("X", S.COMPLETED), ("C", S.COMPLETED),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Q", S.PENDING),
+        ("H", S.PENDING),
+        ("W", S.PENDING),
+        ("R", S.RUNNING),
+        ("E", S.RUNNING),
+        ("B", S.RUNNING),
+        ("F", S.COMPLETED),
+        ("X", S.COMPLETED),
+        ("C", S.COMPLETED),
+    ],
+)
 def test_pbs_state_map(raw: str, expected: ElementState) -> None:
     assert translate(raw, PBS_STATES, "pbs") is expected
 
@@ -72,18 +105,38 @@ def test_unknown_state_is_unknown_and_logged_once(caplog: pytest.LogCaptureFixtu
 
 
 def test_every_final_slurm_state_is_terminal() -> None:
-    finals = {"COMPLETED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
-              "CANCELLED", "BOOT_FAIL", "DEADLINE"}
+    finals = {
+        "COMPLETED",
+        "FAILED",
+        "TIMEOUT",
+        "OUT_OF_MEMORY",
+        "NODE_FAIL",
+        "PREEMPTED",
+        "CANCELLED",
+        "BOOT_FAIL",
+        "DEADLINE",
+    }
     assert {raw for raw, state in SLURM_STATES.items() if state in TERMINAL} >= finals
-    assert not {raw for raw, state in SLURM_STATES.items()
-                if state in TERMINAL} & {"PENDING", "RUNNING", "COMPLETING", "REQUEUED"}
+    assert not {raw for raw, state in SLURM_STATES.items() if state in TERMINAL} & {
+        "PENDING",
+        "RUNNING",
+        "COMPLETING",
+        "REQUEUED",
+    }
 
 
 # -- chunking and names ---------------------------------------------------------------------
-@pytest.mark.parametrize(("n", "size", "expected"), [
-    (0, 5, []), (1, 1000, [1]), (1000, 1000, [1000]), (1001, 1000, [1000, 1]),
-    (2500, 1000, [1000, 1000, 500]), (7, 3, [3, 3, 1]),
-])
+@pytest.mark.parametrize(
+    ("n", "size", "expected"),
+    [
+        (0, 5, []),
+        (1, 1000, [1]),
+        (1000, 1000, [1000]),
+        (1001, 1000, [1000, 1]),
+        (2500, 1000, [1000, 1000, 500]),
+        (7, 3, [3, 3, 1]),
+    ],
+)
 def test_chunk_sizes(n: int, size: int, expected: list[int]) -> None:
     parts = chunks(list(range(n)), size)
     assert [len(p) for p in parts] == expected
@@ -101,14 +154,17 @@ def test_job_name_is_safe_for_any_sweep_id() -> None:
 
 
 # -- walltime -------------------------------------------------------------------------------
-@pytest.mark.parametrize(("walltime", "slurm", "pbs"), [
-    ("1", "00:01:00", "00:01:00"),
-    ("90", "01:30:00", "01:30:00"),
-    ("04:00:00", "04:00:00", "04:00:00"),
-    ("00:00:30", "00:00:30", "00:00:30"),
-    ("1-02:03:04", "1-02:03:04", "26:03:04"),
-    ("3-00:00:00", "3-00:00:00", "72:00:00"),
-])
+@pytest.mark.parametrize(
+    ("walltime", "slurm", "pbs"),
+    [
+        ("1", "00:01:00", "00:01:00"),
+        ("90", "01:30:00", "01:30:00"),
+        ("04:00:00", "04:00:00", "04:00:00"),
+        ("00:00:30", "00:00:30", "00:00:30"),
+        ("1-02:03:04", "1-02:03:04", "26:03:04"),
+        ("3-00:00:00", "3-00:00:00", "72:00:00"),
+    ],
+)
 def test_walltime_conversion(walltime: str, slurm: str, pbs: str) -> None:
     seconds = Resources(walltime=walltime).walltime_seconds
     assert seconds is not None
@@ -124,22 +180,44 @@ def test_walltime_in_a_wrong_format_is_rejected(bad: str) -> None:
 
 # -- resources ------------------------------------------------------------------------------
 def test_sweep_resources_win_over_the_cluster_entry() -> None:
-    cfg = ClusterSettings(partition="cpu", qos="normal", account="proj", gpu_type="v100",
-                          modules=("cuda/12",), directives=("--constraint=ib",))
-    res = Resources(gpus=2, cpus=8, mem="16G", walltime="02:00:00", partition="gpu",
-                    gpu_type="a100")
+    cfg = ClusterSettings(
+        partition="cpu",
+        qos="normal",
+        account="proj",
+        gpu_type="v100",
+        modules=("cuda/12",),
+        directives=("--constraint=ib",),
+    )
+    res = Resources(
+        gpus=2, cpus=8, mem="16G", walltime="02:00:00", partition="gpu", gpu_type="a100"
+    )
     opts = JobOptions.merge(res, cfg, "distributed.remotes.c")
-    assert opts == JobOptions(walltime_seconds=7200, cpus=8, mem_mb=16384, gpus=2,
-                              gpu_type="a100", partition="gpu", qos="normal", account="proj",
-                              modules=("cuda/12",), directives=("--constraint=ib",))
+    assert opts == JobOptions(
+        walltime_seconds=7200,
+        cpus=8,
+        mem_mb=16384,
+        gpus=2,
+        gpu_type="a100",
+        partition="gpu",
+        qos="normal",
+        account="proj",
+        modules=("cuda/12",),
+        directives=("--constraint=ib",),
+    )
     # No GPUs asked: the cluster's gpu_type does not apply.
     assert JobOptions.merge(Resources(), cfg, "x").gpu_type is None
 
 
-@pytest.mark.parametrize(("key", "value"), [
-    ("partition", "gpu\n#SBATCH --wrap=evil"), ("account", "a b"), ("qos", "q;rm"),
-    ("gpu_type", "$(x)"), ("partition", ""),
-])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("partition", "gpu\n#SBATCH --wrap=evil"),
+        ("account", "a b"),
+        ("qos", "q;rm"),
+        ("gpu_type", "$(x)"),
+        ("partition", ""),
+    ],
+)
 def test_unsafe_cluster_values_are_config_errors(key: str, value: str) -> None:
     cfg = ClusterSettings(**{key: value})  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=f"distributed.remotes.c: {key}"):
@@ -157,30 +235,36 @@ def test_final_wrapper_status_wins_for_tasks_that_ended_on_their_own() -> None:
     done = status("completed", Cause.COMPLETED, exit_code=0)
     for element in (None, el(S.RUNNING), el(S.COMPLETED)):
         result, waiting = judge(element, done, attempt=1, blind=False, grace_over=False)
-        assert (result.state, result.scheduler_cause, waiting) == (PollState.FINISHED, None,
-                                                                    False)
+        assert (result.state, result.scheduler_cause, waiting) == (PollState.FINISHED, None, False)
     failed = status("failed", Cause.TASK_FAILED, exit_code=3)
     result, _ = judge(el(S.FAILED), failed, attempt=1, blind=False, grace_over=False)
     assert result.state is PollState.FINISHED and result.status == failed
 
 
 @pytest.mark.parametrize("wrapper", [(Cause.COMPLETED, 0), (Cause.TASK_FAILED, 1)])
-@pytest.mark.parametrize(("element", "cause"), [(S.TIMEOUT, "timeout"),
-                                                (S.PREEMPTED, "preempted")])
+@pytest.mark.parametrize(("element", "cause"), [(S.TIMEOUT, "timeout"), (S.PREEMPTED, "preempted")])
 def test_a_task_that_handled_its_walltime_signal_gets_the_scheduler_s_cause(
-        wrapper: tuple[Cause, int], element: ElementState, cause: str) -> None:
-    ended = status("completed" if wrapper[1] == 0 else "failed", wrapper[0],
-                   exit_code=wrapper[1])
+    wrapper: tuple[Cause, int], element: ElementState, cause: str
+) -> None:
+    ended = status("completed" if wrapper[1] == 0 else "failed", wrapper[0], exit_code=wrapper[1])
     result, _ = judge(el(element), ended, attempt=1, blind=False, grace_over=False)
     assert (result.state, result.scheduler_cause) == (PollState.FINISHED, cause)
 
 
-@pytest.mark.parametrize(("element", "cause"), [
-    (S.TIMEOUT, "timeout"), (S.PREEMPTED, "preempted"), (S.NODE_FAIL, "node_fail"),
-    (S.OUT_OF_MEMORY, "out_of_memory"), (S.CANCELLED, "cancelled"), (S.FAILED, None),
-])
-def test_a_signalled_wrapper_takes_its_cause_from_the_scheduler(element: ElementState,
-                                                                cause: str | None) -> None:
+@pytest.mark.parametrize(
+    ("element", "cause"),
+    [
+        (S.TIMEOUT, "timeout"),
+        (S.PREEMPTED, "preempted"),
+        (S.NODE_FAIL, "node_fail"),
+        (S.OUT_OF_MEMORY, "out_of_memory"),
+        (S.CANCELLED, "cancelled"),
+        (S.FAILED, None),
+    ],
+)
+def test_a_signalled_wrapper_takes_its_cause_from_the_scheduler(
+    element: ElementState, cause: str | None
+) -> None:
     stopped = status("cancelled", Cause.CANCELLED)
     result, _ = judge(el(element), stopped, attempt=1, blind=False, grace_over=False)
     assert result.state is PollState.FINISHED
@@ -198,8 +282,14 @@ def test_a_signalled_wrapper_waits_for_the_scheduler_s_final_state() -> None:
 
 
 def test_scheduler_kill_without_a_final_status_is_lost_with_the_scheduler_s_cause() -> None:
-    result, waiting = judge(el(S.TIMEOUT, "TIMEOUT"), None, attempt=1, blind=False,
-                            grace_over=False, hint="; see job.log")
+    result, waiting = judge(
+        el(S.TIMEOUT, "TIMEOUT"),
+        None,
+        attempt=1,
+        blind=False,
+        grace_over=False,
+        hint="; see job.log",
+    )
     assert (result.state, result.scheduler_cause, waiting) == (PollState.LOST, "timeout", False)
     assert "TIMEOUT" in result.detail and "job.log" in result.detail
     result, _ = judge(el(S.CANCELLED), None, attempt=1, blind=False, grace_over=False)
@@ -213,20 +303,25 @@ def test_a_started_attempt_gets_a_grace_for_its_final_status() -> None:
     result, waiting = judge(el(S.NODE_FAIL), running, attempt=1, blind=False, grace_over=False)
     assert (result.state, waiting) == (PollState.UNKNOWN, True)
     result, waiting = judge(el(S.NODE_FAIL), running, attempt=1, blind=False, grace_over=True)
-    assert (result.state, result.scheduler_cause, waiting) == (PollState.LOST, "node_fail",
-                                                                False)
+    assert (result.state, result.scheduler_cause, waiting) == (PollState.LOST, "node_fail", False)
     result, waiting = judge(None, running, attempt=1, blind=False, grace_over=False)
     assert (result.state, waiting) == (PollState.UNKNOWN, True)
 
 
 def test_pending_and_running_elements() -> None:
-    result, _ = judge(Element("1_1", S.PENDING, "PENDING", reason="JobArrayTaskLimit"), None,
-                      attempt=1, blind=False, grace_over=False)
+    result, _ = judge(
+        Element("1_1", S.PENDING, "PENDING", reason="JobArrayTaskLimit"),
+        None,
+        attempt=1,
+        blind=False,
+        grace_over=False,
+    )
     assert (result.state, result.detail) == (PollState.STARTING, "JobArrayTaskLimit")
     result, _ = judge(el(S.RUNNING), None, attempt=1, blind=False, grace_over=False)
     assert result.state is PollState.STARTING  # the wrapper has not written yet
-    result, _ = judge(el(S.RUNNING), status("running", None), attempt=1, blind=False,
-                      grace_over=False)
+    result, _ = judge(
+        el(S.RUNNING), status("running", None), attempt=1, blind=False, grace_over=False
+    )
     assert result.state is PollState.RUNNING
     result, _ = judge(el(S.UNKNOWN, "WEIRD"), None, attempt=1, blind=False, grace_over=False)
     assert result.state is PollState.UNKNOWN and "WEIRD" in result.detail
@@ -250,7 +345,8 @@ def test_gone_from_the_scheduler() -> None:
 
 def test_unsplittable_module_line_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "hsm_config.yaml").write_text(
-        "distributed:\n  remotes:\n    c: {type: slurm, host: local, modules: ['cuda \"12']}\n")
+        "distributed:\n  remotes:\n    c: {type: slurm, host: local, modules: ['cuda \"12']}\n"
+    )
     with pytest.raises(ConfigError, match="distributed.remotes.c.modules"):
         build_sources(load_config(None, tmp_path), ["c"], parallel=None)
 
@@ -259,7 +355,8 @@ def test_a_cluster_entry_builds_a_queue_source(tmp_path: Path) -> None:
     (tmp_path / "hsm_config.yaml").write_text(
         "distributed:\n  remotes:\n"
         "    c: {type: slurm, host: local, max_parallel_jobs: 3}\n"
-        "    p: {type: pbs, host: local, array_throttle: 5, max_array_size: 50}\n")
+        "    p: {type: pbs, host: local, array_throttle: 5, max_array_size: 50}\n"
+    )
     sources = build_sources(load_config(None, tmp_path), ["c", "p"], parallel=None)
     slurm, pbs = sources["c"], sources["p"]
     assert isinstance(slurm, QueueSource) and isinstance(pbs, QueueSource)

@@ -44,8 +44,9 @@ class ScriptedLogin(Login):
     def work_root(self) -> str:
         return ROOT
 
-    async def run(self, argv: Sequence[str], *, input: bytes | None = None,
-                  timeout: float = 60.0) -> CommandResult:
+    async def run(
+        self, argv: Sequence[str], *, input: bytes | None = None, timeout: float = 60.0
+    ) -> CommandResult:
         self.calls.append(list(argv))
         return self.handler(list(argv), input)
 
@@ -78,25 +79,49 @@ class ScriptedLogin(Login):
 
 def context() -> SweepContext:
     return SweepContext(
-        sweep_id="s1", sweep_dir="/local/runs/s1", project_root="/local", project_name="local",
-        guard=GuardSettings(0, 0, 0, 0, 0), wandb_group="s1",
-        argv_for=lambda params, task_dir, python: ["true", *map(str, params.values())])
+        sweep_id="s1",
+        sweep_dir="/local/runs/s1",
+        project_root="/local",
+        project_name="local",
+        guard=GuardSettings(0, 0, 0, 0, 0),
+        wandb_group="s1",
+        argv_for=lambda params, task_dir, python: ["true", *map(str, params.values())],
+    )
 
 
 def source(login: Login, scheduler: Scheduler | None = None, **settings: Any) -> QueueSource:
-    return QueueSource("c", scheduler=scheduler or Slurm(), login=login,
-                       settings=ClusterSettings(**settings), python="python3", setup=[])
+    return QueueSource(
+        "c",
+        scheduler=scheduler or Slurm(),
+        login=login,
+        settings=ClusterSettings(**settings),
+        python="python3",
+        setup=[],
+    )
 
 
 def requests(n: int) -> list[LaunchRequest]:
-    return [LaunchRequest(number=i, attempt=1, params={"i": i}, slot=0, attempt_id=10 + i)
-            for i in range(1, n + 1)]
+    return [
+        LaunchRequest(number=i, attempt=1, params={"i": i}, slot=0, attempt_id=10 + i)
+        for i in range(1, n + 1)
+    ]
 
 
 def status_text(state: str, cause: str | None, attempt: int = 1) -> str:
-    return json.dumps({"version": 1, "attempt": attempt, "status": state, "cause": cause,
-                       "exit_code": 0 if state == "completed" else None, "pid": 7, "pgid": 8,
-                       "host": "n1", "started": 1.0, "finished": 2.0})
+    return json.dumps(
+        {
+            "version": 1,
+            "attempt": attempt,
+            "status": state,
+            "cause": cause,
+            "exit_code": 0 if state == "completed" else None,
+            "pid": 7,
+            "pgid": 8,
+            "host": "n1",
+            "started": 1.0,
+            "finished": 2.0,
+        }
+    )
 
 
 def test_a_big_batch_becomes_chained_chunks() -> None:
@@ -110,8 +135,11 @@ def test_a_big_batch_becomes_chained_chunks() -> None:
     handles = asyncio.run(src.launch(ctx=context(), requests=requests(5)))
     assert [h.job_id for h in handles] == ["101_1", "101_2", "102_1", "102_2", "103_1"]
     sbatch = [c for c in login.calls if c[0] == "sbatch"]
-    assert [c[2:-1] for c in sbatch] == [[], ["--dependency=afterany:101"],
-                                         ["--dependency=afterany:102"]]
+    assert [c[2:-1] for c in sbatch] == [
+        [],
+        ["--dependency=afterany:101"],
+        ["--dependency=afterany:102"],
+    ]
     scripts = sorted(p for p in login.files if "/.hsm/jobs/" in p)
     assert scripts == [f"{ROOT}/.hsm/jobs/hsm-s1-{n}.sh" for n in (11, 13, 15)]
     assert "#SBATCH --array=1-2%2" not in login.files[scripts[0]]  # throttle >= size
@@ -134,8 +162,9 @@ def test_a_chunk_refused_after_others_fails_only_its_own_requests() -> None:
         return ok(argv)
 
     login = ScriptedLogin(handler)
-    results = asyncio.run(source(login, max_array_size=2).launch(ctx=context(),
-                                                                  requests=requests(3)))
+    results = asyncio.run(
+        source(login, max_array_size=2).launch(ctx=context(), requests=requests(3))
+    )
     # The first array is queued and keeps its handles; only the third request failed.
     assert [r.job_id for r in results[:2] if isinstance(r, JobHandle)] == ["101_1", "101_2"]
     assert isinstance(results[2], SubmissionError)
@@ -155,14 +184,18 @@ def test_a_batch_whose_first_chunk_is_refused_raises() -> None:
 
 
 def handle(number: int, job_id: str | None) -> JobHandle:
-    return JobHandle(source="c", number=number, attempt=1,
-                     task_dir=f"{ROOT}/tasks/task_{number:04d}", job_id=job_id)
+    return JobHandle(
+        source="c",
+        number=number,
+        attempt=1,
+        task_dir=f"{ROOT}/tasks/task_{number:04d}",
+        job_id=job_id,
+    )
 
 
 def test_one_status_call_for_every_element_of_every_array() -> None:
     def handler(argv: list[str], _: bytes | None) -> CommandResult:
-        return ok(argv, "101_1|COMPLETED|n|None\n101_2|RUNNING|n|None\n"
-                        "102_1|TIMEOUT|n|TimeLimit\n")
+        return ok(argv, "101_1|COMPLETED|n|None\n101_2|RUNNING|n|None\n102_1|TIMEOUT|n|TimeLimit\n")
 
     login = ScriptedLogin(handler)
     login.files[f"{ROOT}/tasks/task_0001/status.json"] = status_text("completed", "completed")
@@ -174,13 +207,18 @@ def test_one_status_call_for_every_element_of_every_array() -> None:
     assert results[handles[0]].state is PollState.FINISHED
     assert results[handles[1]].state is PollState.STARTING  # running, no status read yet
     assert (results[handles[2]].state, results[handles[2]].scheduler_cause) == (
-        PollState.FINISHED, "timeout")
+        PollState.FINISHED,
+        "timeout",
+    )
 
 
 def test_a_silent_scheduler_is_never_taken_for_finished_jobs() -> None:
     def handler(argv: list[str], _: bytes | None) -> CommandResult:
-        return ok(argv, code=1, stderr="slurm_load_jobs error: Unable to contact slurm "
-                                       "controller (connect failure)")
+        return ok(
+            argv,
+            code=1,
+            stderr="slurm_load_jobs error: Unable to contact slurm controller (connect failure)",
+        )
 
     login = ScriptedLogin(handler)
     login.files[f"{ROOT}/tasks/task_0001/status.json"] = status_text("completed", "completed")
@@ -231,5 +269,8 @@ def test_cancel_stops_running_wrappers_gently_and_pending_elements_first() -> No
     login = ScriptedLogin(handler)
     asyncio.run(source(login).cancel(handles=[handle(1, "101_1"), handle(2, "101_2")]))
     cancels = [c for c in login.calls if c[0] == "scancel"]
-    assert cancels == [["scancel", "101_2"], ["scancel", "--batch", "--signal=TERM", "101_1"],
-                       ["scancel", "101_1"]]
+    assert cancels == [
+        ["scancel", "101_2"],
+        ["scancel", "--batch", "--signal=TERM", "101_1"],
+        ["scancel", "101_1"],
+    ]

@@ -266,21 +266,24 @@ def spec(**kwargs: Any) -> SweepSpec:
 
 
 def test_task_argv_for_a_plain_script_is_its_parameters_alone() -> None:
-    argv = task_argv(spec(), {"seed": 1, "name": "a b"}, python="py", task_dir="/t",
-                     sweep_id="s")
+    argv = task_argv(spec(), {"seed": 1, "name": "a b"}, python="py", task_dir="/t", sweep_id="s")
     assert argv == ["py", "train.py", "seed=1", "name='a b'"]
 
 
 def test_task_argv_for_a_hydra_app_adds_its_run_dir_only() -> None:
-    argv = task_argv(spec(hydra=True), {"optim": "sgd"}, python="py",
-                     task_dir="/runs/s 1/task_001", sweep_id="s")
+    argv = task_argv(
+        spec(hydra=True), {"optim": "sgd"}, python="py", task_dir="/runs/s 1/task_001", sweep_id="s"
+    )
     assert argv == ["py", "train.py", "optim=sgd", "hydra.run.dir='/runs/s 1/task_001'"]
     # Not prefixed by hydra_append: every Hydra config has the key.
-    argv = task_argv(spec(hydra=True, hydra_append=True), {"a": 1}, python="py",
-                     task_dir="/t", sweep_id="s")
+    argv = task_argv(
+        spec(hydra=True, hydra_append=True), {"a": 1}, python="py", task_dir="/t", sweep_id="s"
+    )
     assert argv[2:] == ["++a=1", "hydra.run.dir=/t"]
     assert task_argv(spec(hydra=True), {}, python="py", task_dir=None, sweep_id="s") == [
-        "py", "train.py"]
+        "py",
+        "train.py",
+    ]
 
 
 def test_task_argv_for_a_script_with_opt_in_arguments() -> None:
@@ -342,7 +345,8 @@ def test_task_argv_hydra_append_prefixes_every_key_once() -> None:
 
 def test_task_argv_elements_are_never_shell_split(tmp_path: Path) -> None:
     hostile = "a'; echo foo\nbar"
-    argv = task_argv(spec(hydra=True), {"name": hostile}, python="py", task_dir=str(tmp_path),
-                     sweep_id="s")
+    argv = task_argv(
+        spec(hydra=True), {"name": hostile}, python="py", task_dir=str(tmp_path), sweep_id="s"
+    )
     assert len(argv) == 4
     assert hydra_reads(argv[2]) == hostile

@@ -25,16 +25,24 @@ HOSTILE = "</script><script>alert(1)</script><!-- \u2028 & <b>"
 GB = 10**9
 
 
-def make_store(tmp_path: Path, params: list[dict[str, Any]],
-               sources: tuple[str, ...] = ("alpha", "beta")) -> tuple[Store, Path]:
+def make_store(
+    tmp_path: Path, params: list[dict[str, Any]], sources: tuple[str, ...] = ("alpha", "beta")
+) -> tuple[Store, Path]:
     store = Store.open(tmp_path / "state" / "hsm.db")
     sweep_dir = tmp_path / "runs" / "s1"
     (sweep_dir / "tasks").mkdir(parents=True)
     (sweep_dir / "sweep.yaml").write_text("script: train.py\nsweep:\n  grid:\n    seed: [1, 2]\n")
-    store.create_sweep(sweep_id="s1", spec_path=str(tmp_path / "sweep.yaml"),
-                       spec={"script": "train.py"}, sweep_dir=str(sweep_dir),
-                       project_root=str(tmp_path), sources=list(sources), parallel=None,
-                       command_line="hsm run sweep.yaml --name s1", params=params)
+    store.create_sweep(
+        sweep_id="s1",
+        spec_path=str(tmp_path / "sweep.yaml"),
+        spec={"script": "train.py"},
+        sweep_dir=str(sweep_dir),
+        project_root=str(tmp_path),
+        sources=list(sources),
+        parallel=None,
+        command_line="hsm run sweep.yaml --name s1",
+        params=params,
+    )
     return store, sweep_dir
 
 
@@ -44,31 +52,56 @@ def task_dir(sweep_dir: Path, number: int) -> Path:
     return path
 
 
-def run(store: Store, number: int, source: str, slot: int | None, cause: Cause | None,
-        *, retry: bool = False, host: str = "node1") -> AttemptRow:
+def run(
+    store: Store,
+    number: int,
+    source: str,
+    slot: int | None,
+    cause: Cause | None,
+    *,
+    retry: bool = False,
+    host: str = "node1",
+) -> AttemptRow:
     """One attempt of a task; ``cause`` None leaves it running."""
     attempt = store.begin_attempt("s1", number, source=source, slot=slot)
     store.attempt_launched(attempt.id, {"job_id": str(number)}, host)
     if cause is None:
         return attempt
-    state = {Cause.COMPLETED: AttemptState.COMPLETED, Cause.LOST: AttemptState.LOST,
-             Cause.CANCELLED: AttemptState.CANCELLED}.get(cause, AttemptState.FAILED)
-    status = TaskStatus.PENDING if retry else {
-        AttemptState.COMPLETED: TaskStatus.COMPLETED,
-        AttemptState.CANCELLED: TaskStatus.CANCELLED}.get(state, TaskStatus.FAILED)
+    state = {
+        Cause.COMPLETED: AttemptState.COMPLETED,
+        Cause.LOST: AttemptState.LOST,
+        Cause.CANCELLED: AttemptState.CANCELLED,
+    }.get(cause, AttemptState.FAILED)
+    status = (
+        TaskStatus.PENDING
+        if retry
+        else {
+            AttemptState.COMPLETED: TaskStatus.COMPLETED,
+            AttemptState.CANCELLED: TaskStatus.CANCELLED,
+        }.get(state, TaskStatus.FAILED)
+    )
     exit_code = 0 if cause is Cause.COMPLETED else (None if cause is Cause.LOST else 1)
-    store.finish_attempt(attempt, state=state, cause=cause, exit_code=exit_code,
-                         task_status=status)
+    store.finish_attempt(attempt, state=state, cause=cause, exit_code=exit_code, task_status=status)
     return attempt
 
 
-def health(store: Store, source: str, free: int, *, total: int = 20 * GB,
-           reachable: bool = True) -> None:
-    store.record_health(source=source, reachable=reachable, disk_path="/work",
-                        free_bytes=free if reachable else None,
-                        total_bytes=total if reachable else None, load1=1.5, cores=4,
-                        memory_percent=40.0, disk_status="healthy", status="healthy",
-                        detail=None, consecutive_failures=0)
+def health(
+    store: Store, source: str, free: int, *, total: int = 20 * GB, reachable: bool = True
+) -> None:
+    store.record_health(
+        source=source,
+        reachable=reachable,
+        disk_path="/work",
+        free_bytes=free if reachable else None,
+        total_bytes=total if reachable else None,
+        load1=1.5,
+        cores=4,
+        memory_percent=40.0,
+        disk_status="healthy",
+        status="healthy",
+        detail=None,
+        consecutive_failures=0,
+    )
 
 
 def report(store: Store, **kw: Any) -> Report:
@@ -86,11 +119,18 @@ def test_one_lane_per_source_and_slot_one_bar_per_attempt(tmp_path: Path) -> Non
     model = report(store)
 
     assert [(lane.source, lane.slot, lane.label) for lane in model.lanes] == [
-        ("alpha", 0, "alpha #0"), ("alpha", 1, "alpha #1"), ("beta", 0, "beta #0")]
+        ("alpha", 0, "alpha #0"),
+        ("alpha", 1, "alpha #1"),
+        ("beta", 0, "beta #0"),
+    ]
     bars = [(b.task, b.attempt, model.lanes[b.lane].label, b.outcome) for b in model.bars]
-    assert bars == [(1, 1, "alpha #0", "completed"), (2, 1, "alpha #1", "failed"),
-                    (3, 1, "beta #0", "lost"), (3, 2, "alpha #0", "completed"),
-                    (4, 1, "beta #0", "running")]
+    assert bars == [
+        (1, 1, "alpha #0", "completed"),
+        (2, 1, "alpha #1", "failed"),
+        (3, 1, "beta #0", "lost"),
+        (3, 2, "alpha #0", "completed"),
+        (4, 1, "beta #0", "running"),
+    ]
     running = model.bars[-1]
     assert running.end is None and running.host == "node1"
     assert all(b.end is not None and b.end >= b.start for b in model.bars[:-1])
@@ -132,13 +172,13 @@ def test_a_finished_sweep_ends_at_its_finish_time(tmp_path: Path) -> None:
 def test_failures_are_grouped_by_cause_and_normalised_log_tail(tmp_path: Path) -> None:
     store, sweep_dir = make_store(tmp_path, [{"seed": i} for i in range(1, 7)])
     logs = {
-        1: "loading data\nTraceback (most recent call last):\n  File \"train.py\", line 12\n"
-           "ValueError: loss is nan at step 1200 (lr=0.31)\n",
-        2: "other output 17\nTraceback (most recent call last):\n  File \"train.py\", line 12\n"
-           "ValueError: loss is nan at step 3400 (lr=0.77)\n",
+        1: 'loading data\nTraceback (most recent call last):\n  File "train.py", line 12\n'
+        "ValueError: loss is nan at step 1200 (lr=0.31)\n",
+        2: 'other output 17\nTraceback (most recent call last):\n  File "train.py", line 12\n'
+        "ValueError: loss is nan at step 3400 (lr=0.77)\n",
         3: "Traceback (most recent call last):\n  File \"train.py\", line 40\nKeyError: 'x'\n",
-        4: "Traceback (most recent call last):\n  File \"train.py\", line 12\n"
-           "ValueError: loss is nan at step 99 (lr=0.1)\n",
+        4: 'Traceback (most recent call last):\n  File "train.py", line 12\n'
+        "ValueError: loss is nan at step 99 (lr=0.1)\n",
         6: "all good\n",
     }
     for number, text in logs.items():
@@ -151,8 +191,12 @@ def test_failures_are_grouped_by_cause_and_normalised_log_tail(tmp_path: Path) -
     model = report(store)
 
     groups = [(g.cause, g.count, g.tasks, g.sources) for g in model.failures]
-    assert groups == [("task_failed", 2, [1, 2], ["alpha"]), ("task_failed", 1, [3], ["alpha"]),
-                      ("disk_kill", 1, [4], ["beta"]), ("task_failed", 1, [5], ["beta"])]
+    assert groups == [
+        ("task_failed", 2, [1, 2], ["alpha"]),
+        ("task_failed", 1, [3], ["alpha"]),
+        ("disk_kill", 1, [4], ["beta"]),
+        ("task_failed", 1, [5], ["beta"]),
+    ]
     first = model.failures[0]
     assert first.tail is not None and first.tail.endswith("at step 1200 (lr=0.31)")
     assert model.failures[3].tail is None and model.failures[3].key == ""
@@ -164,12 +208,16 @@ def test_failures_are_grouped_by_cause_and_normalised_log_tail(tmp_path: Path) -
 
 
 def test_normalise_tail_keeps_line_numbers_and_drops_what_varies() -> None:
-    a = ("2024-05-01 12:00:03 error in /runs/s1/tasks/task_0007/out at 0x7f3a2b\n"
-         "  File \"train.py\", line 12, in main\nRuntimeError: CUDA out of memory. Tried to "
-         "allocate 2.00 GiB (id 1b4e28ba-2fa1-11d2-883f-0016d3cca427)")
-    b = ("2024-05-02 01:09:13 error in /runs/s1/tasks/task_0123/out at 0x55aa\n"
-         "  File \"train.py\", line 12, in main\nRuntimeError: CUDA out of memory. Tried to "
-         "allocate 3.50 GiB (id 00000000-2fa1-11d2-883f-0016d3cca427)")
+    a = (
+        "2024-05-01 12:00:03 error in /runs/s1/tasks/task_0007/out at 0x7f3a2b\n"
+        '  File "train.py", line 12, in main\nRuntimeError: CUDA out of memory. Tried to '
+        "allocate 2.00 GiB (id 1b4e28ba-2fa1-11d2-883f-0016d3cca427)"
+    )
+    b = (
+        "2024-05-02 01:09:13 error in /runs/s1/tasks/task_0123/out at 0x55aa\n"
+        '  File "train.py", line 12, in main\nRuntimeError: CUDA out of memory. Tried to '
+        "allocate 3.50 GiB (id 00000000-2fa1-11d2-883f-0016d3cca427)"
+    )
     c = a.replace("line 12", "line 13")
     assert normalise_tail(a) == normalise_tail(b)
     assert normalise_tail(a) != normalise_tail(c)
@@ -182,16 +230,20 @@ def test_failure_key_is_the_last_traceback_or_the_last_lines() -> None:
     assert failure_key(f"{traceback}\nretrying\n{traceback}").count("Traceback") == 1
     plain = "\n".join(f"progress line {w}" for w in "abcdefg") + "\nfatal: out of disk"
     assert failure_key(plain).splitlines() == [
-        "progress line d", "progress line e", "progress line f", "progress line g",
-        "fatal: out of disk"]
+        "progress line d",
+        "progress line e",
+        "progress line f",
+        "progress line g",
+        "fatal: out of disk",
+    ]
 
 
-def test_read_tail_keeps_the_last_lines_of_progress_bars_and_drops_colours(
-        tmp_path: Path) -> None:
+def test_read_tail_keeps_the_last_lines_of_progress_bars_and_drops_colours(tmp_path: Path) -> None:
     log = tmp_path / "stderr.log"
     lines = [f"line {i}" for i in range(100)]
-    log.write_text("\n".join(lines) + "\n 10%|#\r 50%|####\r100%|########\n"
-                   "\x1b[31mError: boom\x1b[0m\n\n")
+    log.write_text(
+        "\n".join(lines) + "\n 10%|#\r 50%|####\r100%|########\n\x1b[31mError: boom\x1b[0m\n\n"
+    )
     tail = read_tail(log, lines=3)
     assert tail == "line 99\n100%|########\nError: boom"
     huge = tmp_path / "huge.log"
@@ -230,7 +282,9 @@ def test_per_source_stats_match_hsm_status(tmp_path: Path) -> None:
     # "failed" and the failure rate are those that hsm status reports.
     for s in summarize(store, "s1").sources:
         assert (stats[s.name].failed, stats[s.name].failure_rate) == (
-            s.failed, round(s.failure_rate, 4))
+            s.failed,
+            round(s.failure_rate, 4),
+        )
 
 
 def test_a_source_with_no_attempts_has_empty_stats(tmp_path: Path) -> None:
@@ -248,12 +302,17 @@ def test_health_series_levels_and_source_events(tmp_path: Path) -> None:
     health(store, "alpha", 2 * GB, total=40 * GB)
     health(store, "alpha", 0, reachable=False)
     health(store, "gamma", 1 * GB)  # not a source of this sweep
-    store.set_source_enabled("alpha", False, reason="3 consecutive health check failures",
-                             sweep_id="s1")
+    store.set_source_enabled(
+        "alpha", False, reason="3 consecutive health check failures", sweep_id="s1"
+    )
     store.set_source_enabled("alpha", True, reason="enabled by hsm distributed enable")
     store.set_source_enabled("gamma", False, reason="not ours")
-    config = HealthConfig(disk_warning_free=ByteSize(3 * GB), disk_warning_percent=10,
-                          disk_critical_free=ByteSize(1 * GB), disk_critical_percent=1)
+    config = HealthConfig(
+        disk_warning_free=ByteSize(3 * GB),
+        disk_warning_percent=10,
+        disk_critical_free=ByteSize(1 * GB),
+        disk_critical_percent=1,
+    )
     model = build_report(store, "s1", health=config)
 
     assert [h.source for h in model.health] == ["alpha", "beta"]
@@ -266,11 +325,11 @@ def test_health_series_levels_and_source_events(tmp_path: Path) -> None:
     assert model.levels.disk_warning_free == 3 * GB and model.levels.max_load_per_core == 2.0
     assert [(e.source, e.kind, e.message) for e in model.events] == [
         ("alpha", "disabled", "3 consecutive health check failures"),
-        ("alpha", "enabled", "enabled by hsm distributed enable")]
+        ("alpha", "enabled", "enabled by hsm distributed enable"),
+    ]
 
 
-def test_events_after_a_finished_sweep_are_left_out_unless_it_recorded_them(
-        tmp_path: Path) -> None:
+def test_events_after_a_finished_sweep_are_left_out_unless_it_recorded_them(tmp_path: Path) -> None:
     store, _ = make_store(tmp_path, [{"seed": 1}])
     run(store, 1, "alpha", 0, Cause.COMPLETED)
     store.set_sweep_state("s1", SweepState.COMPLETED)
@@ -284,10 +343,26 @@ def test_events_after_a_finished_sweep_are_left_out_unless_it_recorded_them(
 
 
 def test_long_health_series_are_thinned_keeping_the_lowest_disk() -> None:
-    rows = [HealthRow(float(i), "a", True, "/", (10 - (i % 10)) * GB, 20 * GB, 1.0, 2, 50.0,
-                      "healthy", "healthy", None) for i in range(5000)]
-    rows[2345] = HealthRow(2345.0, "a", True, "/", 1, 20 * GB, 1.0, 2, 50.0, "critical",
-                           "unhealthy", None)
+    rows = [
+        HealthRow(
+            float(i),
+            "a",
+            True,
+            "/",
+            (10 - (i % 10)) * GB,
+            20 * GB,
+            1.0,
+            2,
+            50.0,
+            "healthy",
+            "healthy",
+            None,
+        )
+        for i in range(5000)
+    ]
+    rows[2345] = HealthRow(
+        2345.0, "a", True, "/", 1, 20 * GB, 1.0, 2, 50.0, "critical", "unhealthy", None
+    )
     kept = thin(rows, 100)
     assert len(kept) == 100
     assert [r.time for r in kept] == sorted(r.time for r in kept)
@@ -337,8 +412,7 @@ def test_read_metrics_rejects_what_is_not_an_object(tmp_path: Path) -> None:
 
 # -- the page -------------------------------------------------------------------------------
 def embedded(page: str) -> str:
-    match = re.search(r'<script type="application/json" id="hsm-data">(.*?)</script>', page,
-                      re.S)
+    match = re.search(r'<script type="application/json" id="hsm-data">(.*?)</script>', page, re.S)
     assert match is not None
     return match.group(1)
 

@@ -14,7 +14,8 @@ from hsm.report.files import last_json_line, task_metrics
 
 def test_metrics_json_then_the_last_json_line_of_stdout(tmp_path: Path) -> None:
     (tmp_path / "stdout.log").write_text(
-        'epoch 1\n{"loss": 2}\n{"loss": 1, "m": {"f1": 0.5}}\n{not json}\n[1, 2]\ndone\n')
+        'epoch 1\n{"loss": 2}\n{"loss": 1, "m": {"f1": 0.5}}\n{not json}\n[1, 2]\ndone\n'
+    )
     assert task_metrics(tmp_path) == {"loss": 1, "m.f1": 0.5}
     (tmp_path / "metrics.json").write_text(json.dumps({"loss": 0.1}))
     assert task_metrics(tmp_path) == {"loss": 0.1}
@@ -52,18 +53,25 @@ def row(number: int, **values: object) -> dict[str, object]:
     ],
 )
 def test_where(expr: str, matches: list[int]) -> None:
-    rows = [row(1, lr=0.001, name="small", status="completed", cause=None),
-            row(2, lr=0.01, name="big one", status="completed", cause=None),
-            row(3, lr=0.1, status="failed", loss=1.0, cause=None),
-            row(4, lr="n/a", status="running", cause=None)]
+    rows = [
+        row(1, lr=0.001, name="small", status="completed", cause=None),
+        row(2, lr=0.01, name="big one", status="completed", cause=None),
+        row(3, lr=0.1, status="failed", loss=1.0, cause=None),
+        row(4, lr="n/a", status="running", cause=None),
+    ]
     test = parse_where(expr, COLUMNS)
     assert [r["number"] for r in rows if test(r)] == matches
 
 
 @pytest.mark.parametrize(
     ("expr", "part"),
-    [("lr", "expected KEY=VALUE"), ("lr>", "expected KEY=VALUE"), ("=3", "expected"),
-     ("lrr>1", "did you mean 'lr'"), ("name>abc", "needs a number")],
+    [
+        ("lr", "expected KEY=VALUE"),
+        ("lr>", "expected KEY=VALUE"),
+        ("=3", "expected"),
+        ("lrr>1", "did you mean 'lr'"),
+        ("name>abc", "needs a number"),
+    ],
 )
 def test_bad_where(expr: str, part: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -72,9 +80,17 @@ def test_bad_where(expr: str, part: str) -> None:
 
 
 def test_sort_puts_missing_values_last_both_ways() -> None:
-    rows = [ResultRow(number=n, status="completed", cause=None, source="local", duration=None,
-                      metrics={} if loss is None else {"loss": loss})
-            for n, loss in [(1, 3.0), (2, None), (3, 1.0), (4, float("nan")), (5, 2)]]
+    rows = [
+        ResultRow(
+            number=n,
+            status="completed",
+            cause=None,
+            source="local",
+            duration=None,
+            metrics={} if loss is None else {"loss": loss},
+        )
+        for n, loss in [(1, 3.0), (2, None), (3, 1.0), (4, float("nan")), (5, 2)]
+    ]
     assert [r.number for r in sort_rows(rows, "loss", COLUMNS)] == [3, 5, 1, 2, 4]
     assert [r.number for r in sort_rows(rows, "-loss", COLUMNS)] == [1, 5, 3, 2, 4]
     with pytest.raises(ConfigError):

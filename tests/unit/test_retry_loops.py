@@ -25,7 +25,8 @@ class Sleeps:
 
 
 def test_a_failing_cancel_is_tried_three_times_then_given_up(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     def handler(argv: list[str], _: bytes | None) -> CommandResult:
         if argv[0] == "scancel":
             raise HsmError("login01: connection reset")
@@ -56,14 +57,17 @@ def test_a_cancel_that_fails_once_is_done_on_the_second_try() -> None:
     assert sleeps.waits == [1.0]
 
 
-@pytest.mark.parametrize(("codes", "runs", "fails"), [
-    ([255, 12, 0], 3, False),  # the network broke twice: the third push succeeds
-    ([255, 255, 255, 0], 3, True),  # bounded: three tries in all
-    ([23, 0], 1, True),  # rsync's own errors (e.g. a missing file) are not retried
-])
-def test_rsync_push_retries_network_failures_only(monkeypatch: pytest.MonkeyPatch,
-                                                  codes: list[int], runs: int,
-                                                  fails: bool) -> None:
+@pytest.mark.parametrize(
+    ("codes", "runs", "fails"),
+    [
+        ([255, 12, 0], 3, False),  # the network broke twice: the third push succeeds
+        ([255, 255, 255, 0], 3, True),  # bounded: three tries in all
+        ([23, 0], 1, True),  # rsync's own errors (e.g. a missing file) are not retried
+    ],
+)
+def test_rsync_push_retries_network_failures_only(
+    monkeypatch: pytest.MonkeyPatch, codes: list[int], runs: int, fails: bool
+) -> None:
     calls: list[Sequence[str]] = []
 
     async def fake_run_local(argv: Sequence[str], **_: object) -> CommandResult:
@@ -80,12 +84,18 @@ def test_rsync_push_retries_network_failures_only(monkeypatch: pytest.MonkeyPatc
     else:
         assert asyncio.run(push).returncode == 0
     assert len(calls) == runs
-    assert sleeps.waits == [1.0, 2.0][:runs - 1]
+    assert sleeps.waits == [1.0, 2.0][: runs - 1]
 
 
 def test_reconnects_back_off_up_to_the_cap() -> None:
-    src = SshSource("h1", transport=SshTransport(SshTarget(source="h1", host="blossom")),
-                    slots=1, remote_root="/r", python="python3", setup=[])
+    src = SshSource(
+        "h1",
+        transport=SshTransport(SshTarget(source="h1", host="blossom")),
+        slots=1,
+        remote_root="/r",
+        python="python3",
+        setup=[],
+    )
     src.sleep = sleeps = Sleeps()
     outcomes = [False] * 5 + [True]
 

@@ -39,8 +39,7 @@ def test_squeue_one_line_per_element() -> None:
     elements = {e.job_id: e for e in parse_squeue(read("slurm_squeue.txt"))}
     assert elements["231_1"].state is S.CANCELLED
     assert elements["231_2"].state is S.RUNNING
-    assert (elements["231_4"].state, elements["231_4"].reason) == (S.PENDING,
-                                                                    "JobArrayTaskLimit")
+    assert (elements["231_4"].state, elements["231_4"].reason) == (S.PENDING, "JobArrayTaskLimit")
     assert elements["217_3"].state is S.FAILED
     assert elements["217_5"].state is S.COMPLETED
     assert (elements["229_1"].state, elements["229_1"].raw) == (S.TIMEOUT, "TIMEOUT")
@@ -60,26 +59,36 @@ def test_scontrol_show_config() -> None:
 def test_sacct_final_states_and_exit_codes() -> None:
     elements = {e.job_id: e for e in parse_sacct(read("slurm_sacct.txt"))}
     assert {k: e.state for k, e in elements.items()} == {
-        "5120_1": S.COMPLETED, "5120_2": S.FAILED, "5120_3": S.TIMEOUT,
-        "5120_4": S.OUT_OF_MEMORY, "5120_5": S.CANCELLED, "5120_6": S.NODE_FAIL,
-        "5120_7": S.PREEMPTED, "5120_8": S.RUNNING,
+        "5120_1": S.COMPLETED,
+        "5120_2": S.FAILED,
+        "5120_3": S.TIMEOUT,
+        "5120_4": S.OUT_OF_MEMORY,
+        "5120_5": S.CANCELLED,
+        "5120_6": S.NODE_FAIL,
+        "5120_7": S.PREEMPTED,
+        "5120_8": S.RUNNING,
     }  # the pending range 5120_[9-12%2] is skipped: it is still in the live queue
     assert elements["5120_2"].exit_code == 3
     assert elements["5120_5"].exit_code == 128 + 15
     assert elements["5120_5"].raw == "CANCELLED"
 
 
-@pytest.mark.parametrize(("text", "code"), [("0:0", 0), ("3:0", 3), ("0:9", 137), ("", None),
-                                             ("x:0", None)])
+@pytest.mark.parametrize(
+    ("text", "code"), [("0:0", 0), ("3:0", 3), ("0:9", 137), ("", None), ("x:0", None)]
+)
 def test_sacct_exit_code(text: str, code: int | None) -> None:
     assert parse_exit_code(text) == code
 
 
 def test_sinfo_partitions() -> None:
-    info = parse_sinfo(["debug*|up|1|mixed", "gpu|up|2|idle", "gpu|up|1|down*",
-                        "old|down|3|idle", "garbage"])
-    assert info["partitions"]["debug"] == {"available": "up", "default": True,
-                                           "nodes": {"mixed": 1}}
+    info = parse_sinfo(
+        ["debug*|up|1|mixed", "gpu|up|2|idle", "gpu|up|1|down*", "old|down|3|idle", "garbage"]
+    )
+    assert info["partitions"]["debug"] == {
+        "available": "up",
+        "default": True,
+        "nodes": {"mixed": 1},
+    }
     assert info["partitions"]["gpu"]["nodes"] == {"idle": 2, "down": 1}
     assert info["usable_nodes"] == 3  # down nodes and down partitions do not count
 
@@ -96,18 +105,25 @@ def test_slurm_job_ids() -> None:
 
 def test_slurm_ignores_an_invalid_job_id_answer() -> None:
     slurm = Slurm()
-    forgotten = CommandResult(("squeue",), 1, "", "slurm_load_jobs error: Invalid job id "
-                                                 "specified\n")
-    down = CommandResult(("squeue",), 1, "", "slurm_load_jobs error: Unable to contact slurm "
-                                             "controller (connect failure)\n")
+    forgotten = CommandResult(
+        ("squeue",), 1, "", "slurm_load_jobs error: Invalid job id specified\n"
+    )
+    down = CommandResult(
+        ("squeue",),
+        1,
+        "",
+        "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n",
+    )
     assert not slurm.status_failed(forgotten)
     assert slurm.status_failed(down)
 
 
 def test_slurm_probe_output() -> None:
-    text = ("--df\n/dev/sda1 100000 40000 60000 40% /\n--ping 0\n"
-            "Slurmctld(primary) at vm is UP\n--nodes\ndebug*|up|1|idle\n"
-            "--queue\nPENDING\nPENDING\nRUNNING\nCOMPLETING\n")
+    text = (
+        "--df\n/dev/sda1 100000 40000 60000 40% /\n--ping 0\n"
+        "Slurmctld(primary) at vm is UP\n--nodes\ndebug*|up|1|idle\n"
+        "--queue\nPENDING\nPENDING\nRUNNING\nCOMPLETING\n"
+    )
     sample = parse_probe(Slurm(), text, "/work")
     assert sample.reachable and (sample.free_bytes, sample.total_bytes) == (60000, 100000)
     assert sample.extra["controller"] == "up"
@@ -116,8 +132,7 @@ def test_slurm_probe_output() -> None:
 
 
 def test_slurm_probe_with_the_controller_down() -> None:
-    text = ("--df\n/dev/sda1 100000 40000 60000 40% /\n--ping 1\n"
-            "Slurmctld(primary) at vm is DOWN\n")
+    text = "--df\n/dev/sda1 100000 40000 60000 40% /\n--ping 1\nSlurmctld(primary) at vm is DOWN\n"
     sample = parse_probe(Slurm(), text, "/work")
     assert isinstance(sample, HealthSample)
     assert not sample.reachable
@@ -131,8 +146,15 @@ def test_pbs_pro_json() -> None:
     elements = {e.job_id: e for e in parse_qstat_json(read("pbs_pro_qstat.json"))}
     assert elements["4101[]"].state is S.RUNNING  # the array itself: begun
     assert {i: elements[f"4101[{i}]"].state for i in range(1, 9)} == {
-        1: S.COMPLETED, 2: S.FAILED, 3: S.TIMEOUT, 4: S.OUT_OF_MEMORY, 5: S.FAILED,
-        6: S.RUNNING, 7: S.RUNNING, 8: S.PENDING}
+        1: S.COMPLETED,
+        2: S.FAILED,
+        3: S.TIMEOUT,
+        4: S.OUT_OF_MEMORY,
+        5: S.FAILED,
+        6: S.RUNNING,
+        7: S.RUNNING,
+        8: S.PENDING,
+    }
     assert elements["4101[2]"].exit_code == 3
     assert elements["4101[8]"].reason.startswith("Not Running")
     assert elements["4102"].state is S.NODE_FAIL  # failed to start: the node's fault
@@ -149,7 +171,12 @@ def test_pbs_pro_json_without_jobs() -> None:
 def test_torque_xml() -> None:
     elements = {e.job_id: e for e in parse_qstat_xml(read("torque_qstat.xml"))}
     assert {i: elements[f"812[{i}]"].state for i in range(1, 6)} == {
-        1: S.COMPLETED, 2: S.TIMEOUT, 3: S.OUT_OF_MEMORY, 4: S.RUNNING, 5: S.PENDING}
+        1: S.COMPLETED,
+        2: S.TIMEOUT,
+        3: S.OUT_OF_MEMORY,
+        4: S.RUNNING,
+        5: S.PENDING,
+    }
     assert elements["812[]"].name == "hsm-20260101-120000-ab12-17"
 
 
@@ -164,7 +191,10 @@ def test_torque_text() -> None:
 def test_qstat_text_of_slurm_s_pbs_wrappers() -> None:
     elements = parse_qstat_text(read("pbs_slurm_wrapper_qstat_f.txt"))
     assert [(e.job_id, e.state) for e in elements] == [
-        ("222", S.COMPLETED), ("229", S.COMPLETED), ("230", S.COMPLETED)]
+        ("222", S.COMPLETED),
+        ("229", S.COMPLETED),
+        ("230", S.COMPLETED),
+    ]
     assert elements[1].name == "hsm-20261129-025854-5827-1"
 
 
@@ -191,12 +221,28 @@ def test_pbs_status_answer() -> None:
     assert pro.status_failed(CommandResult(("qstat",), 1, "", "Connection refused"))
 
 
-@pytest.mark.parametrize(("flavor", "argv"), [
-    ("pro", ["qsub", "-o", "/dev/null", "-e", "/dev/null", "-J", "1-8", "-W",
-             "max_run_subjobs=2", "job.sh"]),
-    ("torque", ["qsub", "-o", "/dev/null", "-e", "/dev/null", "-t", "1-8%2", "job.sh"]),
-    ("generic", ["qsub", "-o", "/dev/null", "-e", "/dev/null", "-J", "1-8%2", "job.sh"]),
-])
+@pytest.mark.parametrize(
+    ("flavor", "argv"),
+    [
+        (
+            "pro",
+            [
+                "qsub",
+                "-o",
+                "/dev/null",
+                "-e",
+                "/dev/null",
+                "-J",
+                "1-8",
+                "-W",
+                "max_run_subjobs=2",
+                "job.sh",
+            ],
+        ),
+        ("torque", ["qsub", "-o", "/dev/null", "-e", "/dev/null", "-t", "1-8%2", "job.sh"]),
+        ("generic", ["qsub", "-o", "/dev/null", "-e", "/dev/null", "-J", "1-8%2", "job.sh"]),
+    ],
+)
 def test_pbs_submit_argv(flavor: str, argv: list[str]) -> None:
     from hsm.sources.scheduler import ArraySpec
 
@@ -206,11 +252,13 @@ def test_pbs_submit_argv(flavor: str, argv: list[str]) -> None:
 
 
 def test_pbs_probe_queue_counts() -> None:
-    text = ("--df\nfs 100 40 60 40% /\n--ping 0\nQueue Max Tot\n--queue\n\npbs01:\n"
-            "Job ID  Username Queue Jobname SessID NDS TSK Memory Time  S Time\n"
-            "------- -------- ----- ------- ------ --- --- ------ ----- - -----\n"
-            "4101[].pbs01 alice workq hsm-x -- 1 4 16gb 04:00 B 00:01\n"
-            "4103.pbs01 alice workq hsm-y -- 1 4 16gb 04:00 Q --\n")
+    text = (
+        "--df\nfs 100 40 60 40% /\n--ping 0\nQueue Max Tot\n--queue\n\npbs01:\n"
+        "Job ID  Username Queue Jobname SessID NDS TSK Memory Time  S Time\n"
+        "------- -------- ----- ------- ------ --- --- ------ ----- - -----\n"
+        "4101[].pbs01 alice workq hsm-x -- 1 4 16gb 04:00 B 00:01\n"
+        "4103.pbs01 alice workq hsm-y -- 1 4 16gb 04:00 Q --\n"
+    )
     sample = parse_probe(Pbs("pro"), text, "~/hsm")
     assert sample.reachable
     assert sample.extra["queue"] == {"pending": 1, "running": 1}

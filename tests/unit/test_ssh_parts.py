@@ -20,15 +20,15 @@ from hsm.sources.transport import NOTHING_TRUSTED, SshTarget, SshTransport
 def options(tmp_path: Path, config: str, **target: object) -> dict[str, object]:
     path = tmp_path / "ssh_config"
     path.write_text(config)
-    transport = SshTransport(SshTarget(source="s", host="blossom", ssh_config=str(path),
-                                       **target))  # type: ignore[arg-type]
+    transport = SshTransport(SshTarget(source="s", host="blossom", ssh_config=str(path), **target))  # type: ignore[arg-type]
     return asyncio.run(transport._options())
 
 
 def test_known_hosts_none_in_the_config_trusts_nothing(tmp_path: Path) -> None:
     # "UserKnownHostsFile none" would make asyncssh skip host key checks: never let it.
-    opts = options(tmp_path, "Host blossom\n  UserKnownHostsFile none\n"
-                             "  GlobalKnownHostsFile none\n")
+    opts = options(
+        tmp_path, "Host blossom\n  UserKnownHostsFile none\n  GlobalKnownHostsFile none\n"
+    )
     assert opts["known_hosts"] == NOTHING_TRUSTED
 
 
@@ -37,36 +37,65 @@ def test_known_hosts_from_the_config_then_explicit(tmp_path: Path) -> None:
     mine.write_text("")
     other = tmp_path / "other"
     other.write_text("")
-    opts = options(tmp_path, f"Host blossom\n  UserKnownHostsFile {mine} {tmp_path}/gone\n"
-                             "  GlobalKnownHostsFile /dev/null/x\n")
+    opts = options(
+        tmp_path,
+        f"Host blossom\n  UserKnownHostsFile {mine} {tmp_path}/gone\n"
+        "  GlobalKnownHostsFile /dev/null/x\n",
+    )
     assert opts["known_hosts"] == [str(mine)]  # only files that exist
-    opts = options(tmp_path, f"Host blossom\n  UserKnownHostsFile {mine}\n",
-                   known_hosts=str(other))
+    opts = options(tmp_path, f"Host blossom\n  UserKnownHostsFile {mine}\n", known_hosts=str(other))
     assert opts["known_hosts"] == [str(other)]
     missing = options(tmp_path, "", known_hosts=str(tmp_path / "missing"))
     assert missing["known_hosts"] == NOTHING_TRUSTED
 
 
 def test_openssh_command_matches_the_target(tmp_path: Path) -> None:
-    target = SshTarget(source="s", host="blossom", port=2222, user="ann", ssh_key="~/k",
-                       known_hosts="/kh", ssh_config=None, keepalive_interval=0)
+    target = SshTarget(
+        source="s",
+        host="blossom",
+        port=2222,
+        user="ann",
+        ssh_key="~/k",
+        known_hosts="/kh",
+        ssh_config=None,
+        keepalive_interval=0,
+    )
     argv = SshTransport(target).ssh_argv()
     assert argv[:3] == ["ssh", "-F", "/dev/null"]  # no config: none at all, not the default
     joined = " ".join(argv)
-    for part in ("-p 2222", "-l ann", f"-i {os.path.expanduser('~/k')}",
-                 "UserKnownHostsFile=/kh", "GlobalKnownHostsFile=/dev/null",
-                 "StrictHostKeyChecking=yes", "BatchMode=yes", "ServerAliveInterval=0"):
+    for part in (
+        "-p 2222",
+        "-l ann",
+        f"-i {os.path.expanduser('~/k')}",
+        "UserKnownHostsFile=/kh",
+        "GlobalKnownHostsFile=/dev/null",
+        "StrictHostKeyChecking=yes",
+        "BatchMode=yes",
+        "ServerAliveInterval=0",
+    ):
         assert part in joined, part
     assert target.lost_after == 3.25
 
 
-@pytest.mark.parametrize("data", [
-    b"", b"plain", b"a\0b\0\0", b"back\\slash\\", b"%s %b \\c \\x41 \\0101", "日本 🎉".encode(),
-    bytes(range(256)), b"\n\t\r'\"$(x)`y`",
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"plain",
+        b"a\0b\0\0",
+        b"back\\slash\\",
+        b"%s %b \\c \\x41 \\0101",
+        "日本 🎉".encode(),
+        bytes(range(256)),
+        b"\n\t\r'\"$(x)`y`",
+    ],
+)
 def test_printf_escape_round_trips_through_bash(data: bytes) -> None:
-    out = subprocess.run(["bash", "-c", 'printf "%b" "$1"', "x", printf_escape(data)],
-                         capture_output=True, check=True).stdout
+    out = subprocess.run(
+        ["bash", "-c", 'printf "%b" "$1"', "x", printf_escape(data)],
+        capture_output=True,
+        check=True,
+    ).stdout
     assert out == data
 
 
@@ -89,8 +118,9 @@ class Stream:
 
 
 def gnu_tar(folder: Path, *names: str) -> bytes:
-    return subprocess.run(["tar", "-C", str(folder), "-b1", "-cf", "-", *names],
-                          capture_output=True, check=True).stdout
+    return subprocess.run(
+        ["tar", "-C", str(folder), "-b1", "-cf", "-", *names], capture_output=True, check=True
+    ).stdout
 
 
 def test_tar_framing_finds_the_end_of_each_archive(tmp_path: Path) -> None:
@@ -134,9 +164,11 @@ def test_tar_sizes() -> None:
 
 
 def status_text(state: str, finished: str) -> bytes:
-    body = (f'{{"version": 1, "attempt": 1, "status": "{state}", "cause": null, '
-            f'"exit_code": null, "pid": {os.getpid()}, "pgid": null, "host": "h", '
-            f'"started": 1.5, "finished": {finished}}}')
+    body = (
+        f'{{"version": 1, "attempt": 1, "status": "{state}", "cause": null, '
+        f'"exit_code": null, "pid": {os.getpid()}, "pgid": null, "host": "h", '
+        f'"started": 1.5, "finished": {finished}}}'
+    )
     return (body + " " * (1023 - len(body)) + "\n").encode()
 
 
@@ -147,8 +179,11 @@ def test_host_monitor_reads_a_half_written_status_again(tmp_path: Path) -> None:
     task.mkdir()
     running, final = status_text("running", "null"), status_text("completed", "2.5")
     (task / "status.json").write_bytes(final[:60] + running[60:])
-    proc = subprocess.Popen(["bash", "-c", MONITOR, "hsm-monitor", "/nonexistent"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["bash", "-c", MONITOR, "hsm-monitor", "/nonexistent"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     assert proc.stdin is not None and proc.stdout is not None
 
     def ask(*fields: str) -> list[bytes]:

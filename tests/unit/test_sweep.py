@@ -148,8 +148,9 @@ def test_a_hydra_app_is_recognised_by_its_decorator(project: Path) -> None:
 
 
 def test_a_plain_script_is_no_hydra_app_and_the_key_decides(project: Path) -> None:
-    (project / "train.py").write_text("# mentions @hydra.main in a comment only\n"
-                                      "import sys\n", encoding="utf-8")
+    (project / "train.py").write_text(
+        "# mentions @hydra.main in a comment only\nimport sys\n", encoding="utf-8"
+    )
     s = load(project, "script: train.py\nsweep: {grid: {a: [1]}}\n")
     assert not s.hydra and s.raw["hydra"] is False
     assert load(project, "script: train.py\nhydra: true\nsweep: {grid: {a: [1]}}\n").hydra

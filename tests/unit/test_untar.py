@@ -40,9 +40,17 @@ def _archive(*members: tuple[str, str, str]) -> io.BytesIO:
 
 def test_plain_results_and_inside_links_are_unpacked(tmp_path: Path) -> None:
     dest = tmp_path / "out"
-    unpack(_archive(("dir", "t1", ""), ("file", "t1/result.json", "{}"),
-                    ("sym", "t1/latest", "result.json"), ("lnk", "t1/copy", "t1/result.json"),
-                    ("dir", "t1/sub", ""), ("sym", "t1/sub/up", "../result.json")), dest)
+    unpack(
+        _archive(
+            ("dir", "t1", ""),
+            ("file", "t1/result.json", "{}"),
+            ("sym", "t1/latest", "result.json"),
+            ("lnk", "t1/copy", "t1/result.json"),
+            ("dir", "t1/sub", ""),
+            ("sym", "t1/sub/up", "../result.json"),
+        ),
+        dest,
+    )
     assert (dest / "t1/result.json").read_text() == "{}"
     assert (dest / "t1/latest").resolve() == (dest / "t1/result.json").resolve()
     assert (dest / "t1/copy").read_text() == "{}"
@@ -51,23 +59,40 @@ def test_plain_results_and_inside_links_are_unpacked(tmp_path: Path) -> None:
     assert not mode & 0o4000 and not mode & 0o022
 
 
-@pytest.mark.parametrize("members", [
-    [("file", "/etc/evil", "x")],
-    [("file", "../evil", "x")],
-    [("file", "t1/../../evil", "x")],
-    [("sym", "t1", "/etc")],
-    [("sym", "t1", "../..")],
-    [("sym", "t1", "."), ("sym", "t2", "t1/..")],
-    [("sym", "t1", "sub"), ("file", "t1/x", "x")],
-    [("lnk", "t1", "/etc/passwd")],
-    [("lnk", "t1", "../outside")],
-    [("lnk", "t1", "not-in-archive")],
-    [("fifo", "t1", "")],
-    [("chr", "t1", "")],
-], ids=["absolute", "dotdot", "inner-dotdot", "sym-absolute", "sym-up", "sym-chain",
-        "below-sym", "hard-absolute", "hard-up", "hard-foreign", "fifo", "device"])
+@pytest.mark.parametrize(
+    "members",
+    [
+        [("file", "/etc/evil", "x")],
+        [("file", "../evil", "x")],
+        [("file", "t1/../../evil", "x")],
+        [("sym", "t1", "/etc")],
+        [("sym", "t1", "../..")],
+        [("sym", "t1", "."), ("sym", "t2", "t1/..")],
+        [("sym", "t1", "sub"), ("file", "t1/x", "x")],
+        [("lnk", "t1", "/etc/passwd")],
+        [("lnk", "t1", "../outside")],
+        [("lnk", "t1", "not-in-archive")],
+        [("fifo", "t1", "")],
+        [("chr", "t1", "")],
+    ],
+    ids=[
+        "absolute",
+        "dotdot",
+        "inner-dotdot",
+        "sym-absolute",
+        "sym-up",
+        "sym-chain",
+        "below-sym",
+        "hard-absolute",
+        "hard-up",
+        "hard-foreign",
+        "fifo",
+        "device",
+    ],
+)
 def test_hostile_archives_are_refused_before_anything_is_written(
-        tmp_path: Path, members: list[tuple[str, str, str]]) -> None:
+    tmp_path: Path, members: list[tuple[str, str, str]]
+) -> None:
     dest = tmp_path / "out"
     archive = _archive(("file", "ok.txt", "fine"), *members)
     with pytest.raises(UnsafeArchiveError):

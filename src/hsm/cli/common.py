@@ -13,8 +13,12 @@ from hsm.errors import StateError
 log = logging.getLogger("hsm.cli")
 
 config_option = click.option(
-    "--config", "config_path", type=click.Path(path_type=Path), default=None,
-    help="Project config file (default: hsm_config.yaml here or in a parent folder).")
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Project config file (default: hsm_config.yaml here or in a parent folder).",
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 
 
@@ -29,8 +33,9 @@ def sweep_or_latest(project: Project, sweep_id: str | None) -> str:
     """The sweep a command is about: the one named, else the latest one."""
     if not project.has_state():
         if sweep_id:
-            raise StateError(f"unknown sweep ID {sweep_id!r}: no sweep has run in "
-                             f"{project.root} yet")
+            raise StateError(
+                f"unknown sweep ID {sweep_id!r}: no sweep has run in {project.root} yet"
+            )
         raise StateError(f"no sweep has run in {project.root} yet; start one with: hsm run")
     if sweep_id is not None:
         return sweep_id

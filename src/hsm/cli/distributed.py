@@ -31,7 +31,8 @@ def _check_names(known: list[str], names: tuple[str, ...]) -> None:
     unknown = [n for n in names if n not in known]
     if unknown:
         raise UnknownSourceError(
-            f"unknown source {unknown[0]!r}; known sources: {', '.join(known)}")
+            f"unknown source {unknown[0]!r}; known sources: {', '.join(known)}"
+        )
 
 
 @distributed.command("list")
@@ -45,15 +46,25 @@ def list_sources(as_json: bool, config_path: Path | None) -> None:
     rows = []
     for name in names:
         row = store.source(name) if store else None
-        configured = True if name == "local" else \
-            project.loaded.config.distributed.remotes[name].enabled
+        configured = (
+            True if name == "local" else project.loaded.config.distributed.remotes[name].enabled
+        )
         enabled = configured and (row.enabled if row else True)
-        reason = row.disabled_reason if row and not row.enabled else (
-            None if configured else "enabled: false in the config")
-        kind = "local" if name == "local" else \
-            project.loaded.config.distributed.remotes[name].type
-        rows.append({"name": name, "type": kind, "enabled": enabled, "disabled_reason": reason,
-                     "disabled_at": row.disabled_at if row and not row.enabled else None})
+        reason = (
+            row.disabled_reason
+            if row and not row.enabled
+            else (None if configured else "enabled: false in the config")
+        )
+        kind = "local" if name == "local" else project.loaded.config.distributed.remotes[name].type
+        rows.append(
+            {
+                "name": name,
+                "type": kind,
+                "enabled": enabled,
+                "disabled_reason": reason,
+                "disabled_at": row.disabled_at if row and not row.enabled else None,
+            }
+        )
     if as_json:
         print_json({"sources": rows})
         return
@@ -97,14 +108,14 @@ def sparkline(values: list[int]) -> str:
         return ""
     lo, hi = min(values), max(values)
     span = hi - lo
-    return "".join(SPARKS[0 if span == 0 else int((v - lo) / span * (len(SPARKS) - 1))]
-                   for v in values)
+    return "".join(
+        SPARKS[0 if span == 0 else int((v - lo) / span * (len(SPARKS) - 1))] for v in values
+    )
 
 
 def health_table(rows: list[SourceHealth]) -> Table:
     table = Table(title=f"source health — {time.strftime('%Y-%m-%d %H:%M:%S')}")
-    for col in ("Source", "Status", "Disk Space", "System", "Failure Rate", "Disk trend",
-                "Notes"):
+    for col in ("Source", "Status", "Disk Space", "System", "Failure Rate", "Disk trend", "Notes"):
         table.add_column(col)
     for r in rows:
         s, v = r.sample, r.verdict
@@ -112,9 +123,11 @@ def health_table(rows: list[SourceHealth]) -> Table:
         if not r.enabled:
             status += "\n[red]disabled[/]"
         if s.free_bytes is not None and s.total_bytes is not None and v.disk_status:
-            disk = (f"{s.free_bytes / 1e9:.1f} GB free "
-                    f"({percent_free(s.free_bytes, s.total_bytes):.0f}%)\n"
-                    f"[{DISK_STYLE[v.disk_status.value]}]{v.disk_status.value}[/]")
+            disk = (
+                f"{s.free_bytes / 1e9:.1f} GB free "
+                f"({percent_free(s.free_bytes, s.total_bytes):.0f}%)\n"
+                f"[{DISK_STYLE[v.disk_status.value]}]{v.disk_status.value}[/]"
+            )
         else:
             disk = "-"
         system = "-"
@@ -130,8 +143,7 @@ def health_table(rows: list[SourceHealth]) -> Table:
             notes.append(f"{r.consecutive_failures} failed check(s) in a row")
         if r.running:
             notes.append(f"{r.running} task(s) running")
-        table.add_row(r.name, status, disk, system, rate, sparkline(r.trend),
-                      "\n".join(notes))
+        table.add_row(r.name, status, disk, system, rate, sparkline(r.trend), "\n".join(notes))
     return table
 
 
@@ -139,12 +151,23 @@ def health_table(rows: list[SourceHealth]) -> Table:
 @click.argument("names", nargs=-1)
 @click.option("--all", "all_sources", is_flag=True, help="Every source (the default).")
 @click.option("--watch", is_flag=True, help="Redraw every --refresh seconds until Ctrl-C.")
-@click.option("--refresh", type=click.FloatRange(min=0.2), default=10.0, show_default=True,
-              help="Seconds between redraws with --watch.")
+@click.option(
+    "--refresh",
+    type=click.FloatRange(min=0.2),
+    default=10.0,
+    show_default=True,
+    help="Seconds between redraws with --watch.",
+)
 @json_option
 @config_option
-def health(names: tuple[str, ...], all_sources: bool, watch: bool, refresh: float,
-           as_json: bool, config_path: Path | None) -> None:
+def health(
+    names: tuple[str, ...],
+    all_sources: bool,
+    watch: bool,
+    refresh: float,
+    as_json: bool,
+    config_path: Path | None,
+) -> None:
     """Probe sources now: disk, load, memory, failure rate and overall status.
 
     Exits 1 when any source asked for is unhealthy, so it can gate a sweep.
@@ -171,12 +194,17 @@ def health(names: tuple[str, ...], all_sources: bool, watch: bool, refresh: floa
         if as_json:
             while True:
                 rows = check_health(project, chosen)
-                sys.stdout.write(dumps({"time": time.time(), "sources":
-                                        [r.to_json() for r in rows]}) + "\n")
+                sys.stdout.write(
+                    dumps({"time": time.time(), "sources": [r.to_json() for r in rows]}) + "\n"
+                )
                 sys.stdout.flush()
                 time.sleep(refresh)
-        with Live(render(check_health(project, chosen)), console=out_console,
-                  auto_refresh=False, screen=False) as live:
+        with Live(
+            render(check_health(project, chosen)),
+            console=out_console,
+            auto_refresh=False,
+            screen=False,
+        ) as live:
             while True:
                 time.sleep(refresh)
                 live.update(render(check_health(project, chosen)), refresh=True)

@@ -58,7 +58,6 @@ log = logging.getLogger("hsm.cli")
 LARGE_SWEEP = 1_000_000
 
 
-
 class ClosedPipeError(Exception):
     """stdout was closed by its reader (``hsm ... | head``): not a failure of hsm."""
 
@@ -107,8 +106,9 @@ def init(directory: Path, force: bool) -> None:
 @cli.command()
 @click.argument("sweep_file", type=click.Path(path_type=Path))
 @click.option("--distributed", is_flag=True, help="Use every enabled source.")
-@click.option("--source", "sources", multiple=True, metavar="NAME",
-              help="Run on this source (repeatable).")
+@click.option(
+    "--source", "sources", multiple=True, metavar="NAME", help="Run on this source (repeatable)."
+)
 @click.option("--parallel", type=int, default=None, help="Parallel tasks on this machine.")
 @click.option("--name", default=None, help="Sweep ID (default: date-time-random).")
 @click.option("--dry-run", is_flag=True, help="Print the argv of every task; run nothing.")
@@ -116,9 +116,18 @@ def init(directory: Path, force: bool) -> None:
 @click.option("--yes", is_flag=True, help=f"Allow sweeps of more than {LARGE_SWEEP} tasks.")
 @json_option
 @config_option
-def run(sweep_file: Path, distributed: bool, sources: tuple[str, ...], parallel: int | None,
-        name: str | None, dry_run: bool, count_only: bool, yes: bool, as_json: bool,
-        config_path: Path | None) -> None:
+def run(
+    sweep_file: Path,
+    distributed: bool,
+    sources: tuple[str, ...],
+    parallel: int | None,
+    name: str | None,
+    dry_run: bool,
+    count_only: bool,
+    yes: bool,
+    as_json: bool,
+    config_path: Path | None,
+) -> None:
     """Run the sweep in SWEEP_FILE (on this machine unless --source/--distributed)."""
     if distributed and sources:
         raise ConfigError("--distributed and --source: use one or the other")
@@ -126,20 +135,30 @@ def run(sweep_file: Path, distributed: bool, sources: tuple[str, ...], parallel:
     project = project_from(config_path, quiet=True)
     if not sweep_file.exists():
         raise ConfigError(f"{sweep_file}: no such sweep file")
-    plan = plan_run(project, sweep_file, sources=sources, distributed=distributed,
-                    parallel=parallel)
+    plan = plan_run(
+        project, sweep_file, sources=sources, distributed=distributed, parallel=parallel
+    )
     if count_only:
         print_json({"total": plan.total}) if as_json else click.echo(plan.total)
         return
     if plan.total > LARGE_SWEEP and not yes:
-        raise ConfigError(f"{sweep_file}: sweep: {plan.total} tasks is more than {LARGE_SWEEP};"
-                          " check the grid, or pass --yes to run it")
+        raise ConfigError(
+            f"{sweep_file}: sweep: {plan.total} tasks is more than {LARGE_SWEEP};"
+            " check the grid, or pass --yes to run it"
+        )
     if dry_run:
         argvs = list(preview_argv(plan, project=project, sweep_id=name))
         scripts = job_scripts(project, plan, name or "SWEEP_ID")
         if as_json:
-            extra = {"job_scripts": {n: {"path": str(p), "script": p.read_text()}
-                                     for n, p in scripts.items()}} if scripts else {}
+            extra = (
+                {
+                    "job_scripts": {
+                        n: {"path": str(p), "script": p.read_text()} for n, p in scripts.items()
+                    }
+                }
+                if scripts
+                else {}
+            )
             print_json({"total": plan.total, "sources": plan.sources, "argv": argvs, **extra})
         else:
             for number, argv in enumerate(argvs, start=1):
@@ -153,8 +172,9 @@ def run(sweep_file: Path, distributed: bool, sources: tuple[str, ...], parallel:
     view = ProgressView(live=not as_json)
 
     with view.active():
-        outcome = start_run(project, plan, name=name, command_line=command_line,
-                            on_progress=view.update)
+        outcome = start_run(
+            project, plan, name=name, command_line=command_line, on_progress=view.update
+        )
     _finish(project, outcome, as_json)
 
 
@@ -189,22 +209,30 @@ def status(sweep_id: str | None, as_json: bool, config_path: Path | None) -> Non
     console.print(summary_table(summary))
     console.print(sources_table(summary))
     if summary.causes:
-        console.print("causes: " + ", ".join(f"{k} {v}" for k, v in
-                                              sorted(summary.causes.items())), markup=False)
+        console.print(
+            "causes: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.causes.items())),
+            markup=False,
+        )
     if summary.failed_causes:
-        console.print("failed: " + ", ".join(f"{k} {v}" for k, v in
-                                             sorted(summary.failed_causes.items())),
-                      markup=False)
+        console.print(
+            "failed: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.failed_causes.items())),
+            markup=False,
+        )
     for line in rerun_lines(summary):
         console.print(line, markup=False)
-    console.print(f"folder: {sweep.sweep_dir}\ncode: {describe_code(sweep.code_version)}\n"
-                  f"started: {fmt_time(sweep.created)}  finished: {fmt_time(sweep.finished)}",
-                  markup=False)
+    console.print(
+        f"folder: {sweep.sweep_dir}\ncode: {describe_code(sweep.code_version)}\n"
+        f"started: {fmt_time(sweep.created)}  finished: {fmt_time(sweep.finished)}",
+        markup=False,
+    )
     if sweep.abort_reason:
         console.print(sweep.abort_reason, markup=False)
     if sweep.state is SweepState.RUNNING and not controller_alive(sweep):
-        console.print(f"no hsm process drives this sweep now (it was stopped or killed);"
-                      f" continue it with: hsm resume {sweep.id}", markup=False)
+        console.print(
+            f"no hsm process drives this sweep now (it was stopped or killed);"
+            f" continue it with: hsm resume {sweep.id}",
+            markup=False,
+        )
     console.print(f"report: hsm report {sweep.id}", markup=False)
 
 
@@ -221,47 +249,84 @@ def list_(as_json: bool, config_path: Path | None) -> None:
             counts = {k.value: v for k, v in store.task_counts(sweep.id).items()}
             rows.append((sweep, counts))
     if as_json:
-        print_json({"sweeps": [
-            {"sweep_id": s.id, "state": s.state.value, "created": s.created,
-             "total": sum(c.values()), "counts": c, "sweep_dir": s.sweep_dir}
-            for s, c in rows]})
+        print_json(
+            {
+                "sweeps": [
+                    {
+                        "sweep_id": s.id,
+                        "state": s.state.value,
+                        "created": s.created,
+                        "total": sum(c.values()),
+                        "counts": c,
+                        "sweep_dir": s.sweep_dir,
+                    }
+                    for s, c in rows
+                ]
+            }
+        )
         return
     if not rows:
         click.echo("no sweeps yet")
         return
     for sweep, counts in rows:
-        click.echo(f"{sweep.id}  {sweep.state.value:<9}  {fmt_time(sweep.created)}  "
-                   f"{counts['completed']}/{sum(counts.values())} completed, "
-                   f"{counts['failed']} failed")
+        click.echo(
+            f"{sweep.id}  {sweep.state.value:<9}  {fmt_time(sweep.created)}  "
+            f"{counts['completed']}/{sum(counts.values())} completed, "
+            f"{counts['failed']} failed"
+        )
 
 
 # -- resume / cancel --------------------------------------------------------------------
 @cli.command()
 @click.argument("sweep_id")
 @click.option("--retry-failed", is_flag=True, help="Run the failed tasks again.")
-@click.option("--cause", "causes", multiple=True, metavar="CAUSE[,CAUSE...]",
-              help="With --retry-failed: rerun only the failures of these causes"
-                   " (e.g. timeout,disk_kill).")
-@click.option("--walltime", default=None, metavar="HH:MM:SS",
-              help="Change the walltime of the tasks run from now on.")
+@click.option(
+    "--cause",
+    "causes",
+    multiple=True,
+    metavar="CAUSE[,CAUSE...]",
+    help="With --retry-failed: rerun only the failures of these causes (e.g. timeout,disk_kill).",
+)
+@click.option(
+    "--walltime",
+    default=None,
+    metavar="HH:MM:SS",
+    help="Change the walltime of the tasks run from now on.",
+)
 @click.option("--mem", default=None, metavar="SIZE", help="Change the memory (e.g. 32G).")
 @click.option("--cpus", type=click.IntRange(min=1), default=None, help="Change the CPUs.")
 @click.option("--gpus", type=click.IntRange(min=0), default=None, help="Change the GPUs.")
-@click.option("--source", "sources", multiple=True, metavar="NAME",
-              help="Run the rest of the sweep on this source (repeatable).")
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    metavar="NAME",
+    help="Run the rest of the sweep on this source (repeatable).",
+)
 @json_option
 @config_option
-def resume(sweep_id: str, retry_failed: bool, causes: tuple[str, ...], walltime: str | None,
-           mem: str | None, cpus: int | None, gpus: int | None, sources: tuple[str, ...],
-           as_json: bool, config_path: Path | None) -> None:
+def resume(
+    sweep_id: str,
+    retry_failed: bool,
+    causes: tuple[str, ...],
+    walltime: str | None,
+    mem: str | None,
+    cpus: int | None,
+    gpus: int | None,
+    sources: tuple[str, ...],
+    as_json: bool,
+    config_path: Path | None,
+) -> None:
     """Continue a sweep: reattach running tasks, run what is left."""
     project = project_from(config_path, quiet=True)
-    rerun = Rerun(retry_failed=retry_failed, causes=parse_causes(causes),
-                  resources={"walltime": walltime, "mem": mem, "cpus": cpus, "gpus": gpus},
-                  sources=sources)
+    rerun = Rerun(
+        retry_failed=retry_failed,
+        causes=parse_causes(causes),
+        resources={"walltime": walltime, "mem": mem, "cpus": cpus, "gpus": gpus},
+        sources=sources,
+    )
     if not project.has_state():
-        raise StateError(f"unknown sweep ID {sweep_id!r}: no sweep has run in "
-                         f"{project.root} yet")
+        raise StateError(f"unknown sweep ID {sweep_id!r}: no sweep has run in {project.root} yet")
     view = ProgressView(live=not as_json)
     with view.active():
         outcome = resume_run(project, sweep_id, rerun=rerun, on_progress=view.update)

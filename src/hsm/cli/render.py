@@ -135,12 +135,18 @@ class ProgressView:
     def active(self) -> Iterator[ProgressView]:
         if self.live:
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), EtaColumn(),
-                console=err_console, transient=False, refresh_per_second=4)
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[detail]}"),
+                TimeElapsedColumn(),
+                EtaColumn(),
+                console=err_console,
+                transient=False,
+                refresh_per_second=4,
+            )
             with self._progress:
-                self._task = self._progress.add_task("sweep", total=None, detail="",
-                                                     finish_at=None)
+                self._task = self._progress.add_task("sweep", total=None, detail="", finish_at=None)
                 yield self
         else:
             yield self
@@ -154,11 +160,18 @@ class ProgressView:
             total = sum(counts.values())
             # Cancelled tasks did not run: a cancelled sweep's bar shows what was done.
             done = counts.get(TaskStatus.COMPLETED, 0) + counts.get(TaskStatus.FAILED, 0)
-            detail = (f"[green]{counts.get(TaskStatus.COMPLETED, 0)} done[/] "
-                      f"[red]{counts.get(TaskStatus.FAILED, 0)} failed[/] "
-                      f"[cyan]{counts.get(TaskStatus.RUNNING, 0)} running[/]")
-            self._progress.update(self._task, total=total, completed=done, detail=detail,
-                                  finish_at=None if left is None else now + left)
+            detail = (
+                f"[green]{counts.get(TaskStatus.COMPLETED, 0)} done[/] "
+                f"[red]{counts.get(TaskStatus.FAILED, 0)} failed[/] "
+                f"[cyan]{counts.get(TaskStatus.RUNNING, 0)} running[/]"
+            )
+            self._progress.update(
+                self._task,
+                total=total,
+                completed=done,
+                detail=detail,
+                finish_at=None if left is None else now + left,
+            )
         else:
             self._plain()
 
@@ -170,8 +183,12 @@ class ProgressView:
         c = self._last
         logging.getLogger("hsm.progress").info(
             "progress: %d completed, %d failed, %d running, %d pending of %d",
-            c.get(TaskStatus.COMPLETED, 0), c.get(TaskStatus.FAILED, 0),
-            c.get(TaskStatus.RUNNING, 0), c.get(TaskStatus.PENDING, 0), sum(c.values()))
+            c.get(TaskStatus.COMPLETED, 0),
+            c.get(TaskStatus.FAILED, 0),
+            c.get(TaskStatus.RUNNING, 0),
+            c.get(TaskStatus.PENDING, 0),
+            sum(c.values()),
+        )
 
 
 NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
@@ -223,9 +240,14 @@ def summary_table(summary: SweepSummary) -> Table:
     table = Table(title=f"sweep {sweep.id} — {sweep.state.value}", show_header=True)
     c = summary.counts
     timeouts = summary.timeouts
-    cells = {"completed": c.get("completed", 0), "failed": c.get("failed", 0) - timeouts,
-             "timed out": timeouts, "running": c.get("running", 0),
-             "pending": c.get("pending", 0), "cancelled": c.get("cancelled", 0)}
+    cells = {
+        "completed": c.get("completed", 0),
+        "failed": c.get("failed", 0) - timeouts,
+        "timed out": timeouts,
+        "running": c.get("running", 0),
+        "pending": c.get("pending", 0),
+        "cancelled": c.get("cancelled", 0),
+    }
     if not timeouts:
         del cells["timed out"]
     for col in (*cells, "total"):
@@ -245,8 +267,9 @@ def rerun_lines(summary: SweepSummary) -> list[str]:
             what.append("resources " + describe_resources(r.resources))
         if r.sources:
             what.append("on " + ", ".join(r.sources))
-        lines.append(f"rerun {fmt_time(r.time)}: {r.tasks} task(s) back in the queue; "
-                     + "; ".join(what))
+        lines.append(
+            f"rerun {fmt_time(r.time)}: {r.tasks} task(s) back in the queue; " + "; ".join(what)
+        )
     return lines
 
 
@@ -256,8 +279,14 @@ def sources_table(summary: SweepSummary) -> Table:
         table.add_column(col)
     for s in summary.sources:
         enabled = "yes" if s.enabled else f"no ({s.disabled_reason})"
-        table.add_row(s.name, enabled, str(s.submitted), str(s.completed), str(s.failed),
-                      f"{s.failure_rate:.0%}")
+        table.add_row(
+            s.name,
+            enabled,
+            str(s.submitted),
+            str(s.completed),
+            str(s.failed),
+            f"{s.failure_rate:.0%}",
+        )
     return table
 
 

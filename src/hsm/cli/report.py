@@ -18,9 +18,13 @@ REPORT_FILE = "report.html"
 
 @click.command()
 @click.argument("sweep_id", required=False)
-@click.option("-o", "--output", type=click.Path(path_type=Path, allow_dash=True), default=None,
-              help=f"Write the report here ('-' for stdout; default: <sweep folder>/"
-                   f"{REPORT_FILE}).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, allow_dash=True),
+    default=None,
+    help=f"Write the report here ('-' for stdout; default: <sweep folder>/{REPORT_FILE}).",
+)
 @config_option
 def report(sweep_id: str | None, output: Path | None, config_path: Path | None) -> None:
     """Write an HTML report of SWEEP_ID (the latest if none is given): timeline, source
@@ -36,8 +40,12 @@ def report(sweep_id: str | None, output: Path | None, config_path: Path | None) 
     sweep_id = sweep_or_latest(project, sweep_id)
     store = project.open_store()
     try:
-        model = build_report(store, sweep_id, health=project.loaded.config.health,
-                             metrics_file=project.loaded.config.results.metrics_file)
+        model = build_report(
+            store,
+            sweep_id,
+            health=project.loaded.config.health,
+            metrics_file=project.loaded.config.results.metrics_file,
+        )
     finally:
         store.close()
     page = render_html(model)

@@ -23,17 +23,37 @@ FORMATS = ("table", "csv", "json", "parquet")
 
 @click.command()
 @click.argument("sweep_id", required=False)
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table",
-              help="Output format (parquet needs pyarrow and -o).")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="Write to this file instead of standard output.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="table",
+    help="Output format (parquet needs pyarrow and -o).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write to this file instead of standard output.",
+)
 @click.option("--sort", default=None, metavar="KEY", help="Sort by a column; -KEY: descending.")
-@click.option("--where", multiple=True, metavar="EXPR",
-              help="Keep rows matching KEY=V, KEY!=V, KEY>N, KEY<N, KEY>=N, KEY<=N "
-                   "(repeatable; all must hold).")
+@click.option(
+    "--where",
+    multiple=True,
+    metavar="EXPR",
+    help="Keep rows matching KEY=V, KEY!=V, KEY>N, KEY<N, KEY>=N, KEY<=N "
+    "(repeatable; all must hold).",
+)
 @config_option
-def results(sweep_id: str | None, fmt: str, output: Path | None, sort: str | None,
-            where: tuple[str, ...], config_path: Path | None) -> None:
+def results(
+    sweep_id: str | None,
+    fmt: str,
+    output: Path | None,
+    sort: str | None,
+    where: tuple[str, ...],
+    config_path: Path | None,
+) -> None:
     """One row per task of SWEEP_ID (default: the latest sweep): number, status, cause,
     source, duration, the parameters and the metrics. Works while the sweep runs."""
     if fmt == "parquet" and output is None:
@@ -41,14 +61,20 @@ def results(sweep_id: str | None, fmt: str, output: Path | None, sort: str | Non
     project = project_from(config_path, quiet=True)
     if not project.has_state():
         if sweep_id:
-            raise StateError(f"unknown sweep ID {sweep_id!r}: no sweep has run in "
-                             f"{project.root} yet")
+            raise StateError(
+                f"unknown sweep ID {sweep_id!r}: no sweep has run in {project.root} yet"
+            )
         raise StateError(f"no sweep has run in {project.root} yet; start one with: hsm run")
     store = project.open_store()
     try:
         chosen = sweep_id or latest_sweep_id(store, project.root)
-        table = read_results(store, chosen, where=where, sort=sort,
-                             metrics_file=project.loaded.config.results.metrics_file)
+        table = read_results(
+            store,
+            chosen,
+            where=where,
+            sort=sort,
+            metrics_file=project.loaded.config.results.metrics_file,
+        )
     finally:
         store.close()
     if fmt == "parquet":
@@ -80,8 +106,12 @@ def cell(value: Any, column: str = "") -> str:
 def rich_table(table: ResultTable) -> Table:
     out = Table(title=f"results of {table.sweep_id} ({len(table.rows)} tasks)")
     for column in table.columns:
-        out.add_column(column, justify="right" if column in ("number", "duration") else "left",
-                       overflow="fold", min_width=min(len(column), 12))
+        out.add_column(
+            column,
+            justify="right" if column in ("number", "duration") else "left",
+            overflow="fold",
+            min_width=min(len(column), 12),
+        )
     for record in table.records():
         out.add_row(*(cell(record.get(c), c) for c in table.columns))
     return out
@@ -115,8 +145,13 @@ def _csv_cell(value: Any) -> str:
 
 
 def to_json(table: ResultTable) -> str:
-    return dumps({"sweep_id": table.sweep_id, "columns": table.columns,
-                  "rows": table.records()}, indent=2) + "\n"
+    return (
+        dumps(
+            {"sweep_id": table.sweep_id, "columns": table.columns, "rows": table.records()},
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def write_parquet(table: ResultTable, path: Path) -> None:
@@ -124,8 +159,9 @@ def write_parquet(table: ResultTable, path: Path) -> None:
         pa = importlib.import_module("pyarrow")
         pq = importlib.import_module("pyarrow.parquet")
     except ImportError:
-        raise ConfigError("--format parquet needs pyarrow: pip install 'hsm[parquet]'"
-                          " (or use --format csv)") from None
+        raise ConfigError(
+            "--format parquet needs pyarrow: pip install 'hsm[parquet]' (or use --format csv)"
+        ) from None
     columns: dict[str, list[Any]] = {c: [] for c in table.columns}
     for record in table.records():
         for c in table.columns:
@@ -134,8 +170,9 @@ def write_parquet(table: ResultTable, path: Path) -> None:
         pq.write_table(pa.table(columns), str(path))
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         # A column mixing types (e.g. a metric that is a number here and a string there).
-        as_text = {c: [None if v is None else _csv_cell(v) for v in vs]
-                   for c, vs in columns.items()}
+        as_text = {
+            c: [None if v is None else _csv_cell(v) for v in vs] for c, vs in columns.items()
+        }
         pq.write_table(pa.table(as_text), str(path))
     except OSError as exc:
         raise StateError(f"{path}: cannot write: {exc}") from None

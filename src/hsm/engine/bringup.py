@@ -22,8 +22,9 @@ def reason_of(name: str, exc: BaseException) -> str:
     return message if name in message else f"source {name!r}: {message}"
 
 
-def broken_sources(failures: Mapping[str, BaseException | None], *,
-                   explicit_alone: bool, what: str) -> dict[str, str]:
+def broken_sources(
+    failures: Mapping[str, BaseException | None], *, explicit_alone: bool, what: str
+) -> dict[str, str]:
     """The reason of each source that failed, when the run can go on without them.
 
     Raises the failure of a source the user named alone as it is (its exit code, 2 for
@@ -41,24 +42,31 @@ def broken_sources(failures: Mapping[str, BaseException | None], *,
         raise SourceUnavailableError(reason_of(next(iter(broken)), exc))
     reasons = {n: reason_of(n, e) for n, e in broken.items()}
     if len(broken) == len(failures):
-        raise SweepAborted(f"no source can be used ({what}): " + "; ".join(reasons.values())
-                           + ". Fix them and run again (a sweep that started continues with:"
-                           " hsm resume ID)")
+        raise SweepAborted(
+            f"no source can be used ({what}): "
+            + "; ".join(reasons.values())
+            + ". Fix them and run again (a sweep that started continues with:"
+            " hsm resume ID)"
+        )
     return reasons
 
 
-async def gather_failures(sources: Mapping[str, Source],
-                          step: Callable[[Source], Awaitable[None]],
-                          ) -> dict[str, BaseException | None]:
+async def gather_failures(
+    sources: Mapping[str, Source],
+    step: Callable[[Source], Awaitable[None]],
+) -> dict[str, BaseException | None]:
     """Run ``step`` on every source at once; the exception each one raised (or None)."""
-    results = await asyncio.gather(*(step(s) for s in sources.values()),
-                                   return_exceptions=True)
-    return {name: (r if isinstance(r, BaseException) else None)
-            for name, r in zip(sources, results, strict=True)}
+    results = await asyncio.gather(*(step(s) for s in sources.values()), return_exceptions=True)
+    return {
+        name: (r if isinstance(r, BaseException) else None)
+        for name, r in zip(sources, results, strict=True)
+    }
 
 
-async def prepare_all(sources: Mapping[str, Source], ctx: SweepContext,
-                      ) -> dict[str, BaseException | None]:
+async def prepare_all(
+    sources: Mapping[str, Source],
+    ctx: SweepContext,
+) -> dict[str, BaseException | None]:
     async def prepare(source: Source) -> None:
         await source.prepare(ctx=ctx)
 
@@ -71,6 +79,11 @@ def settle_lost(store: Store, sweep_id: str, source: str) -> int:
     when the source is back. Returns how many there were."""
     active = [a for a in store.attempts(sweep_id, active_only=True) if a.source == source]
     for attempt in active:
-        store.finish_attempt(attempt, state=AttemptState.LOST, cause=Cause.LOST,
-                             exit_code=None, task_status=TaskStatus.PENDING)
+        store.finish_attempt(
+            attempt,
+            state=AttemptState.LOST,
+            cause=Cause.LOST,
+            exit_code=None,
+            task_status=TaskStatus.PENDING,
+        )
     return len(active)

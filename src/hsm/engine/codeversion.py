@@ -28,9 +28,14 @@ _GIT_TIMEOUT = 30.0
 
 def _git(root: Path, *args: str) -> str | None:
     try:
-        proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True,
-                              text=True, timeout=_GIT_TIMEOUT, stdin=subprocess.DEVNULL,
-                              check=False)
+        proc = subprocess.run(
+            ["git", "-C", str(root), *args],
+            capture_output=True,
+            text=True,
+            timeout=_GIT_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return proc.stdout if proc.returncode == 0 else None
@@ -50,8 +55,9 @@ def content_hash(root: Path, skip: Iterable[Path] = ()) -> str:
     digest = hashlib.sha256()
     for folder, dirs, files in os.walk(root):
         here = Path(folder)
-        dirs[:] = sorted(d for d in dirs
-                         if d not in _SKIP_DIRS and (here / d).resolve() not in skipped)
+        dirs[:] = sorted(
+            d for d in dirs if d not in _SKIP_DIRS and (here / d).resolve() not in skipped
+        )
         for name in sorted(files):
             if name.endswith(".pyc"):
                 continue
@@ -95,8 +101,9 @@ def describe(version: dict[str, Any] | None) -> str:
     return f"content {str(version.get('hash', ''))[:12]}"
 
 
-def warn_if_changed(recorded: dict[str, Any] | None, root: Path, skip: Iterable[Path],
-                    sweep_id: str) -> bool:
+def warn_if_changed(
+    recorded: dict[str, Any] | None, root: Path, skip: Iterable[Path], sweep_id: str
+) -> bool:
     """On resume: warn when the project's code is no longer the one the sweep started with.
     Returns whether it changed (``False`` when nothing was recorded)."""
     if not recorded:
@@ -104,8 +111,12 @@ def warn_if_changed(recorded: dict[str, Any] | None, root: Path, skip: Iterable[
     now = code_version(root, skip)
     if now == recorded:
         return False
-    log.warning("the code changed since sweep %s started (%s, now %s): tasks on this machine, "
-                "and on hosts that get their first copy of the sweep's code now, run the "
-                "current code; hosts that have the sweep's snapshot keep it", sweep_id,
-                describe(recorded), describe(now))
+    log.warning(
+        "the code changed since sweep %s started (%s, now %s): tasks on this machine, "
+        "and on hosts that get their first copy of the sweep's code now, run the "
+        "current code; hosts that have the sweep's snapshot keep it",
+        sweep_id,
+        describe(recorded),
+        describe(now),
+    )
     return True

@@ -16,14 +16,29 @@ def collect_backoff() -> Backoff:
     return Backoff(tries=COLLECT_TRIES, first=1.0, cap=30.0)
 
 
-def give_up_collecting(backoff: Backoff, number: int, source: str, remote_dir: str,
-                       exc: BaseException) -> bool:
+def give_up_collecting(
+    backoff: Backoff, number: int, source: str, remote_dir: str, exc: BaseException
+) -> bool:
     """Record a failed collection; True (and an error logged) when the bound is reached."""
     if backoff.failed():
-        log.error("could not collect task %d from %s after %d tries: %s; its results stay "
-                  "in %s on %s (collect_failed)", number, source, backoff.failures, exc,
-                  remote_dir, source)
+        log.error(
+            "could not collect task %d from %s after %d tries: %s; its results stay "
+            "in %s on %s (collect_failed)",
+            number,
+            source,
+            backoff.failures,
+            exc,
+            remote_dir,
+            source,
+        )
         return True
-    log.warning("could not collect task %d from %s: %s; retrying in %.0f s (try %d of %d)",
-                number, source, exc, backoff.delay(), backoff.failures + 1, backoff.tries)
+    log.warning(
+        "could not collect task %d from %s: %s; retrying in %.0f s (try %d of %d)",
+        number,
+        source,
+        exc,
+        backoff.delay(),
+        backoff.failures + 1,
+        backoff.tries,
+    )
     return False

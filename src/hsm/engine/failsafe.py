@@ -24,9 +24,13 @@ class FailsafeConfig:
 
     @classmethod
     def from_config(cls, dist: DistributedConfig) -> FailsafeConfig:
-        return cls(dist.enable_source_failsafe, dist.source_failure_threshold,
-                   dist.min_jobs_for_failsafe, dist.auto_disable_unhealthy_sources,
-                   dist.health_check_failure_threshold)
+        return cls(
+            dist.enable_source_failsafe,
+            dist.source_failure_threshold,
+            dist.min_jobs_for_failsafe,
+            dist.auto_disable_unhealthy_sources,
+            dist.health_check_failure_threshold,
+        )
 
 
 def failure_rate_reason(name: str, counts: SourceCounts, cfg: FailsafeConfig) -> str | None:
@@ -36,8 +40,10 @@ def failure_rate_reason(name: str, counts: SourceCounts, cfg: FailsafeConfig) ->
     rate = counts.failure_rate
     if rate < cfg.threshold:
         return None
-    return (f"Disabling source '{name}' due to high failure rate: "
-            f"{counts.failed}/{counts.finished} ({rate:.0%}) >= {cfg.threshold:.0%}")
+    return (
+        f"Disabling source '{name}' due to high failure rate: "
+        f"{counts.failed}/{counts.finished} ({rate:.0%}) >= {cfg.threshold:.0%}"
+    )
 
 
 def health_reason(name: str, consecutive: int, cfg: FailsafeConfig) -> str | None:
@@ -47,12 +53,12 @@ def health_reason(name: str, consecutive: int, cfg: FailsafeConfig) -> str | Non
     return f"Disabling source '{name}' due to {consecutive} consecutive health check failures"
 
 
-def script_broken(*, completed: int, task_failures: int, failed_sources: int,
-                  sources: int, cfg: FailsafeConfig) -> bool:
+def script_broken(
+    *, completed: int, task_failures: int, failed_sources: int, sources: int, cfg: FailsafeConfig
+) -> bool:
     """Whether the script itself fails everywhere: stop the sweep instead of the sources.
 
     True once at least ``min_jobs`` attempts failed for task-level causes on every source
     of the sweep (at most two need to agree), while no attempt has completed.
     """
-    return (completed == 0 and task_failures >= cfg.min_jobs
-            and failed_sources >= min(sources, 2))
+    return completed == 0 and task_failures >= cfg.min_jobs and failed_sources >= min(sources, 2)

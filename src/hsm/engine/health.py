@@ -71,8 +71,9 @@ def load_per_core(sample: HealthSample, own_tasks: int = 0) -> float | None:
     return max(0.0, sample.load1 - own_tasks) / sample.cores
 
 
-def classify(sample: HealthSample, cfg: HealthConfig, *, own_tasks: int = 0,
-             disk_failure_rate: float = 0.0) -> HealthVerdict:
+def classify(
+    sample: HealthSample, cfg: HealthConfig, *, own_tasks: int = 0, disk_failure_rate: float = 0.0
+) -> HealthVerdict:
     """Classify one health sample.
 
     - unreachable, or critical disk: unhealthy, and the check counts as failed;
@@ -82,28 +83,49 @@ def classify(sample: HealthSample, cfg: HealthConfig, *, own_tasks: int = 0,
     - otherwise healthy.
     """
     if not sample.reachable:
-        return HealthVerdict(HealthStatus.UNHEALTHY, None, False, "unreachable",
-                             (f"unreachable: {sample.error or 'no answer'}",))
+        return HealthVerdict(
+            HealthStatus.UNHEALTHY,
+            None,
+            False,
+            "unreachable",
+            (f"unreachable: {sample.error or 'no answer'}",),
+        )
     if sample.free_bytes is None or sample.total_bytes is None:
-        return HealthVerdict(HealthStatus.UNHEALTHY, None, False, "disk unknown",
-                             (sample.error or "the probe returned no disk figures",))
+        return HealthVerdict(
+            HealthStatus.UNHEALTHY,
+            None,
+            False,
+            "disk unknown",
+            (sample.error or "the probe returned no disk figures",),
+        )
     disk = classify_disk(sample.free_bytes, sample.total_bytes, cfg)
     summary = disk_summary(disk, sample.free_bytes, sample.total_bytes)
     if disk is DiskStatus.CRITICAL:
-        limits = (f"health.disk_critical_free: {cfg.disk_critical_free / 1e9:g}GB, "
-                  f"health.disk_critical_percent: {cfg.disk_critical_percent:g}%")
-        return HealthVerdict(HealthStatus.UNHEALTHY, disk, False, summary,
-                             (f"critical disk space shortage: {summary} ({limits})",))
+        limits = (
+            f"health.disk_critical_free: {cfg.disk_critical_free / 1e9:g}GB, "
+            f"health.disk_critical_percent: {cfg.disk_critical_percent:g}%"
+        )
+        return HealthVerdict(
+            HealthStatus.UNHEALTHY,
+            disk,
+            False,
+            summary,
+            (f"critical disk space shortage: {summary} ({limits})",),
+        )
     reasons: list[str] = []
     if disk is DiskStatus.WARNING and disk_failure_rate >= cfg.disk_failure_rate:
         reasons.append("High disk failure rate with low space")
     per_core = load_per_core(sample, own_tasks)
     if per_core is not None and per_core > cfg.max_load_per_core:
-        reasons.append(f"System overload: load {per_core:.2f} per core > "
-                       f"{cfg.max_load_per_core:g} (health.max_load_per_core)")
+        reasons.append(
+            f"System overload: load {per_core:.2f} per core > "
+            f"{cfg.max_load_per_core:g} (health.max_load_per_core)"
+        )
     if sample.memory_percent is not None and sample.memory_percent > cfg.max_memory_percent:
-        reasons.append(f"System overload: memory {sample.memory_percent:.0f}% used > "
-                       f"{cfg.max_memory_percent:g}% (health.max_memory_percent)")
+        reasons.append(
+            f"System overload: memory {sample.memory_percent:.0f}% used > "
+            f"{cfg.max_memory_percent:g}% (health.max_memory_percent)"
+        )
     status = HealthStatus.DEGRADED if reasons else HealthStatus.HEALTHY
     return HealthVerdict(status, disk, True, summary, tuple(reasons))
 

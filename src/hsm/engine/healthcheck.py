@@ -36,19 +36,27 @@ class SourceHealth:
         s = self.sample
         disk: dict[str, Any] | None = None
         if s.free_bytes is not None and s.total_bytes is not None:
-            disk = {"path": s.disk_path, "free_bytes": s.free_bytes,
-                    "total_bytes": s.total_bytes,
-                    "percent_free": round(percent_free(s.free_bytes, s.total_bytes), 2),
-                    "status": self.verdict.disk_status.value if self.verdict.disk_status
-                    else None}
+            disk = {
+                "path": s.disk_path,
+                "free_bytes": s.free_bytes,
+                "total_bytes": s.total_bytes,
+                "percent_free": round(percent_free(s.free_bytes, s.total_bytes), 2),
+                "status": self.verdict.disk_status.value if self.verdict.disk_status else None,
+            }
         return {
-            "name": self.name, "enabled": self.enabled,
-            "disabled_reason": self.disabled_reason, "reachable": s.reachable,
-            "status": self.verdict.status.value, "reasons": list(self.verdict.reasons),
-            "disk": disk, "load": {"1m": s.load1, "cores": s.cores},
-            "memory_percent": s.memory_percent, "failure_rate": round(self.failure_rate, 4),
+            "name": self.name,
+            "enabled": self.enabled,
+            "disabled_reason": self.disabled_reason,
+            "reachable": s.reachable,
+            "status": self.verdict.status.value,
+            "reasons": list(self.verdict.reasons),
+            "disk": disk,
+            "load": {"1m": s.load1, "cores": s.cores},
+            "memory_percent": s.memory_percent,
+            "failure_rate": round(self.failure_rate, 4),
             "consecutive_health_failures": self.consecutive_failures,
-            "error": s.error, "extra": dict(s.extra),
+            "error": s.error,
+            "extra": dict(s.extra),
         }
 
 
@@ -60,8 +68,7 @@ def check_health(project: Project, names: Sequence[str]) -> list[SourceHealth]:
         try:
             return await probe_all(sources)
         finally:
-            await asyncio.gather(*(s.close() for s in sources.values()),
-                                 return_exceptions=True)
+            await asyncio.gather(*(s.close() for s in sources.values()), return_exceptions=True)
 
     samples = asyncio.run(probe())
     store = project.open_store(create=True)
@@ -76,17 +83,40 @@ def _row(store: Store, project: Project, name: str, sample: HealthSample) -> Sou
     row = store.source(name)
     counts = recent_counts(store, name, since=clock.time() - RECENT)
     running = store.running_attempts(name)
-    verdict, _ = assess(store, cfg, name, sample, own_tasks=running if name == "local" else 0,
-                        previous=row.consecutive_health_failures, count=False)
-    trend = [h.free_bytes for h in store.health_samples(name, limit=TREND_POINTS)
-             if h.free_bytes is not None]
+    verdict, _ = assess(
+        store,
+        cfg,
+        name,
+        sample,
+        own_tasks=running if name == "local" else 0,
+        previous=row.consecutive_health_failures,
+        count=False,
+    )
+    trend = [
+        h.free_bytes
+        for h in store.health_samples(name, limit=TREND_POINTS)
+        if h.free_bytes is not None
+    ]
     configured = True
     remote = project.loaded.config.distributed.remotes.get(name)
     if remote is not None:
         configured = remote.enabled
     enabled = configured and row.enabled
-    reason = row.disabled_reason if not row.enabled else (
-        None if configured else "enabled: false in the config")
-    return SourceHealth(name, enabled, reason, sample, verdict, counts.failure_rate,
-                        counts.failed, counts.finished, row.consecutive_health_failures,
-                        trend, running)
+    reason = (
+        row.disabled_reason
+        if not row.enabled
+        else (None if configured else "enabled: false in the config")
+    )
+    return SourceHealth(
+        name,
+        enabled,
+        reason,
+        sample,
+        verdict,
+        counts.failure_rate,
+        counts.failed,
+        counts.finished,
+        row.consecutive_health_failures,
+        trend,
+        running,
+    )

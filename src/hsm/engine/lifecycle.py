@@ -73,12 +73,12 @@ def own_status(facts: Facts) -> WrapperStatus | None:
     """The status, if it is this attempt's: same number, and same nonce where both have one
     (a status written by a wrapper older than fencing has none)."""
     status = facts.status
-    return status if status is not None and status.belongs_to(facts.attempt, facts.nonce) \
-        else None
+    return status if status is not None and status.belongs_to(facts.attempt, facts.nonce) else None
 
 
-def decide(facts: Facts, *, lost_after: float, start_grace: float = START_GRACE,
-           host: str = "the host") -> Verdict:
+def decide(
+    facts: Facts, *, lost_after: float, start_grace: float = START_GRACE, host: str = "the host"
+) -> Verdict:
     """The attempt's next state, from the facts alone."""
     status = own_status(facts)
     if status is not None and status.terminal:
@@ -88,15 +88,21 @@ def decide(facts: Facts, *, lost_after: float, start_grace: float = START_GRACE,
         return Verdict(Next.FINISHED, cause)
     if not facts.host_answered:
         if facts.silent_for >= lost_after:
-            return Verdict(Next.LOST, facts.scheduler_cause or Cause.LOST,
-                           f"{host} has not answered for {facts.silent_for:.0f} s")
+            return Verdict(
+                Next.LOST,
+                facts.scheduler_cause or Cause.LOST,
+                f"{host} has not answered for {facts.silent_for:.0f} s",
+            )
         return Verdict(Next.UNKNOWN)
     if facts.status is None and facts.status_unreadable:
         return Verdict(Next.UNKNOWN, None, "its status was caught half-written: read again")
     if status is not None:  # running
         if facts.wrapper_alive is False:
-            return Verdict(Next.LOST, facts.scheduler_cause or Cause.LOST,
-                           f"its job wrapper (pid {status.pid}) on {host} is gone")
+            return Verdict(
+                Next.LOST,
+                facts.scheduler_cause or Cause.LOST,
+                f"its job wrapper (pid {status.pid}) on {host} is gone",
+            )
         return Verdict(Next.RUNNING)
     if facts.scheduler_cause is not None:  # the scheduler ended it before it could report
         return Verdict(Next.LOST, facts.scheduler_cause, "ended by the scheduler")
@@ -107,17 +113,24 @@ def decide(facts: Facts, *, lost_after: float, start_grace: float = START_GRACE,
     if facts.since_launch < start_grace:
         return Verdict(Next.STARTING)
     if facts.received:
-        return Verdict(Next.LOST, Cause.LOST,
-                       f"{host} got the launch but shows no status and no job wrapper")
+        return Verdict(
+            Next.LOST, Cause.LOST, f"{host} got the launch but shows no status and no job wrapper"
+        )
     return Verdict(Next.LOST, Cause.LOST, f"it never reported from {host}")
 
 
-_FROM_STATE = {"starting": Next.STARTING, "running": Next.RUNNING, "finished": Next.FINISHED,
-               "lost": Next.LOST, "unknown": Next.UNKNOWN}
+_FROM_STATE = {
+    "starting": Next.STARTING,
+    "running": Next.RUNNING,
+    "finished": Next.FINISHED,
+    "lost": Next.LOST,
+    "unknown": Next.UNKNOWN,
+}
 
 
-def from_state(state: str, status: WrapperStatus | None, scheduler_cause: str | None,
-               detail: str) -> Verdict:
+def from_state(
+    state: str, status: WrapperStatus | None, scheduler_cause: str | None, detail: str
+) -> Verdict:
     """The verdict of a backend that reports a state rather than facts (a batch scheduler's
     backend translates its scheduler's states into one of ``PollState``)."""
     nxt = _FROM_STATE[state]

@@ -23,8 +23,9 @@ def stderr_tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
     return [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
 
 
-def failed_task_message(number: int, source: str, cause: str, exit_code: int | None,
-                        stderr_log: Path | None) -> str:
+def failed_task_message(
+    number: int, source: str, cause: str, exit_code: int | None, stderr_log: Path | None
+) -> str:
     """``task 3 failed on local: task_failed (exit code 127)``, then, indented, the last lines
     of its stderr.log and where that file is. No exit code is shown when there is none."""
     code = f" (exit code {exit_code})" if exit_code is not None else ""

@@ -70,16 +70,25 @@ async def probe_all(sources: Mapping[str, Source]) -> dict[str, HealthSample]:
     return dict(zip(names, samples, strict=True))
 
 
-def recent_counts(store: Store, name: str, *, sweep_id: str | None = None,
-                  since: float | None = None) -> SourceCounts:
+def recent_counts(
+    store: Store, name: str, *, sweep_id: str | None = None, since: float | None = None
+) -> SourceCounts:
     """Counts since the source was last (re-)enabled, so a re-enable starts afresh."""
     enabled_at = store.last_event_time(name, "enabled")
     floor = max(x for x in (since, enabled_at, 0.0) if x is not None)
     return store.source_counts(name, sweep_id=sweep_id, since=floor or None)
 
 
-def assess(store: Store, cfg: HealthConfig, name: str, sample: HealthSample, *,
-           own_tasks: int, previous: int, count: bool) -> tuple[HealthVerdict, int]:
+def assess(
+    store: Store,
+    cfg: HealthConfig,
+    name: str,
+    sample: HealthSample,
+    *,
+    own_tasks: int,
+    previous: int,
+    count: bool,
+) -> tuple[HealthVerdict, int]:
     """Classify a sample with the source's recent disk failures and record it. Returns the
     verdict and the count of failed checks in a row (advanced only when ``count``)."""
     counts = recent_counts(store, name, since=clock.time() - RECENT)
@@ -87,19 +96,34 @@ def assess(store: Store, cfg: HealthConfig, name: str, sample: HealthSample, *,
     verdict = classify(sample, cfg, own_tasks=own_tasks, disk_failure_rate=disk_rate)
     consecutive = next_failure_count(previous, verdict) if count else previous
     store.record_health(
-        source=name, reachable=sample.reachable, disk_path=sample.disk_path,
-        free_bytes=sample.free_bytes, total_bytes=sample.total_bytes, load1=sample.load1,
-        cores=sample.cores, memory_percent=sample.memory_percent,
+        source=name,
+        reachable=sample.reachable,
+        disk_path=sample.disk_path,
+        free_bytes=sample.free_bytes,
+        total_bytes=sample.total_bytes,
+        load1=sample.load1,
+        cores=sample.cores,
+        memory_percent=sample.memory_percent,
         disk_status=verdict.disk_status.value if verdict.disk_status else None,
-        status=verdict.status.value, detail="; ".join(verdict.reasons) or None,
-        consecutive_failures=consecutive)
+        status=verdict.status.value,
+        detail="; ".join(verdict.reasons) or None,
+        consecutive_failures=consecutive,
+    )
     return verdict, consecutive
 
 
 class SourceMonitor:
-    def __init__(self, *, store: Store, sweep_id: str, sources: Mapping[str, Source],
-                 health: HealthConfig, failsafe: FailsafeConfig, interval: float,
-                 running: Callable[[str], int]) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        sweep_id: str,
+        sources: Mapping[str, Source],
+        health: HealthConfig,
+        failsafe: FailsafeConfig,
+        interval: float,
+        running: Callable[[str], int],
+    ) -> None:
         self.store = store
         self.sweep_id = sweep_id
         self.sources = sources
@@ -114,7 +138,8 @@ class SourceMonitor:
             self.state[name] = SourceState(
                 enabled=row.enabled if row else True,
                 disabled_reason=row.disabled_reason if row else None,
-                consecutive=row.consecutive_health_failures if row else 0)
+                consecutive=row.consecutive_health_failures if row else 0,
+            )
         self._last_refresh = 0.0
         self._any_completed = False
         self._new_task_failure = True  # look once at start (a resumed sweep has a past)
@@ -158,8 +183,9 @@ class SourceMonitor:
                 st.consecutive = 0
                 st.verdict = None
             elif st.enabled and not enabled:
-                log.warning("Source %s disabled: %s", name,
-                            row.disabled_reason if row else "disabled")
+                log.warning(
+                    "Source %s disabled: %s", name, row.disabled_reason if row else "disabled"
+                )
             st.enabled = enabled
             st.disabled_reason = row.disabled_reason if row and not enabled else None
 
@@ -185,19 +211,24 @@ class SourceMonitor:
                 return
             # Failures of this task elsewhere were those sources' fault.
             for row in self.store.task_attempts(self.sweep_id, number):
-                if (row.source != name and row.counted is None and row.state == "failed"
-                        and row.cause in TASK_LEVEL):
+                if (
+                    row.source != name
+                    and row.counted is None
+                    and row.state == "failed"
+                    and row.cause in TASK_LEVEL
+                ):
                     touched.add(row.source)
-            self.store.judge_task_failures(self.sweep_id, number, counted=True,
-                                           causes=TASK_LEVEL, other_than=name)
+            self.store.judge_task_failures(
+                self.sweep_id, number, counted=True, causes=TASK_LEVEL, other_than=name
+            )
         elif cause in TASK_LEVEL_CAUSES:
             self._new_task_failure = True
-            failed_on = set(self.store.failed_sources_of_task(self.sweep_id, number,
-                                                              TASK_LEVEL))
+            failed_on = set(self.store.failed_sources_of_task(self.sweep_id, number, TASK_LEVEL))
             if failed_on - {name}:
                 # It fails on more than one source: the task's own fault, excused everywhere.
-                self.store.judge_task_failures(self.sweep_id, number, counted=False,
-                                               causes=TASK_LEVEL)
+                self.store.judge_task_failures(
+                    self.sweep_id, number, counted=False, causes=TASK_LEVEL
+                )
         for source in touched:
             if source in self.state:
                 self._check_failure_rate(source)
@@ -218,9 +249,13 @@ class SourceMonitor:
         self._new_task_failure = False
         completed, failures, spread = self.store.sweep_failure_facts(self.sweep_id, TASK_LEVEL)
         self._any_completed = completed > 0
-        return script_broken(completed=completed, task_failures=failures,
-                             failed_sources=spread, sources=len(self.sources),
-                             cfg=self.failsafe)
+        return script_broken(
+            completed=completed,
+            task_failures=failures,
+            failed_sources=spread,
+            sources=len(self.sources),
+            cfg=self.failsafe,
+        )
 
     # -- health checks -------------------------------------------------------------------
     async def check_all(self) -> None:
@@ -231,8 +266,15 @@ class SourceMonitor:
     def _judge(self, name: str, sample: HealthSample) -> None:
         st = self.state[name]
         own = self.running(name) if name == "local" else 0
-        verdict, st.consecutive = assess(self.store, self.health, name, sample, own_tasks=own,
-                                         previous=st.consecutive, count=True)
+        verdict, st.consecutive = assess(
+            self.store,
+            self.health,
+            name,
+            sample,
+            own_tasks=own,
+            previous=st.consecutive,
+            count=True,
+        )
         st.verdict, st.sample = verdict, sample
         self._log(name, verdict)
         if st.enabled:
@@ -243,11 +285,16 @@ class SourceMonitor:
     def _log(self, name: str, verdict: HealthVerdict) -> None:
         st = self.state[name]
         if verdict.disk_status is DiskStatus.CRITICAL:
-            log.critical("CRITICAL: %s has critical disk space shortage: %s", name,
-                         verdict.disk_summary)
+            log.critical(
+                "CRITICAL: %s has critical disk space shortage: %s", name, verdict.disk_summary
+            )
         elif not verdict.passed:
-            log.warning("Health check failed for %s: %s (%d in a row)", name,
-                        "; ".join(verdict.reasons), st.consecutive)
+            log.warning(
+                "Health check failed for %s: %s (%d in a row)",
+                name,
+                "; ".join(verdict.reasons),
+                st.consecutive,
+            )
         else:
             level = logging.WARNING if verdict.disk_status is DiskStatus.WARNING else logging.INFO
             log.log(level, "Health check passed for %s: %s", name, verdict.disk_summary)

@@ -16,8 +16,9 @@ FIRST_INTERVAL = 1.0
 
 
 class PollPacer:
-    def __init__(self, *, first: float = FIRST_INTERVAL, cap: float = FIRST_INTERVAL,
-                 factor: float = 2.0) -> None:
+    def __init__(
+        self, *, first: float = FIRST_INTERVAL, cap: float = FIRST_INTERVAL, factor: float = 2.0
+    ) -> None:
         self.first = first
         self.cap = max(first, cap)
         self.factor = factor

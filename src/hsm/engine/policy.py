@@ -14,8 +14,9 @@ class AttemptVerdict:
     retry: bool  # the task goes back to the queue
 
 
-def judge_attempt(cause: Cause, *, attempt: int, max_retries: int,
-                  retry_task_failures: bool = False) -> AttemptVerdict:
+def judge_attempt(
+    cause: Cause, *, attempt: int, max_retries: int, retry_task_failures: bool = False
+) -> AttemptVerdict:
     """Decide the attempt's state and its task's next status.
 
     Infrastructure causes (lost host, disk guard, scheduler timeout, node failure,

@@ -26,8 +26,11 @@ def job_scripts(project: Project, plan: Plan, sweep_id: str) -> dict[str, Path]:
     dry-run folder. Returns {source: path of the copy}."""
     from hsm.sources.queue import QueueSource
 
-    queues = [n for n in plan.sources if n != "local"
-              and project.loaded.config.distributed.remotes[n].type in ("slurm", "pbs")]
+    queues = [
+        n
+        for n in plan.sources
+        if n != "local" and project.loaded.config.distributed.remotes[n].type in ("slurm", "pbs")
+    ]
     if not queues:
         return {}
     spec = plan.spec
@@ -36,14 +39,20 @@ def job_scripts(project: Project, plan: Plan, sweep_id: str) -> dict[str, Path]:
     def argv_for(params: Mapping[str, Any], task_dir: str | None, python: str) -> list[str]:
         return task_argv(spec, params, python=python, task_dir=task_dir, sweep_id=sweep_id)
 
-    ctx = SweepContext(sweep_id=sweep_id, sweep_dir=str(sweep_dir),
-                       project_root=str(project.root),
-                       project_name=project.root.name or "project",
-                       guard=guard_settings(project.loaded), wandb_group=sweep_id,
-                       argv_for=argv_for, gpus_per_task=spec.resources.gpus,
-                       resources=spec.resources)
-    sources = build_sources(project.loaded, queues, parallel=plan.parallel,
-                            resources=spec.resources)
+    ctx = SweepContext(
+        sweep_id=sweep_id,
+        sweep_dir=str(sweep_dir),
+        project_root=str(project.root),
+        project_name=project.root.name or "project",
+        guard=guard_settings(project.loaded),
+        wandb_group=sweep_id,
+        argv_for=argv_for,
+        gpus_per_task=spec.resources.gpus,
+        resources=spec.resources,
+    )
+    sources = build_sources(
+        project.loaded, queues, parallel=plan.parallel, resources=spec.resources
+    )
     numbers = list(range(1, count_tasks(spec) + 1))
     out: dict[str, Path] = {}
     folder = project.output_dir / DRY_RUN_DIR / sweep_id

@@ -42,9 +42,13 @@ class ResultRow:
     def flat(self) -> dict[str, Any]:
         """The row as one mapping: the fixed columns, the parameters, then the metrics (a
         metric named like a parameter or a fixed column is prefixed ``metrics.``)."""
-        out: dict[str, Any] = {"number": self.number, "status": self.status,
-                               "cause": self.cause, "source": self.source,
-                               "duration": self.duration}
+        out: dict[str, Any] = {
+            "number": self.number,
+            "status": self.status,
+            "cause": self.cause,
+            "source": self.source,
+            "duration": self.duration,
+        }
         out.update(self.params)
         for key, value in self.metrics.items():
             out[f"metrics.{key}" if key in out else key] = value
@@ -67,12 +71,19 @@ def _durations(attempts: Iterable[AttemptRow]) -> dict[int, float | None]:
     last: dict[int, AttemptRow] = {}
     for attempt in attempts:  # in id order: the last one of a task wins
         last[attempt.number] = attempt
-    return {n: (a.finished - a.started if a.finished is not None else None)
-            for n, a in last.items()}
+    return {
+        n: (a.finished - a.started if a.finished is not None else None) for n, a in last.items()
+    }
 
 
-def read_results(store: Store, sweep_id: str, *, metrics_file: str | None = None,
-                 where: Sequence[str] = (), sort: str | None = None) -> ResultTable:
+def read_results(
+    store: Store,
+    sweep_id: str,
+    *,
+    metrics_file: str | None = None,
+    where: Sequence[str] = (),
+    sort: str | None = None,
+) -> ResultTable:
     """The results table of one sweep, filtered by ``where`` and sorted by ``sort``.
 
     Raises :class:`~hsm.errors.ConfigError` (exit 2) for a bad ``where`` or ``sort``.
@@ -85,10 +96,18 @@ def read_results(store: Store, sweep_id: str, *, metrics_file: str | None = None
         folder = tasks_dir / task_folder_name(task.number)
         done = task.attempts and task.status in TERMINAL_TASK
         metrics = task_metrics(folder, metrics_file) if done else None
-        rows.append(ResultRow(number=task.number, status=task.status.value, cause=task.cause,
-                              source=task.source, duration=durations.get(task.number),
-                              params=dict(task.params), metrics=metrics or {},
-                              task_dir=str(folder)))
+        rows.append(
+            ResultRow(
+                number=task.number,
+                status=task.status.value,
+                cause=task.cause,
+                source=task.source,
+                duration=durations.get(task.number),
+                params=dict(task.params),
+                metrics=metrics or {},
+                task_dir=str(folder),
+            )
+        )
     columns: dict[str, None] = dict.fromkeys(FIXED_COLUMNS)
     for row in rows:
         columns.update(dict.fromkeys(row.params))
@@ -106,8 +125,13 @@ def read_results(store: Store, sweep_id: str, *, metrics_file: str | None = None
 # -- --where and --sort --------------------------------------------------------------------
 _WHERE = re.compile(r"\s*([^=!<>\s][^=!<>]*?)\s*(==|!=|>=|<=|=|>|<)\s*(.*?)\s*")
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
-    "=": operator.eq, "==": operator.eq, "!=": operator.ne,
-    ">": operator.gt, "<": operator.lt, ">=": operator.ge, "<=": operator.le,
+    "=": operator.eq,
+    "==": operator.eq,
+    "!=": operator.ne,
+    ">": operator.gt,
+    "<": operator.lt,
+    ">=": operator.ge,
+    "<=": operator.le,
 }
 
 
@@ -149,8 +173,10 @@ def parse_where(text: str, columns: Sequence[str]) -> Callable[[dict[str, Any]],
     """
     match = _WHERE.fullmatch(text)
     if match is None or not match.group(3):
-        raise ConfigError(f"--where {text!r}: expected KEY=VALUE, KEY!=VALUE, KEY>N, KEY<N, "
-                          "KEY>=N or KEY<=N (e.g. --where status=completed --where 'lr>0.001')")
+        raise ConfigError(
+            f"--where {text!r}: expected KEY=VALUE, KEY!=VALUE, KEY>N, KEY<N, "
+            "KEY>=N or KEY<=N (e.g. --where status=completed --where 'lr>0.001')"
+        )
     key, op, raw = match.groups()
     key = _column(key, columns, f"--where {text!r}")
     wanted = _number(raw)

@@ -87,9 +87,16 @@ ProgressFn = Callable[[dict[TaskStatus, int]], None]
 class Engine:
     """Runs (or resumes) one sweep to its end."""
 
-    def __init__(self, *, store: Store, sweep_id: str, ctx: SweepContext,
-                 sources: Mapping[str, Source], options: EngineOptions,
-                 on_progress: ProgressFn | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        sweep_id: str,
+        ctx: SweepContext,
+        sources: Mapping[str, Source],
+        options: EngineOptions,
+        on_progress: ProgressFn | None = None,
+    ) -> None:
         self.store = store
         self.sweep_id = sweep_id
         self.ctx = ctx
@@ -112,9 +119,14 @@ class Engine:
         self._fatal: BaseException | None = None  # raised by a background task: re-raised
         self._stall_logged = 0.0
         self.monitor = SourceMonitor(
-            store=store, sweep_id=sweep_id, sources=self.sources, health=options.health,
-            failsafe=options.failsafe, interval=options.health_interval,
-            running=lambda name: len(self.running.get(name, ())))
+            store=store,
+            sweep_id=sweep_id,
+            sources=self.sources,
+            health=options.health,
+            failsafe=options.failsafe,
+            interval=options.health_interval,
+            running=lambda name: len(self.running.get(name, ())),
+        )
         self._background: set[asyncio.Task[None]] = set()
         # Attempts recorded as lost while their host was unreachable: they may still run
         # there. Settled when the host is back (see _resolve_orphans).
@@ -147,8 +159,9 @@ class Engine:
             for task in list(self._background):
                 task.cancel()
             await asyncio.gather(*self._background, return_exceptions=True)
-            await asyncio.gather(*(s.close() for s in self.sources.values()),
-                                 return_exceptions=True)
+            await asyncio.gather(
+                *(s.close() for s in self.sources.values()), return_exceptions=True
+            )
 
     def _spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
@@ -169,7 +182,8 @@ class Engine:
             # them), and never report the sweep as completed.
             self._aborted = self._aborted or (
                 f"internal error in the run loop: {exc!r}; the running tasks go on;"
-                f" continue with: hsm resume {self.sweep_id}")
+                f" continue with: hsm resume {self.sweep_id}"
+            )
             self._stop.set()
             self.wake.set()
 
@@ -181,8 +195,9 @@ class Engine:
 
     async def _prepare(self) -> None:
         failures = await prepare_all(self.sources, self.ctx)
-        for name, reason in broken_sources(failures, explicit_alone=self.options.explicit_alone,
-                                           what="setup and code push").items():
+        for name, reason in broken_sources(
+            failures, explicit_alone=self.options.explicit_alone, what="setup and code push"
+        ).items():
             self.monitor.disable(name, f"{reason}; going on with the other sources")
             await self.sources.pop(name).close()
             self.order.remove(name)
@@ -193,7 +208,8 @@ class Engine:
             if per_task and source.gpus and source.slots == 0:
                 raise ConfigError(
                     f"resources.gpus: each task asks for {per_task} GPU(s), but source"
-                    f" {source.name!r} allows only {len(source.gpus)}")
+                    f" {source.name!r} allows only {len(source.gpus)}"
+                )
         for name, source in self.sources.items():
             self.free_slots[name] = list(range(source.slots - 1, -1, -1))
 
@@ -213,29 +229,47 @@ class Engine:
         for attempt in self.store.attempts(self.sweep_id, active_only=True):
             source = self.sources.get(attempt.source)
             if source is None:
-                log.warning("task %d was running on %s, which is not part of this run;"
-                            " it is left alone", attempt.number, attempt.source)
+                log.warning(
+                    "task %d was running on %s, which is not part of this run; it is left alone",
+                    attempt.number,
+                    attempt.source,
+                )
                 continue
-            handle = (JobHandle.from_json(attempt.handle) if attempt.handle else
-                      JobHandle(source=source.name, number=attempt.number,
-                                attempt=attempt.attempt,
-                                task_dir=source.task_dir(self.ctx, attempt.number),
-                                confirmed=False, nonce=attempt.nonce))
+            handle = (
+                JobHandle.from_json(attempt.handle)
+                if attempt.handle
+                else JobHandle(
+                    source=source.name,
+                    number=attempt.number,
+                    attempt=attempt.attempt,
+                    task_dir=source.task_dir(self.ctx, attempt.number),
+                    confirmed=False,
+                    nonce=attempt.nonce,
+                )
+            )
             slots = self.free_slots[source.name]
             if attempt.slot in slots:
                 slots.remove(attempt.slot)
             else:  # fewer slots than before: it holds another one (or none) until it ends
                 attempt = replace(attempt, slot=slots.pop() if slots else None)
             self.running[source.name][attempt.id] = Running(attempt, handle, reattached=True)
-            log.info("reattached task %d (attempt %d) on %s", attempt.number, attempt.attempt,
-                     source.name)
+            log.info(
+                "reattached task %d (attempt %d) on %s",
+                attempt.number,
+                attempt.attempt,
+                source.name,
+            )
         # The last lost attempt of each task on each source may still be running there.
-        lost = {(a.number, a.source): a for a in self.store.attempts(self.sweep_id)
-                if a.state is AttemptState.LOST and a.handle and a.source in self.sources}
+        lost = {
+            (a.number, a.source): a
+            for a in self.store.attempts(self.sweep_id)
+            if a.state is AttemptState.LOST and a.handle and a.source in self.sources
+        }
         for attempt in lost.values():
             assert attempt.handle is not None
             self.orphans[attempt.source].append(
-                Running(attempt, JobHandle.from_json(attempt.handle)))
+                Running(attempt, JobHandle.from_json(attempt.handle))
+            )
             self.sources[attempt.source].wake.set()
 
     # -- the main loop -------------------------------------------------------------------
@@ -266,42 +300,60 @@ class Engine:
     def _check_start(self) -> None:
         """Every source unusable for a reason that will not pass by itself (disabled, a
         critical disk): say so at once, with the thresholds and the values seen."""
+
         def hopeless(name: str) -> bool:  # disabled, or answered with a critical disk
             st = self.monitor.state[name]
-            return not st.enabled or (not self.usable(name) and st.verdict is not None
-                                      and st.verdict.disk_status is not None)
+            return not st.enabled or (
+                not self.usable(name)
+                and st.verdict is not None
+                and st.verdict.disk_status is not None
+            )
 
-        if not self.pending or any(self.running.values()) or not all(
-                hopeless(n) for n in self.sources):
+        if (
+            not self.pending
+            or any(self.running.values())
+            or not all(hopeless(n) for n in self.sources)
+        ):
             return  # (tasks still running are waited for: _check_stall and _check_abort)
         self._aborted = (
             f"no source can take a task: {self.monitor.describe_unusable()}. Free space or "
             f"change those keys in hsm_config.yaml, or re-enable a source with: hsm "
-            f"distributed enable NAME; then continue with: hsm resume {self.sweep_id}")
+            f"distributed enable NAME; then continue with: hsm resume {self.sweep_id}"
+        )
 
     def _check_stall(self) -> None:
         """Tasks pending, none running, no source able to take one: say what the sweep waits
         for, and give up after ``stall_timeout``."""
         now = clock.monotonic()
-        if not self.pending or any(self.running.values()) or any(
-                self._takes_work(n) for n in self.sources):
+        if (
+            not self.pending
+            or any(self.running.values())
+            or any(self._takes_work(n) for n in self.sources)
+        ):
             self._stalled_since = None
             return
         if self._stalled_since is None:
             self._stalled_since = self._stall_logged = now
-            log.warning("waiting: no source takes work now (%s); the sweep gives up after %.0f"
-                        " s of this (distributed.stall_timeout)",
-                        self.monitor.describe_unusable(), self.options.stall_timeout)
+            log.warning(
+                "waiting: no source takes work now (%s); the sweep gives up after %.0f"
+                " s of this (distributed.stall_timeout)",
+                self.monitor.describe_unusable(),
+                self.options.stall_timeout,
+            )
         elif now - self._stall_logged >= 60.0:
             self._stall_logged = now
-            log.warning("still waiting for a source to take work (%.0f s): %s",
-                        now - self._stalled_since, self.monitor.describe_unusable())
+            log.warning(
+                "still waiting for a source to take work (%.0f s): %s",
+                now - self._stalled_since,
+                self.monitor.describe_unusable(),
+            )
         if now - self._stalled_since >= self.options.stall_timeout:
             self._aborted = (
                 f"nothing could start for {now - self._stalled_since:.0f} s"
                 f" (distributed.stall_timeout): {self.monitor.describe_unusable()}. Fix the"
                 f" sources or change those keys in hsm_config.yaml, then continue with:"
-                f" hsm resume {self.sweep_id}")
+                f" hsm resume {self.sweep_id}"
+            )
 
     def _check_abort(self) -> None:
         """Stop early when the script fails everywhere, or no usable source is left."""
@@ -318,7 +370,8 @@ class Engine:
         self._aborted = (
             f"no usable source is left: {self.monitor.describe_unusable()}. Re-enable a "
             f"source with: hsm distributed enable NAME (after fixing it), then continue with: "
-            f"hsm resume {self.sweep_id}")
+            f"hsm resume {self.sweep_id}"
+        )
 
     def _recoverable(self, name: str) -> bool:
         st = self.monitor.state[name]
@@ -328,53 +381,68 @@ class Engine:
         return v is None or v.passed or st.consecutive < self.options.failsafe.health_failures
 
     def _broken_script_message(self) -> str:
-        first = self.store.first_failed_attempt(self.sweep_id, [c.value for c in
-                                                                TASK_LEVEL_CAUSES])
+        first = self.store.first_failed_attempt(self.sweep_id, [c.value for c in TASK_LEVEL_CAUSES])
         tail = ""
         if first is not None:
-            log_path = Path(self.ctx.sweep_dir, "tasks", task_folder_name(first.number),
-                            "stderr.log")
+            log_path = Path(
+                self.ctx.sweep_dir, "tasks", task_folder_name(first.number), "stderr.log"
+            )
             try:
                 lines = log_path.read_text(errors="replace").splitlines()[-10:]
             except OSError:
                 lines = []
-            tail = (f"\nThe first failure (task {first.number} on {first.source}, exit code "
-                    f"{first.exit_code}) ended with, in {log_path}:\n" + "\n".join(
-                        f"  {line}" for line in lines))
-        return (f"the script itself fails: every task failed on every source and none "
-                f"completed, so the sources are not to blame. Fix the script, then continue "
-                f"with: hsm resume {self.sweep_id} --retry-failed{tail}")
+            tail = (
+                f"\nThe first failure (task {first.number} on {first.source}, exit code "
+                f"{first.exit_code}) ended with, in {log_path}:\n"
+                + "\n".join(f"  {line}" for line in lines)
+            )
+        return (
+            f"the script itself fails: every task failed on every source and none "
+            f"completed, so the sources are not to blame. Fix the script, then continue "
+            f"with: hsm resume {self.sweep_id} --retry-failed{tail}"
+        )
 
     def _open_to_work(self, name: str) -> bool:
-        return (self.usable(name) and self.sources[name].reachable
-                and not self.orphans[name])
+        return self.usable(name) and self.sources[name].reachable and not self.orphans[name]
 
     def _dispatch(self) -> None:
         batches: dict[str, list[LaunchRequest]] = {}
         held: list[int] = []  # retries waiting for a slot on a source they did not fail on
         while self.pending:
             busy = {n: s.slots - len(self.free_slots[n]) for n, s in self.sources.items()}
-            candidates = [v for v in views({n: s.slots for n, s in self.sources.items()}, busy)
-                          if self.free_slots[v.name] and self._takes_work(v.name)]
+            candidates = [
+                v
+                for v in views({n: s.slots for n, s in self.sources.items()}, busy)
+                if self.free_slots[v.name] and self._takes_work(v.name)
+            ]
             if not candidates:
                 break
             number = self.pending.popleft()
             avoid = self.avoid.get(number, set())
             fresh = [c for c in candidates if c.name not in avoid]
-            if avoid and not fresh and any(n not in avoid and self._open_to_work(n)
-                                           for n in self.sources):
+            if (
+                avoid
+                and not fresh
+                and any(n not in avoid and self._open_to_work(n) for n in self.sources)
+            ):
                 held.append(number)  # a source it has not failed on will free a slot
                 continue
             choice = self.strategy.pick(fresh or candidates, self.order)
             slot = self.free_slots[choice.name].pop()
-            attempt = self.store.begin_attempt(self.sweep_id, number, source=choice.name,
-                                               slot=slot)
+            attempt = self.store.begin_attempt(self.sweep_id, number, source=choice.name, slot=slot)
             self.running[choice.name][attempt.id] = Running(attempt)
             self._count(TaskStatus.PENDING, TaskStatus.RUNNING)
             params = self.store.task(self.sweep_id, number).params
             batches.setdefault(choice.name, []).append(
-                LaunchRequest(number=number, attempt=attempt.attempt, params=params, slot=slot,
-                              attempt_id=attempt.id, nonce=attempt.nonce))
+                LaunchRequest(
+                    number=number,
+                    attempt=attempt.attempt,
+                    params=params,
+                    slot=slot,
+                    attempt_id=attempt.id,
+                    nonce=attempt.nonce,
+                )
+            )
         self.pending.extendleft(reversed(held))
         for name, requests in batches.items():
             self._spawn(self._launch(name, requests))
@@ -386,8 +454,9 @@ class Engine:
                 try:
                     fence.set_aside(Path(source.task_dir(self.ctx, req.number)))
                 except OSError as exc:
-                    log.warning("could not move the earlier attempt of task %d aside: %s",
-                                req.number, exc)
+                    log.warning(
+                        "could not move the earlier attempt of task %d aside: %s", req.number, exc
+                    )
         try:
             handles = await source.launch(ctx=self.ctx, requests=requests)
         except Exception as exc:  # noqa: BLE001 - a failed launch is retried elsewhere
@@ -405,15 +474,20 @@ class Engine:
                 log.error("could not launch task %d on %s: %s", req.number, name, handle)
                 self._settle(name, run, Cause.LAUNCH_FAILED, None)
                 continue
-            self.store.attempt_launched(req.attempt_id, handle.to_json(), handle.host,
-                                        confirmed=handle.confirmed)
+            self.store.attempt_launched(
+                req.attempt_id, handle.to_json(), handle.host, confirmed=handle.confirmed
+            )
             run.handle = handle
             if handle.confirmed:
                 run.attempt = replace(run.attempt, state=AttemptState.RUNNING)
                 log.debug("task %d started on %s (attempt %d)", req.number, name, req.attempt)
             else:
-                log.warning("the launch of task %d on %s was not confirmed; it is checked"
-                            " on the host before anything else is decided", req.number, name)
+                log.warning(
+                    "the launch of task %d on %s was not confirmed; it is checked"
+                    " on the host before anything else is decided",
+                    req.number,
+                    name,
+                )
         source.wake.set()
 
     async def _poller(self, name: str) -> None:
@@ -484,8 +558,12 @@ class Engine:
                 continue
             number, slots = run.attempt.number, self.free_slots[name]
             alive = verdict.next in (Next.RUNNING, Next.STARTING)
-            if ((alive or verdict.next is Next.FINISHED) and not stopping
-                    and number in self.pending and slots):
+            if (
+                (alive or verdict.next is Next.FINISHED)
+                and not stopping
+                and number in self.pending
+                and slots
+            ):
                 slot = run.attempt.slot if run.attempt.slot in slots else slots[-1]
                 # It was not lost after all: the same attempt runs again, if it is still
                 # the task's current one.
@@ -495,9 +573,13 @@ class Engine:
                     slots.remove(slot)
                     self.running[name][attempt.id] = Running(attempt, run.handle)
                     self._count(TaskStatus.PENDING, TaskStatus.RUNNING)
-                    log.warning("task %d (attempt %d) %s on %s, which is back: reattached",
-                                number, attempt.attempt,
-                                "still runs" if alive else "has ended", name)
+                    log.warning(
+                        "task %d (attempt %d) %s on %s, which is back: reattached",
+                        number,
+                        attempt.attempt,
+                        "still runs" if alive else "has ended",
+                        name,
+                    )
                     orphans.remove(run)
                     continue
             if alive:
@@ -506,9 +588,14 @@ class Engine:
             if verdict.next is Next.FINISHED:  # superseded: recorded, never the result
                 outcome = verdict.cause.value if verdict.cause else "ended"
                 self.store.record_outcome(run.attempt, outcome)
-                log.warning("task %d: its old attempt %d on %s ended (%s) after it had been"
-                            " started again; its results are not used", number,
-                            run.attempt.attempt, name, outcome)
+                log.warning(
+                    "task %d: its old attempt %d on %s ended (%s) after it had been"
+                    " started again; its results are not used",
+                    number,
+                    run.attempt.attempt,
+                    name,
+                    outcome,
+                )
             orphans.remove(run)
         if stop:
             try:
@@ -518,8 +605,12 @@ class Engine:
                 return
             for run in stop:
                 orphans.remove(run)
-                log.warning("task %d had been started again elsewhere: stopped its old attempt"
-                            " %d on %s", run.attempt.number, run.attempt.attempt, name)
+                log.warning(
+                    "task %d had been started again elsewhere: stopped its old attempt %d on %s",
+                    run.attempt.number,
+                    run.attempt.attempt,
+                    name,
+                )
         source.wake.set()
 
     @staticmethod
@@ -527,14 +618,15 @@ class Engine:
         """The attempt's next state: decided from the backend's facts where it reports them
         (the one place that decides), else the state its scheduler translation gave."""
         if result.facts is not None:
-            return lifecycle.decide(result.facts, lost_after=source.lost_after,
-                                    host=source.host_label())
+            return lifecycle.decide(
+                result.facts, lost_after=source.lost_after, host=source.host_label()
+            )
         status = result.status
-        if status is not None and not status.belongs_to(run.attempt.attempt,
-                                                        run.attempt.nonce):
+        if status is not None and not status.belongs_to(run.attempt.attempt, run.attempt.nonce):
             status = None
-        return lifecycle.from_state(result.state.value, status, result.scheduler_cause,
-                                    result.detail)
+        return lifecycle.from_state(
+            result.state.value, status, result.scheduler_cause, result.detail
+        )
 
     def _lose(self, name: str, run: Running, verdict: Verdict) -> None:
         log.warning("task %d lost on %s: %s", run.attempt.number, name, verdict.detail)
@@ -545,11 +637,21 @@ class Engine:
     def _not_started(self, name: str, run: Running, verdict: Verdict) -> None:
         """Recorded but proven never started (e.g. the controller died mid-launch): the row
         stays, marked so; the task goes back to the front of the queue, no try used."""
-        log.info("task %d (attempt %d) never started on %s (%s); it goes back to the queue",
-                 run.attempt.number, run.attempt.attempt, name, verdict.detail)
-        self.store.finish_attempt(run.attempt, state=AttemptState.NOT_STARTED, cause=None,
-                                  exit_code=None, task_status=TaskStatus.PENDING,
-                                  counted=False)
+        log.info(
+            "task %d (attempt %d) never started on %s (%s); it goes back to the queue",
+            run.attempt.number,
+            run.attempt.attempt,
+            name,
+            verdict.detail,
+        )
+        self.store.finish_attempt(
+            run.attempt,
+            state=AttemptState.NOT_STARTED,
+            cause=None,
+            exit_code=None,
+            task_status=TaskStatus.PENDING,
+            counted=False,
+        )
         self._release(name, run)
         self.pending.appendleft(run.attempt.number)
         self._count(TaskStatus.RUNNING, TaskStatus.PENDING)
@@ -574,18 +676,25 @@ class Engine:
                 self._settle(name, run, Cause.COLLECT_FAILED, None)
             return
         if not placed:
-            self._lose(name, run, Verdict(Next.LOST, Cause.LOST,
-                                          "its folder holds no final status of this attempt"))
+            self._lose(
+                name,
+                run,
+                Verdict(Next.LOST, Cause.LOST, "its folder holds no final status of this attempt"),
+            )
             return
         status = read_status(final)
         self._report_events(name, run, read_events(final, attempt.attempt))
-        self._settle(name, run, verdict.cause or Cause.TASK_FAILED,
-                     status.exit_code if status is not None else None)
+        self._settle(
+            name,
+            run,
+            verdict.cause or Cause.TASK_FAILED,
+            status.exit_code if status is not None else None,
+        )
 
     @staticmethod
     def _report_events(name: str, run: Running, lines: Sequence[str]) -> None:
         """Log the attempt's event lines (e.g. low-disk warnings) not logged yet."""
-        for line in lines[run.events_seen:]:
+        for line in lines[run.events_seen :]:
             log.log(event_level(line), "%s [task %d on %s]", line, run.attempt.number, name)
         run.events_seen = max(run.events_seen, len(lines))
 
@@ -594,13 +703,18 @@ class Engine:
         attempt = run.attempt
         verify = cause in TASK_LEVEL_CAUSES and self._can_verify(name, attempt.number)
         # Tries used before this one: attempts that never started or were cancelled use none.
-        tries = 0 if cause is Cause.COMPLETED else self.store.tries(self.sweep_id,
-                                                                    attempt.number)
-        verdict = judge_attempt(cause, attempt=tries + 1,
-                                max_retries=self.options.max_retries,
-                                retry_task_failures=verify)
-        if cause is Cause.DISK_PRECHECK and not self._aborted and not any(
-                n != name and self._open_to_work(n) for n in self.sources):
+        tries = 0 if cause is Cause.COMPLETED else self.store.tries(self.sweep_id, attempt.number)
+        verdict = judge_attempt(
+            cause,
+            attempt=tries + 1,
+            max_retries=self.options.max_retries,
+            retry_task_failures=verify,
+        )
+        if (
+            cause is Cause.DISK_PRECHECK
+            and not self._aborted
+            and not any(n != name and self._open_to_work(n) for n in self.sources)
+        ):
             # Refused for a full disk, and no other source to go to: stop with one clear
             # message instead of refusing task after task; the task has not run.
             self._aborted = self._disk_full_message(name, attempt.number)
@@ -622,23 +736,43 @@ class Engine:
             counted = False
         elif cause in INFRASTRUCTURE_CAUSES:
             counted = True
-        self.store.finish_attempt(attempt, state=verdict.attempt_state, cause=cause,
-                                  exit_code=exit_code, task_status=task_status,
-                                  counted=counted)
+        self.store.finish_attempt(
+            attempt,
+            state=verdict.attempt_state,
+            cause=cause,
+            exit_code=exit_code,
+            task_status=task_status,
+            counted=counted,
+        )
         self._release(name, run)
         self._count(TaskStatus.RUNNING, task_status)
         if verdict.attempt_state in (AttemptState.FAILED, AttemptState.LOST):
             self.avoid.setdefault(attempt.number, set()).add(name)
         if verdict.retry and not (self._interrupted or self._cancelled or self._aborted):
             self.pending.appendleft(attempt.number)  # retried work goes first
-            log.warning("task %d failed on %s (%s); retrying (try %d of at most %d)",
-                        attempt.number, name, cause.value, tries + 2,
-                        self.options.max_retries + 1)
+            log.warning(
+                "task %d failed on %s (%s); retrying (try %d of at most %d)",
+                attempt.number,
+                name,
+                cause.value,
+                tries + 2,
+                self.options.max_retries + 1,
+            )
         elif task_status is TaskStatus.COMPLETED:
             log.debug("task %d completed on %s", attempt.number, name)
         elif task_status is TaskStatus.FAILED:
-            log.error("%s", failed_task_message(attempt.number, name, cause.value, exit_code, Path(
-                self.ctx.sweep_dir, "tasks", task_folder_name(attempt.number), "stderr.log")))
+            log.error(
+                "%s",
+                failed_task_message(
+                    attempt.number,
+                    name,
+                    cause.value,
+                    exit_code,
+                    Path(
+                        self.ctx.sweep_dir, "tasks", task_folder_name(attempt.number), "stderr.log"
+                    ),
+                ),
+            )
         if cause is not Cause.CANCELLED:
             self.monitor.after_attempt(name, attempt.number, attempt.attempt, cause)
         self.wake.set()
@@ -649,16 +783,21 @@ class Engine:
         info = Path(self.ctx.sweep_dir, "tasks", task_folder_name(number), "task_info.txt")
         seen = ""
         with contextlib.suppress(OSError):
-            checks = re.findall(r"Disk space check for (.*) at .*:\n\s+Available: ([^\n]*)\n"
-                                r"Disk space check FAILED", info.read_text(errors="replace"))
+            checks = re.findall(
+                r"Disk space check for (.*) at .*:\n\s+Available: ([^\n]*)\n"
+                r"Disk space check FAILED",
+                info.read_text(errors="replace"),
+            )
             seen = "; ".join(f"{path} has {free}" for path, free in checks)
         guard = self.ctx.guard
-        return (f"the disk of {name} is too full to start tasks"
-                f"{': ' + seen if seen else ''}. A task needs disk.project_min_free:"
-                f" {guard.project_min_free / 1e9:g}GB free in the project folder and"
-                f" disk.task_min_free: {guard.task_min_free / 1e9:g}GB in its task folder"
-                f" ({info}). Free some space, or lower those keys in"
-                f" hsm_config.yaml, then continue with: hsm resume {self.sweep_id}")
+        return (
+            f"the disk of {name} is too full to start tasks"
+            f"{': ' + seen if seen else ''}. A task needs disk.project_min_free:"
+            f" {guard.project_min_free / 1e9:g}GB free in the project folder and"
+            f" disk.task_min_free: {guard.task_min_free / 1e9:g}GB in its task folder"
+            f" ({info}). Free some space, or lower those keys in"
+            f" hsm_config.yaml, then continue with: hsm resume {self.sweep_id}"
+        )
 
     def _can_verify(self, name: str, number: int) -> bool:
         """Whether a task failure can be retried on another source to learn whose fault it
@@ -675,8 +814,12 @@ class Engine:
         on the way (e.g. being pulled from a host). Not for batch schedulers, whose job may
         still hold its allocation."""
         status = result.status
-        return (not source.capabilities.queue and status is not None and status.terminal
-                and status.belongs_to(run.attempt.attempt, run.attempt.nonce))
+        return (
+            not source.capabilities.queue
+            and status is not None
+            and status.terminal
+            and status.belongs_to(run.attempt.attempt, run.attempt.nonce)
+        )
 
     def _free_slot(self, name: str, run: Running) -> None:
         """Give the attempt's slot back (once). Called as soon as its task is over, so that
@@ -715,10 +858,13 @@ class Engine:
     async def _stop_running(self) -> None:
         """Cancel every running attempt and wait (bounded) for the wrappers to confirm."""
         self.pending.clear()  # on Ctrl-C the tasks that never started stay pending
-        by_source = {n: [r.handle for r in runs.values() if r.handle] for n, runs in
-                     self.running.items()}
-        await asyncio.gather(*(self.sources[n].cancel(handles=h) for n, h in by_source.items()
-                               if h), return_exceptions=True)
+        by_source = {
+            n: [r.handle for r in runs.values() if r.handle] for n, runs in self.running.items()
+        }
+        await asyncio.gather(
+            *(self.sources[n].cancel(handles=h) for n, h in by_source.items() if h),
+            return_exceptions=True,
+        )
         deadline = clock.monotonic() + CANCEL_GRACE
         while any(self.running.values()) and clock.monotonic() < deadline:
             self._raise_fatal()
@@ -729,9 +875,14 @@ class Engine:
             for run in list(runs.values()):
                 # Its stop was not confirmed (still launching, or its host does not
                 # answer): it stays on record as it is, and a resume checks it on its host.
-                log.warning("task %d (attempt %d) on %s: its stop was not confirmed; it stays"
-                            " on record, and hsm resume %s checks it", run.attempt.number,
-                            run.attempt.attempt, name, self.sweep_id)
+                log.warning(
+                    "task %d (attempt %d) on %s: its stop was not confirmed; it stays"
+                    " on record, and hsm resume %s checks it",
+                    run.attempt.number,
+                    run.attempt.attempt,
+                    name,
+                    self.sweep_id,
+                )
         if self._cancelled:
             self.store.cancel_pending(self.sweep_id)
 
@@ -762,6 +913,8 @@ class Engine:
             state, code, message = SweepState.COMPLETED, ExitCode.OK, None
         self.store.set_sweep_state(self.sweep_id, state, abort_reason=message)
         all_completed = counts[TaskStatus.COMPLETED] == sum(counts.values())
-        await asyncio.gather(*(s.finish(ctx=self.ctx, all_completed=all_completed)
-                               for s in self.sources.values()), return_exceptions=True)
+        await asyncio.gather(
+            *(s.finish(ctx=self.ctx, all_completed=all_completed) for s in self.sources.values()),
+            return_exceptions=True,
+        )
         return RunOutcome(self.sweep_id, state, code, message)

@@ -85,22 +85,36 @@ class Plan:
     explicit_alone: bool = False  # one source, named by the user (or this machine alone)
 
 
-def plan_run(project: Project, spec_path: Path, *, sources: Sequence[str] = (),
-             distributed: bool = False, parallel: int | None = None) -> Plan:
+def plan_run(
+    project: Project,
+    spec_path: Path,
+    *,
+    sources: Sequence[str] = (),
+    distributed: bool = False,
+    parallel: int | None = None,
+) -> Plan:
     """Validate everything a run needs, without writing anything."""
     if parallel is not None and parallel < 1:
         raise ConfigError("--parallel: must be 1 or more")
     if distributed and not project.loaded.config.distributed.enabled:
-        raise ConfigError(f"{project.loaded.path}: distributed.enabled: false, so --distributed"
-                          " is off; set it to true, or name sources with --source")
+        raise ConfigError(
+            f"{project.loaded.path}: distributed.enabled: false, so --distributed"
+            " is off; set it to true, or name sources with --source"
+        )
     spec = load_sweep(spec_path, project.root)
     names = resolve_names(project.loaded, names=sources, distributed=distributed)
     names = drop_disabled(project, names, explicit=bool(sources))
     check_gpus(project, spec_path, spec, names)
     if names == ["local"]:
         check_local_program(spec, project.root)
-    return Plan(spec_path, spec, count_tasks(spec), names, parallel,
-                explicit_alone=len(names) == 1 and not distributed)
+    return Plan(
+        spec_path,
+        spec,
+        count_tasks(spec),
+        names,
+        parallel,
+        explicit_alone=len(names) == 1 and not distributed,
+    )
 
 
 def check_gpus(project: Project, spec_path: Path, spec: SweepSpec, names: Sequence[str]) -> None:
@@ -120,7 +134,8 @@ def check_gpus(project: Project, spec_path: Path, spec: SweepSpec, names: Sequen
             where = project.loaded.path or "hsm_config.yaml"
             raise ConfigError(
                 f"{spec_path}: resources.gpus: each task asks for {per_task} GPU(s), but source"
-                f" {name!r} allows only {len(allowed)} ({key} in {where}: {allowed})")
+                f" {name!r} allows only {len(allowed)} ({key} in {where}: {allowed})"
+            )
 
 
 def drop_disabled(project: Project, names: list[str], *, explicit: bool) -> list[str]:
@@ -137,22 +152,28 @@ def drop_disabled(project: Project, names: list[str], *, explicit: bool) -> list
         name = disabled[0]
         raise ConfigError(
             f"source {name!r} is disabled ({states[name].disabled_reason}); re-enable it with:"
-            f" hsm distributed enable {name}")
+            f" hsm distributed enable {name}"
+        )
     kept = [n for n in names if n not in disabled]
     for name in disabled:
         logging.getLogger("hsm.cli").warning(
             "source %s is disabled (%s); not using it. Re-enable: hsm distributed enable %s",
-            name, states[name].disabled_reason, name)
+            name,
+            states[name].disabled_reason,
+            name,
+        )
     if not kept:
         raise SweepAborted(
-            "every source is disabled: " + "; ".join(
-                f"{n} ({states[n].disabled_reason})" for n in disabled)
-            + ". Re-enable one with: hsm distributed enable NAME")
+            "every source is disabled: "
+            + "; ".join(f"{n} ({states[n].disabled_reason})" for n in disabled)
+            + ". Re-enable one with: hsm distributed enable NAME"
+        )
     return kept
 
 
-def preview_argv(plan: Plan, *, project: Project | None = None,
-                 sweep_id: str | None = None) -> Iterator[list[str]]:
+def preview_argv(
+    plan: Plan, *, project: Project | None = None, sweep_id: str | None = None
+) -> Iterator[list[str]]:
     """The argv each task gets on this machine. Without a sweep ID (``--name``), the ID is
     shown as ``SWEEP_ID`` (a placeholder that needs no quoting)."""
     sweep_id = sweep_id or "SWEEP_ID"
@@ -160,8 +181,7 @@ def preview_argv(plan: Plan, *, project: Project | None = None,
     for number, params in enumerate(iter_tasks(plan.spec), start=1):
         task_dir = f"{sweep_dir}/tasks/{task_folder_name(number)}"
         python = local_python(project.loaded) if project else "python3"
-        yield task_argv(plan.spec, params, python=python, task_dir=task_dir,
-                        sweep_id=sweep_id)
+        yield task_argv(plan.spec, params, python=python, task_dir=task_dir, sweep_id=sweep_id)
 
 
 def stored_spec(sweep: SweepRow, reruns: Sequence[RerunRow] = ()) -> SweepSpec:
@@ -186,13 +206,13 @@ def disabled_reason(project: Project, states: Mapping[str, SourceRow], name: str
         return f"{row.disabled_reason}; re-enable it with: hsm distributed enable {name}"
     remote = project.loaded.config.distributed.remotes.get(name)
     if remote is not None and not remote.enabled:
-        return (f"enabled: false in {project.loaded.path}"
-                f" (distributed.remotes.{name}.enabled)")
+        return f"enabled: false in {project.loaded.path} (distributed.remotes.{name}.enabled)"
     return None
 
 
-def available_sources(project: Project, store: Store, sweep: SweepRow, names: Sequence[str],
-                      *, settle: bool) -> list[str]:
+def available_sources(
+    project: Project, store: Store, sweep: SweepRow, names: Sequence[str], *, settle: bool
+) -> list[str]:
     """Of a stored sweep's sources, those a resume (or cancel) can build. A source gone from
     the config is left out, and its running attempts are settled as lost, with their job
     handles, so that they are checked again if it comes back. A disabled source takes part
@@ -209,9 +229,11 @@ def available_sources(project: Project, store: Store, sweep: SweepRow, names: Se
                 continue
             lost = settle_lost(store, sweep.id, name)
             sweep_log.warning(
-                "source %s is no longer in %s: not using it%s", name,
+                "source %s is no longer in %s: not using it%s",
+                name,
                 project.loaded.path or "the config",
-                f"; its {lost} running task(s) go back to the queue" if lost else "")
+                f"; its {lost} running task(s) go back to the queue" if lost else "",
+            )
             continue
         why = disabled_reason(project, states, name)
         if why is not None and name not in busy:
@@ -228,47 +250,67 @@ def new_sweep_id() -> str:
 
 def guard_settings(loaded: LoadedConfig) -> GuardSettings:
     disk = loaded.config.disk
-    return GuardSettings(project_min_free=int(disk.project_min_free),
-                         task_min_free=int(disk.task_min_free),
-                         check_interval=int(disk.check_interval),
-                         warn_below=int(disk.warn_below), kill_below=int(disk.kill_below))
+    return GuardSettings(
+        project_min_free=int(disk.project_min_free),
+        task_min_free=int(disk.task_min_free),
+        check_interval=int(disk.check_interval),
+        warn_below=int(disk.warn_below),
+        kill_below=int(disk.kill_below),
+    )
 
 
 def sweep_context(project: Project, sweep: SweepRow, spec: SweepSpec) -> SweepContext:
     def argv_for(params: Mapping[str, Any], task_dir: str | None, python: str) -> list[str]:
         return task_argv(spec, params, python=python, task_dir=task_dir, sweep_id=sweep.id)
 
-    return SweepContext(sweep_id=sweep.id, sweep_dir=sweep.sweep_dir,
-                        project_root=sweep.project_root,
-                        project_name=Path(sweep.project_root).name or "project",
-                        guard=guard_settings(project.loaded), wandb_group=sweep.id,
-                        argv_for=argv_for, gpus_per_task=spec.resources.gpus,
-                        resources=spec.resources)
+    return SweepContext(
+        sweep_id=sweep.id,
+        sweep_dir=sweep.sweep_dir,
+        project_root=sweep.project_root,
+        project_name=Path(sweep.project_root).name or "project",
+        guard=guard_settings(project.loaded),
+        wandb_group=sweep.id,
+        argv_for=argv_for,
+        gpus_per_task=spec.resources.gpus,
+        resources=spec.resources,
+    )
 
 
-def start_run(project: Project, plan: Plan, *, name: str | None, command_line: str,
-              on_progress: ProgressFn | None = None,
-              on_created: Any = None) -> RunOutcome:
+def start_run(
+    project: Project,
+    plan: Plan,
+    *,
+    name: str | None,
+    command_line: str,
+    on_progress: ProgressFn | None = None,
+    on_created: Any = None,
+) -> RunOutcome:
     """Create the sweep (state rows + folder) and run it to its end."""
     sweep_id = name or new_sweep_id()
     check_sweep_name(name)
     sweep_dir = project.output_dir / sweep_id
     if sweep_dir.exists():
         raise ConfigError(f"--name: the sweep folder {sweep_dir} exists already")
-    sources = build_sources(project.loaded, plan.sources, parallel=plan.parallel,
-                            resources=plan.spec.resources)
+    sources = build_sources(
+        project.loaded, plan.sources, parallel=plan.parallel, resources=plan.spec.resources
+    )
     # One event loop for the checks and the run: the connections the checks opened serve
     # the run (sources hold asyncio objects bound to their loop).
     with _event_loop(sources) as runner:
-        sources = preflight_sources(project, sources, runner,
-                                    explicit_alone=plan.explicit_alone)
+        sources = preflight_sources(project, sources, runner, explicit_alone=plan.explicit_alone)
         plan = replace(plan, sources=list(sources))
-        store, sweep = create_sweep(project, plan, sweep_id=sweep_id,
-                                    command_line=command_line)
+        store, sweep = create_sweep(project, plan, sweep_id=sweep_id, command_line=command_line)
         if on_created is not None:
             on_created(sweep)
-        return _drive(project, store, sweep, sources, on_progress, runner=runner,
-                      explicit_alone=plan.explicit_alone)
+        return _drive(
+            project,
+            store,
+            sweep,
+            sources,
+            on_progress,
+            runner=runner,
+            explicit_alone=plan.explicit_alone,
+        )
 
 
 def hsm_folders(project: Project) -> list[Path]:
@@ -276,18 +318,25 @@ def hsm_folders(project: Project) -> list[Path]:
     return [project.loaded.state_dir, project.output_dir]
 
 
-def create_sweep(project: Project, plan: Plan, *, sweep_id: str,
-                 command_line: str) -> tuple[Store, SweepRow]:
+def create_sweep(
+    project: Project, plan: Plan, *, sweep_id: str, command_line: str
+) -> tuple[Store, SweepRow]:
     """Record the sweep and all its tasks (one transaction), and make its folder."""
     sweep_dir = project.output_dir / sweep_id
     store = project.open_store(create=True)
     try:
         store.create_sweep(
-            sweep_id=sweep_id, spec_path=str(plan.spec_path.resolve()),
-            spec=plan.spec.raw, sweep_dir=str(sweep_dir),
-            project_root=str(project.root), sources=plan.sources, parallel=plan.parallel,
-            command_line=command_line, params=iter_tasks(plan.spec),
-            code_version=code_version(project.root, hsm_folders(project)))
+            sweep_id=sweep_id,
+            spec_path=str(plan.spec_path.resolve()),
+            spec=plan.spec.raw,
+            sweep_dir=str(sweep_dir),
+            project_root=str(project.root),
+            sources=plan.sources,
+            parallel=plan.parallel,
+            command_line=command_line,
+            params=iter_tasks(plan.spec),
+            code_version=code_version(project.root, hsm_folders(project)),
+        )
         sweep_dir.mkdir(parents=True)
         (sweep_dir / "sweep.yaml").write_bytes(plan.spec_path.read_bytes())
     except OSError as exc:
@@ -303,14 +352,17 @@ def check_sweep_name(name: str | None) -> None:
     if name is not None and not SWEEP_NAME.fullmatch(name):
         raise ConfigError(
             f"--name: {name!r} is not a valid sweep ID: use up to 128 letters, digits and"
-            " '_.+-', not starting with '.', '+' or '-'")
+            " '_.+-', not starting with '.', '+' or '-'"
+        )
 
 
-def preflight_sources(project: Project, sources: dict[str, Source], runner: asyncio.Runner,
-                      *, explicit_alone: bool) -> dict[str, Source]:
+def preflight_sources(
+    project: Project, sources: dict[str, Source], runner: asyncio.Runner, *, explicit_alone: bool
+) -> dict[str, Source]:
     """Check every source before the sweep is written or changed. A source that fails is
     disabled with the reason and left out (see :mod:`hsm.engine.bringup`); the sources
     left are returned."""
+
     async def check(source: Source) -> None:
         await source.preflight()
 
@@ -321,8 +373,12 @@ def preflight_sources(project: Project, sources: dict[str, Source], runner: asyn
     store = project.open_store(create=True)
     try:
         for name, reason in broken.items():
-            sweep_log.error("%s; disabling it and going on with the other sources. After"
-                            " fixing it: hsm distributed enable %s", reason, name)
+            sweep_log.error(
+                "%s; disabling it and going on with the other sources. After"
+                " fixing it: hsm distributed enable %s",
+                reason,
+                name,
+            )
             store.set_source_enabled(name, False, reason=reason)
     finally:
         store.close()
@@ -343,19 +399,27 @@ def _event_loop(sources: dict[str, Source]) -> Iterator[asyncio.Runner]:
         try:
             yield runner
         except BaseException:
+
             async def close() -> None:
-                await asyncio.gather(*(s.close() for s in sources.values()),
-                                     return_exceptions=True)
+                await asyncio.gather(*(s.close() for s in sources.values()), return_exceptions=True)
 
             with contextlib.suppress(Exception):
                 runner.run(close())
             raise
 
 
-def _drive(project: Project, store: Store, sweep: SweepRow, sources: dict[str, Source],
-           on_progress: ProgressFn | None, *, runner: asyncio.Runner,
-           spec: SweepSpec | None = None, previous: SweepRow | None = None,
-           explicit_alone: bool = False) -> RunOutcome:
+def _drive(
+    project: Project,
+    store: Store,
+    sweep: SweepRow,
+    sources: dict[str, Source],
+    on_progress: ProgressFn | None,
+    *,
+    runner: asyncio.Runner,
+    spec: SweepSpec | None = None,
+    previous: SweepRow | None = None,
+    explicit_alone: bool = False,
+) -> RunOutcome:
     """Run the engine on a recorded sweep. ``previous`` is the sweep as it was before a
     resume (None: the sweep is new). When the run stops on bad input before any task
     started (exit 2), it leaves nothing behind: a new sweep is removed, a resumed one gets
@@ -363,27 +427,42 @@ def _drive(project: Project, store: Store, sweep: SweepRow, sources: dict[str, S
     spec = spec or stored_spec(sweep)
     ctx = sweep_context(project, sweep, spec)
     dist = project.loaded.config.distributed
-    options = EngineOptions(max_retries=dist.max_retries, strategy=dist.strategy,
-                            failsafe=FailsafeConfig.from_config(dist),
-                            health=project.loaded.config.health,
-                            health_interval=float(dist.health_check_interval),
-                            stall_timeout=float(dist.stall_timeout),
-                            explicit_alone=explicit_alone)
+    options = EngineOptions(
+        max_retries=dist.max_retries,
+        strategy=dist.strategy,
+        failsafe=FailsafeConfig.from_config(dist),
+        health=project.loaded.config.health,
+        health_interval=float(dist.health_check_interval),
+        stall_timeout=float(dist.stall_timeout),
+        explicit_alone=explicit_alone,
+    )
     attempts_before = len(store.attempts(sweep.id))
     try:
         with controller_lock(Path(sweep.sweep_dir)), sweep_log_file(Path(sweep.sweep_dir)):
             store.set_sweep_state(sweep.id, SweepState.RUNNING, controller_pid=os.getpid())
-            sweep_log.info("sweep %s: %d task(s) on %s; folder %s", sweep.id, sum(
-                store.task_counts(sweep.id).values()), ", ".join(sources), sweep.sweep_dir)
-            engine = Engine(store=store, sweep_id=sweep.id, ctx=ctx, sources=sources,
-                            options=options, on_progress=on_progress)
+            sweep_log.info(
+                "sweep %s: %d task(s) on %s; folder %s",
+                sweep.id,
+                sum(store.task_counts(sweep.id).values()),
+                ", ".join(sources),
+                sweep.sweep_dir,
+            )
+            engine = Engine(
+                store=store,
+                sweep_id=sweep.id,
+                ctx=ctx,
+                sources=sources,
+                options=options,
+                on_progress=on_progress,
+            )
             try:
                 outcome = runner.run(engine.run())
             except HsmError as exc:
-                if exc.exit_code != ExitCode.BAD_INPUT or \
-                        len(store.attempts(sweep.id)) != attempts_before:
-                    store.set_sweep_state(sweep.id, SweepState.ABORTED,
-                                          abort_reason=exc.message)
+                if (
+                    exc.exit_code != ExitCode.BAD_INPUT
+                    or len(store.attempts(sweep.id)) != attempts_before
+                ):
+                    store.set_sweep_state(sweep.id, SweepState.ABORTED, abort_reason=exc.message)
                     raise
                 sweep_log.error("%s", exc.message)
                 raise _Undo(exc) from None
@@ -391,8 +470,14 @@ def _drive(project: Project, store: Store, sweep: SweepRow, sources: dict[str, S
                 level = logging.INFO if outcome.exit_code == 0 else logging.WARNING
                 # The command prints the message once, below its table: the log file
                 # alone gets it as a line.
-                sweep_log.log(level, "sweep %s %s: %s", sweep.id, outcome.state.value,
-                              outcome.message, extra={FILE_ONLY: True})
+                sweep_log.log(
+                    level,
+                    "sweep %s %s: %s",
+                    sweep.id,
+                    outcome.state.value,
+                    outcome.message,
+                    extra={FILE_ONLY: True},
+                )
             else:
                 sweep_log.info("sweep %s %s", sweep.id, outcome.state.value)
             return outcome
@@ -429,7 +514,8 @@ def controller_lock(sweep_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             raise StateError(
                 f"sweep {sweep_dir.name} is being driven by another hsm process right now;"
-                " wait for it, or stop it with: hsm cancel " + sweep_dir.name) from None
+                " wait for it, or stop it with: hsm cancel " + sweep_dir.name
+            ) from None
         yield
     finally:
         os.close(fd)
@@ -498,8 +584,9 @@ def request_cancel(project: Project, sweep_id: str, *, wait: float = 30.0) -> Sw
         # No controller was alive: drive the cancel ourselves (it reattaches and stops).
         reruns = store.reruns(sweep_id)
         spec = stored_spec(sweep, reruns)
-        names = available_sources(project, store, sweep, current_sources(sweep, reruns),
-                                  settle=True)
+        names = available_sources(
+            project, store, sweep, current_sources(sweep, reruns), settle=True
+        )
         sources = build_sources(project.loaded, names, parallel=sweep.parallel)
         store.set_cancel_requested(sweep_id, True)
         with _event_loop(sources) as runner:

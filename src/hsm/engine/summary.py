@@ -49,9 +49,14 @@ class SweepSummary:
             "total": self.total,
             "counts": {k: self.counts.get(k, 0) for k in JSON_COUNT_KEYS},
             "sources": {
-                s.name: {"enabled": s.enabled, "disabled_reason": s.disabled_reason,
-                         "submitted": s.submitted, "completed": s.completed,
-                         "failed": s.failed, "failure_rate": round(s.failure_rate, 4)}
+                s.name: {
+                    "enabled": s.enabled,
+                    "disabled_reason": s.disabled_reason,
+                    "submitted": s.submitted,
+                    "completed": s.completed,
+                    "failed": s.failed,
+                    "failure_rate": round(s.failure_rate, 4),
+                }
                 for s in self.sources
             },
         }
@@ -68,26 +73,51 @@ def iter_task_json(store: Store, sweep: SweepRow) -> Iterator[dict[str, Any]]:
     """The ``tasks`` entries of the JSON object, one at a time."""
     tasks_dir = os.path.join(sweep.sweep_dir, "tasks")
     for t in store.iter_tasks(sweep.id):
-        yield {"number": t.number, "params": t.params, "status": t.status.value,
-               "cause": t.cause, "source": t.source, "attempts": t.attempts,
-               "task_dir": os.path.join(tasks_dir, task_folder_name(t.number)),
-               "exit_code": t.exit_code}
+        yield {
+            "number": t.number,
+            "params": t.params,
+            "status": t.status.value,
+            "cause": t.cause,
+            "source": t.source,
+            "attempts": t.attempts,
+            "task_dir": os.path.join(tasks_dir, task_folder_name(t.number)),
+            "exit_code": t.exit_code,
+        }
 
 
 def summarize(store: Store, sweep_id: str) -> SweepSummary:
     sweep = store.sweep(sweep_id)
     counts = {k.value: v for k, v in store.task_counts(sweep_id).items()}
     reruns = store.reruns(sweep_id)
-    names = [*sweep.sources, *(n for r in reruns for n in r.sources or ()),
-             *store.attempt_sources(sweep_id)]
+    names = [
+        *sweep.sources,
+        *(n for r in reruns for n in r.sources or ()),
+        *store.attempt_sources(sweep_id),
+    ]
     sources = []
     for name in dict.fromkeys(names):
         row = store.source(name)
         c = store.source_counts(name, sweep_id=sweep_id)
-        sources.append(SourceSummary(name, row.enabled, row.disabled_reason, c.submitted,
-                                     c.completed, c.failed, c.failure_rate))
-    return SweepSummary(sweep, sum(counts.values()), counts, store.cause_counts(sweep_id),
-                        sources, store.failed_causes(sweep_id), reruns)
+        sources.append(
+            SourceSummary(
+                name,
+                row.enabled,
+                row.disabled_reason,
+                c.submitted,
+                c.completed,
+                c.failed,
+                c.failure_rate,
+            )
+        )
+    return SweepSummary(
+        sweep,
+        sum(counts.values()),
+        counts,
+        store.cause_counts(sweep_id),
+        sources,
+        store.failed_causes(sweep_id),
+        reruns,
+    )
 
 
 def failed_message(store: Store, sweep_id: str, failed: int) -> str:
@@ -96,12 +126,16 @@ def failed_message(store: Store, sweep_id: str, failed: int) -> str:
     message = f"{failed} task(s) failed; rerun them with: hsm resume {sweep_id} --retry-failed"
     timeouts = store.failed_causes(sweep_id).get(Cause.TIMEOUT.value, 0)
     if timeouts:
-        message += (f"; {timeouts} of them hit the walltime: rerun those with a longer one,"
-                    f" e.g. hsm resume {sweep_id} --retry-failed --cause timeout"
-                    f" --walltime HH:MM:SS")
+        message += (
+            f"; {timeouts} of them hit the walltime: rerun those with a longer one,"
+            f" e.g. hsm resume {sweep_id} --retry-failed --cause timeout"
+            f" --walltime HH:MM:SS"
+        )
     return message
 
 
 def is_done(counts: dict[str, int]) -> bool:
-    return counts.get(TaskStatus.PENDING.value, 0) == 0 and \
-        counts.get(TaskStatus.RUNNING.value, 0) == 0
+    return (
+        counts.get(TaskStatus.PENDING.value, 0) == 0
+        and counts.get(TaskStatus.RUNNING.value, 0) == 0
+    )

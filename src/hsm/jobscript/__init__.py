@@ -97,10 +97,14 @@ def encode_spec(spec: TaskSpec) -> bytes:
     if not spec.argv:
         raise ValueError("argv is empty: a task needs a command")
     if not isinstance(spec.nonce, str) or not _NONCE.fullmatch(spec.nonce):
-        raise ValueError(f"nonce must be 1 to 32 lower-case hex digits or empty, "
-                         f"got {spec.nonce!r}")
-    out = [_field("magic", SPEC_MAGIC), _field("attempt", str(spec.attempt)),
-           _field("nonce", spec.nonce)]
+        raise ValueError(
+            f"nonce must be 1 to 32 lower-case hex digits or empty, got {spec.nonce!r}"
+        )
+    out = [
+        _field("magic", SPEC_MAGIC),
+        _field("attempt", str(spec.attempt)),
+        _field("nonce", spec.nonce),
+    ]
     out.append(_field("project_dir", spec.project_dir))
     out += [_field(name, str(number)) for name, number in list(numbers.items())[1:]]
     out.append(_field("env", str(len(spec.env))))

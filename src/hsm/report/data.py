@@ -31,8 +31,9 @@ MAX_EVENTS = 100_000
 # Outcomes of an attempt, as coloured on the timeline.
 OUTCOMES = ("completed", "failed", "lost", "cancelled", "running")
 # Tasks whose error-log tail is read: those that did not (yet) complete.
-TAIL_STATUSES = frozenset({TaskStatus.FAILED, TaskStatus.RUNNING, TaskStatus.CANCELLED,
-                           TaskStatus.PENDING})
+TAIL_STATUSES = frozenset(
+    {TaskStatus.FAILED, TaskStatus.RUNNING, TaskStatus.CANCELLED, TaskStatus.PENDING}
+)
 
 
 @dataclass(frozen=True)
@@ -102,9 +103,14 @@ class HealthLevels:
 
     @classmethod
     def of(cls, config: HealthConfig) -> HealthLevels:
-        return cls(int(config.disk_warning_free), config.disk_warning_percent,
-                   int(config.disk_critical_free), config.disk_critical_percent,
-                   config.max_load_per_core, config.max_memory_percent)
+        return cls(
+            int(config.disk_warning_free),
+            config.disk_warning_percent,
+            int(config.disk_critical_free),
+            config.disk_critical_percent,
+            config.max_load_per_core,
+            config.max_memory_percent,
+        )
 
     def warning_bytes(self, total: int | None) -> int:
         """Free space below which a disk of ``total`` bytes is classified 'warning'."""
@@ -203,8 +209,14 @@ class Report:
         return data
 
 
-def build_report(store: Store, sweep_id: str, *, health: HealthConfig,
-                 now: float | None = None, metrics_file: str | None = None) -> Report:
+def build_report(
+    store: Store,
+    sweep_id: str,
+    *,
+    health: HealthConfig,
+    now: float | None = None,
+    metrics_file: str | None = None,
+) -> Report:
     """Read one sweep's state and task folders into a report model."""
     now = time.time() if now is None else now
     sweep = store.sweep(sweep_id)
@@ -231,20 +243,39 @@ def build_report(store: Store, sweep_id: str, *, health: HealthConfig,
                 index = log_index.setdefault(tail, len(logs))
                 if index == len(logs):
                     logs.append(tail)
-        infos.append(TaskInfo(task.number, task.status.value, task.cause, task.source,
-                              task.attempts, task.exit_code, json_safe(task.params), str(folder),
-                              index))
+        infos.append(
+            TaskInfo(
+                task.number,
+                task.status.value,
+                task.cause,
+                task.source,
+                task.attempts,
+                task.exit_code,
+                json_safe(task.params),
+                str(folder),
+                index,
+            )
+        )
 
     lanes, bars = timeline(attempts, names)
     levels = HealthLevels.of(health)
-    series = [health_series(store.health_samples(n, limit=10**9, since=start), n, levels,
-                            end=end) for n in names]
+    series = [
+        health_series(store.health_samples(n, limit=10**9, since=start), n, levels, end=end)
+        for n in names
+    ]
     return Report(
-        version=REPORT_VERSION, generated=now, utc_offset=time.localtime(now).tm_gmtoff,
+        version=REPORT_VERSION,
+        generated=now,
+        utc_offset=time.localtime(now).tm_gmtoff,
         sweep=sweep_info(sweep, tasks, now),
-        window=(start, end), lanes=lanes, bars=bars, tasks=infos, logs=logs, levels=levels,
-        health=series, events=source_events(store.events(since=start, limit=MAX_EVENTS),
-                                            names, sweep_id, end=end),
+        window=(start, end),
+        lanes=lanes,
+        bars=bars,
+        tasks=infos,
+        logs=logs,
+        levels=levels,
+        health=series,
+        events=source_events(store.events(since=start, limit=MAX_EVENTS), names, sweep_id, end=end),
         sources=[source_stats(store, sweep_id, n, attempts) for n in names],
         failures=failure_groups(tasks, tails),
         metrics=metrics_table(tasks, tasks_dir, metrics_file),
@@ -272,12 +303,21 @@ def sweep_info(sweep: SweepRow, tasks: Sequence[TaskRow], now: float) -> SweepIn
     end = now if running or sweep.finished is None else sweep.finished
     ident = shlex.quote(sweep.id)
     return SweepInfo(
-        id=sweep.id, state=sweep.state.value, running=running, created=sweep.created,
-        finished=None if running else sweep.finished, duration=max(0.0, end - sweep.created),
-        sweep_dir=sweep.sweep_dir, spec_path=sweep.spec_path, spec_text=spec_text(sweep),
-        command_line=sweep.command_line, code_version=describe_code(sweep.code_version),
+        id=sweep.id,
+        state=sweep.state.value,
+        running=running,
+        created=sweep.created,
+        finished=None if running else sweep.finished,
+        duration=max(0.0, end - sweep.created),
+        sweep_dir=sweep.sweep_dir,
+        spec_path=sweep.spec_path,
+        spec_text=spec_text(sweep),
+        command_line=sweep.command_line,
+        code_version=describe_code(sweep.code_version),
         message=sweep.abort_reason,
-        sources=list(sweep.sources), total=sum(counts.values()), counts=counts,
+        sources=list(sweep.sources),
+        total=sum(counts.values()),
+        counts=counts,
         causes=dict(sorted(causes.items())),
         resume_command=f"hsm resume {ident}",
         retry_command=f"hsm resume {ident} --retry-failed",
@@ -302,23 +342,40 @@ def outcome(attempt: AttemptRow) -> str:
     return attempt.state.value
 
 
-def timeline(attempts: Sequence[AttemptRow], names: Sequence[str]) -> tuple[list[Lane],
-                                                                            list[Bar]]:
+def timeline(attempts: Sequence[AttemptRow], names: Sequence[str]) -> tuple[list[Lane], list[Bar]]:
     """One lane per (source, slot), in source order; one bar per attempt."""
     order = {n: i for i, n in enumerate(names)}
-    keys = sorted({(a.source, a.slot) for a in attempts},
-                  key=lambda k: (order.get(k[0], len(order)), k[0],
-                                 -1 if k[1] is None else k[1]))
+    keys = sorted(
+        {(a.source, a.slot) for a in attempts},
+        key=lambda k: (order.get(k[0], len(order)), k[0], -1 if k[1] is None else k[1]),
+    )
     lanes = [Lane(src, slot, src if slot is None else f"{src} #{slot}") for src, slot in keys]
     index = {k: i for i, k in enumerate(keys)}
-    bars = [Bar(a.number, a.attempt, index[(a.source, a.slot)], a.started, a.finished,
-                outcome(a), a.host, a.exit_code, a.cause)
-            for a in sorted(attempts, key=lambda a: (a.started, a.id))]
+    bars = [
+        Bar(
+            a.number,
+            a.attempt,
+            index[(a.source, a.slot)],
+            a.started,
+            a.finished,
+            outcome(a),
+            a.host,
+            a.exit_code,
+            a.cause,
+        )
+        for a in sorted(attempts, key=lambda a: (a.started, a.id))
+    ]
     return lanes, bars
 
 
-def health_series(rows: Sequence[HealthRow], source: str, levels: HealthLevels, *,
-                  end: float, max_points: int = MAX_HEALTH_POINTS) -> HealthSeries:
+def health_series(
+    rows: Sequence[HealthRow],
+    source: str,
+    levels: HealthLevels,
+    *,
+    end: float,
+    max_points: int = MAX_HEALTH_POINTS,
+) -> HealthSeries:
     """A source's samples up to ``end``, thinned to ``max_points`` (the lowest disk kept)."""
     rows = [r for r in rows if r.time <= end]
     count = len(rows)
@@ -326,8 +383,9 @@ def health_series(rows: Sequence[HealthRow], source: str, levels: HealthLevels, 
         rows = thin(rows, max_points)
     totals = [r.total_bytes for r in rows if r.total_bytes]
     total = totals[-1] if totals else None
-    series = HealthSeries(source, levels.warning_bytes(total), levels.critical_bytes(total),
-                          samples=count)
+    series = HealthSeries(
+        source, levels.warning_bytes(total), levels.critical_bytes(total), samples=count
+    )
     for r in rows:
         series.time.append(r.time)
         series.reachable.append(r.reachable)
@@ -363,28 +421,40 @@ def _worse(a: HealthRow, b: HealthRow) -> bool:
     return a.free_bytes < b.free_bytes
 
 
-def source_events(rows: Iterable[EventRow], names: Sequence[str], sweep_id: str, *,
-                  end: float) -> list[SourceEvent]:
+def source_events(
+    rows: Iterable[EventRow], names: Sequence[str], sweep_id: str, *, end: float
+) -> list[SourceEvent]:
     """Events of the sweep's sources in its window, and events recorded by the sweep."""
     wanted = set(names)
-    return [SourceEvent(e.time, e.source, e.kind, e.message) for e in rows
-            if e.source in wanted and (e.time <= end or e.sweep_id == sweep_id)]
+    return [
+        SourceEvent(e.time, e.source, e.kind, e.message)
+        for e in rows
+        if e.source in wanted and (e.time <= end or e.sweep_id == sweep_id)
+    ]
 
 
-def source_stats(store: Store, sweep_id: str, name: str,
-                 attempts: Sequence[AttemptRow]) -> SourceStats:
+def source_stats(
+    store: Store, sweep_id: str, name: str, attempts: Sequence[AttemptRow]
+) -> SourceStats:
     counts = store.source_counts(name, sweep_id=sweep_id)
     row = store.source(name)
     mine = [a for a in attempts if a.source == name]
     first = min((a.started for a in mine), default=None)
     last = max((a.finished for a in mine if a.finished is not None), default=None)
     return SourceStats(
-        name=name, enabled=row.enabled, disabled_reason=row.disabled_reason,
-        submitted=counts.submitted, completed=counts.completed, failed=counts.failed,
+        name=name,
+        enabled=row.enabled,
+        disabled_reason=row.disabled_reason,
+        submitted=counts.submitted,
+        completed=counts.completed,
+        failed=counts.failed,
         failure_rate=round(counts.failure_rate, 4),
         failed_by_cause=dict(sorted((counts.failed_by_cause or {}).items())),
-        running=sum(1 for a in mine if outcome(a) == "running"), first_dispatch=first,
-        last_result=last, span=None if first is None or last is None else last - first)
+        running=sum(1 for a in mine if outcome(a) == "running"),
+        first_dispatch=first,
+        last_result=last,
+        span=None if first is None or last is None else last - first,
+    )
 
 
 def failure_groups(tasks: Sequence[TaskRow], tails: dict[int, str]) -> list[FailureGroup]:
@@ -397,16 +467,24 @@ def failure_groups(tasks: Sequence[TaskRow], tails: dict[int, str]) -> list[Fail
         tail = tails.get(task.number)
         key = failure_key(tail) if tail else ""
         groups.setdefault((task.cause or "unknown", key), []).append(task)
-    out = [FailureGroup(cause=cause, count=len(members), tail=tails.get(members[0].number),
-                        key=key, tasks=[t.number for t in members],
-                        sources=sorted({t.source for t in members if t.source}))
-           for (cause, key), members in groups.items()]
+    out = [
+        FailureGroup(
+            cause=cause,
+            count=len(members),
+            tail=tails.get(members[0].number),
+            key=key,
+            tasks=[t.number for t in members],
+            sources=sorted({t.source for t in members if t.source}),
+        )
+        for (cause, key), members in groups.items()
+    ]
     out.sort(key=lambda g: (-g.count, g.tasks[0]))
     return out
 
 
-def metrics_table(tasks: Sequence[TaskRow], tasks_dir: Path,
-                  metrics_file: str | None = None) -> MetricsTable | None:
+def metrics_table(
+    tasks: Sequence[TaskRow], tasks_dir: Path, metrics_file: str | None = None
+) -> MetricsTable | None:
     """Parameters against metrics, for the tasks that have metrics (see
     :func:`~hsm.report.files.task_metrics`)."""
     rows: list[dict[str, Any]] = []
@@ -429,5 +507,6 @@ def metrics_table(tasks: Sequence[TaskRow], tasks_dir: Path,
                 seen.setdefault(key, set()).add(repr(value))
     varying = [k for k, v in seen.items() if len(v) > 1]
     fixed = [k for k, v in seen.items() if len(v) <= 1]
-    return MetricsTable(params=varying + fixed, varying=varying, metrics=list(metric_names),
-                        rows=rows)
+    return MetricsTable(
+        params=varying + fixed, varying=varying, metrics=list(metric_names), rows=rows
+    )

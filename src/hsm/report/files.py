@@ -56,7 +56,7 @@ def read_tail(path: Path, *, lines: int = TAIL_LINES, chars: int = TAIL_CHARS) -
         kept.pop()
     tail = "\n".join(kept[-lines:]).strip("\n")
     if len(tail) > chars:
-        tail = "…" + tail[-(chars - 1):]
+        tail = "…" + tail[-(chars - 1) :]
     return tail or None
 
 
@@ -64,8 +64,10 @@ _NORMALISERS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"task_\d{4,}"), "task_<n>"),
     (re.compile(r"\b\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?"), "<time>"),
     (re.compile(r"\b\d\d:\d\d:\d\d(?:[.,]\d+)?\b"), "<time>"),
-    (re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I),
-     "<uuid>"),
+    (
+        re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I),
+        "<uuid>",
+    ),
     (re.compile(r"\b0x[0-9a-f]+\b", re.I), "0x<hex>"),
     (re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?![\w])", re.I), "<n>"),
 ]

@@ -26,8 +26,13 @@ TEMPLATE = "report.html"
 STYLE = "report.css"
 SCRIPTS = ("report-params.js", "report.js")  # one inline script, in this order
 _PLACEHOLDER = re.compile(r"\{\{([A-Z_]+)\}\}")
-_JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028",
-                 "\u2029": "\\u2029"}
+_JSON_ESCAPES = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
 _JSON_UNSAFE = re.compile("[<>&\u2028\u2029]")
 
 
@@ -52,18 +57,23 @@ def _csp_hash(text: str) -> str:
 
 
 def content_security_policy(style: str, script: str) -> str:
-    return ("default-src 'none'; "
-            f"script-src {_csp_hash(script)}; style-src {_csp_hash(style)}; "
-            "img-src 'none'; font-src 'none'; connect-src 'none'; "
-            "base-uri 'none'; form-action 'none'")
+    return (
+        "default-src 'none'; "
+        f"script-src {_csp_hash(script)}; style-src {_csp_hash(style)}; "
+        "img-src 'none'; font-src 'none'; connect-src 'none'; "
+        "base-uri 'none'; form-action 'none'"
+    )
 
 
 def render_html(report: Report) -> str:
     """The whole report page."""
     style = asset(STYLE)
     script = "\n".join(asset(name) for name in SCRIPTS)
-    for name, text, closing in (("style", style, "</style"), ("script", script, "</script"),
-                                ("script", script, "<!--")):
+    for name, text, closing in (
+        ("style", style, "</style"),
+        ("script", script, "</script"),
+        ("script", script, "<!--"),
+    ):
         if closing in text.lower():
             raise ValueError(f"the report's {name} must not contain {closing!r}")
     parts = {
@@ -111,20 +121,34 @@ def summary_html(sweep: SweepInfo, generated: float, utc_offset: int) -> str:
     """The summary section, drawn here so that it reads even where scripts are blocked."""
     e = html.escape
     rows = [
-        ("state", sweep.state), ("started", fmt_time(sweep.created, utc_offset)),
-        ("finished", fmt_time(sweep.finished, utc_offset) if sweep.finished else
-         "not yet" if sweep.running else "–"),
-        ("duration", fmt_duration(sweep.duration)), ("sources", ", ".join(sweep.sources)),
-        ("folder", sweep.sweep_dir), ("sweep file", sweep.spec_path),
-        ("command", sweep.command_line or "–"), ("code", sweep.code_version),
+        ("state", sweep.state),
+        ("started", fmt_time(sweep.created, utc_offset)),
+        (
+            "finished",
+            fmt_time(sweep.finished, utc_offset)
+            if sweep.finished
+            else "not yet"
+            if sweep.running
+            else "–",
+        ),
+        ("duration", fmt_duration(sweep.duration)),
+        ("sources", ", ".join(sweep.sources)),
+        ("folder", sweep.sweep_dir),
+        ("sweep file", sweep.spec_path),
+        ("command", sweep.command_line or "–"),
+        ("code", sweep.code_version),
         ("report made", fmt_time(generated, utc_offset)),
     ]
-    out = [f'<h1>Sweep <span class="sweep-id">{e(sweep.id)}</span> '
-           f'<span class="badge state-{e(sweep.state)}">{e(sweep.state)}</span></h1>']
+    out = [
+        f'<h1>Sweep <span class="sweep-id">{e(sweep.id)}</span> '
+        f'<span class="badge state-{e(sweep.state)}">{e(sweep.state)}</span></h1>'
+    ]
     if sweep.running:
-        out.append('<p class="banner running-banner">This sweep is still running: the report '
-                   f'shows its state at {e(fmt_time(generated, utc_offset))}. Run '
-                   f'<code>{e(sweep.report_command)}</code> again for a newer one.</p>')
+        out.append(
+            '<p class="banner running-banner">This sweep is still running: the report '
+            f"shows its state at {e(fmt_time(generated, utc_offset))}. Run "
+            f"<code>{e(sweep.report_command)}</code> again for a newer one.</p>"
+        )
     if sweep.message:
         out.append(f'<p class="banner message">{e(sweep.message)}</p>')
     out.append('<div class="summary-grid"><dl class="facts">')
@@ -134,20 +158,26 @@ def summary_html(sweep: SweepInfo, generated: float, utc_offset: int) -> str:
     if sweep.causes:
         out.append(_count_table("tasks by cause", "cause-counts", sweep.causes, None))
     out.append("</div></div>")
-    out.append('<div class="commands"><p>Continue this sweep (reattach, run what is left):</p>'
-               f'<pre class="command" id="resume-command">{e(sweep.resume_command)}</pre>'
-               '<p>Run its failed tasks again:</p>'
-               f'<pre class="command" id="retry-command">{e(sweep.retry_command)}</pre></div>')
-    out.append('<details class="spec"><summary>Sweep file</summary>'
-               f'<pre id="spec-text">{e(sweep.spec_text)}</pre></details>')
+    out.append(
+        '<div class="commands"><p>Continue this sweep (reattach, run what is left):</p>'
+        f'<pre class="command" id="resume-command">{e(sweep.resume_command)}</pre>'
+        "<p>Run its failed tasks again:</p>"
+        f'<pre class="command" id="retry-command">{e(sweep.retry_command)}</pre></div>'
+    )
+    out.append(
+        '<details class="spec"><summary>Sweep file</summary>'
+        f'<pre id="spec-text">{e(sweep.spec_text)}</pre></details>'
+    )
     return "\n".join(out)
 
 
 def _count_table(title: str, css: str, counts: dict[str, int], total: int | None) -> str:
     e = html.escape
-    cells = "".join(f'<tr class="count-{e(k)}"><th>{e(k)}</th><td>{v}</td></tr>'
-                    for k, v in counts.items())
+    cells = "".join(
+        f'<tr class="count-{e(k)}"><th>{e(k)}</th><td>{v}</td></tr>' for k, v in counts.items()
+    )
     if total is not None:
         cells += f'<tr class="count-total"><th>total</th><td>{total}</td></tr>'
-    return (f'<table class="counts {css}"><caption>{e(title)}</caption>'
-            f"<tbody>{cells}</tbody></table>")
+    return (
+        f'<table class="counts {css}"><caption>{e(title)}</caption><tbody>{cells}</tbody></table>'
+    )

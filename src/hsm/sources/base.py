@@ -121,8 +121,15 @@ class Source(ABC):
     # Seconds a host may stay silent before its attempts are taken as lost.
     lost_after: float = 0.0
 
-    def __init__(self, name: str, *, slots: int, setup: Sequence[str] = (),
-                 python: str = "python3", gpus: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        slots: int,
+        setup: Sequence[str] = (),
+        python: str = "python3",
+        gpus: Sequence[int] = (),
+    ) -> None:
         self.name = name
         self.slots = slots
         self.setup = list(setup)
@@ -144,8 +151,9 @@ class Source(ABC):
         """Make the source ready for this sweep (folders, code push, wrapper)."""
 
     @abstractmethod
-    async def launch(self, *, ctx: SweepContext,
-                     requests: Sequence[LaunchRequest]) -> list[JobHandle | Exception]:
+    async def launch(
+        self, *, ctx: SweepContext, requests: Sequence[LaunchRequest]
+    ) -> list[JobHandle | Exception]:
         """Start these attempts. Returns, per request and in order, its handle, or the error
         that kept that request from starting (it surely did not start). Raises only when
         none of them started. A handle with ``confirmed=False`` may or may not have
@@ -196,8 +204,9 @@ class Source(ABC):
     def host_label(self) -> str:
         return self.name
 
-    def task_spec(self, ctx: SweepContext, req: LaunchRequest,
-                  gpu_ids: Sequence[int] = ()) -> TaskSpec:
+    def task_spec(
+        self, ctx: SweepContext, req: LaunchRequest, gpu_ids: Sequence[int] = ()
+    ) -> TaskSpec:
         """The wrapper's input for one attempt: the same for every backend."""
         task_dir = self.task_dir(ctx, req.number)
         argv: list[str] = ctx.argv_for(req.params, task_dir, self.python)
@@ -212,16 +221,24 @@ class Source(ABC):
         }
         if gpu_ids:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
-        params = "\n".join(f"  {k}={json.dumps(v, ensure_ascii=False)}"
-                           for k, v in req.params.items())
+        params = "\n".join(
+            f"  {k}={json.dumps(v, ensure_ascii=False)}" for k, v in req.params.items()
+        )
         info = (
             f"Task: {req.number}\nSweep: {ctx.sweep_id}\nSource: {self.name}\n"
             f"Attempt: {req.attempt}\n"
             f"Parameters:\n{params}\nCommand: {shlex.join(argv)}\n"
         )
-        return TaskSpec(attempt=req.attempt, project_dir=self.project_dir(ctx),
-                        guard=ctx.guard, env=env, setup=self.setup, argv=argv, info=info,
-                        nonce=req.nonce)
+        return TaskSpec(
+            attempt=req.attempt,
+            project_dir=self.project_dir(ctx),
+            guard=ctx.guard,
+            env=env,
+            setup=self.setup,
+            argv=argv,
+            info=info,
+            nonce=req.nonce,
+        )
 
 
 def task_folder_name(number: int) -> str:
@@ -239,4 +256,4 @@ def classify_status(status: WrapperStatus | None, attempt: int) -> PollState | N
 
 def gpu_groups(gpus: Sequence[int], per_task: int) -> list[list[int]]:
     """Split a GPU allowlist into disjoint groups of ``per_task`` GPUs (leftovers unused)."""
-    return [list(gpus[i:i + per_task]) for i in range(0, len(gpus) - per_task + 1, per_task)]
+    return [list(gpus[i : i + per_task]) for i in range(0, len(gpus) - per_task + 1, per_task)]

@@ -16,8 +16,9 @@ def detect_local_gpus() -> list[int]:
     if shutil.which("nvidia-smi") is None:
         return []
     try:
-        out = subprocess.run(NVIDIA_SMI_QUERY, capture_output=True, text=True, timeout=10,
-                             check=True).stdout
+        out = subprocess.run(
+            NVIDIA_SMI_QUERY, capture_output=True, text=True, timeout=10, check=True
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     return parse_gpu_indices(out)

@@ -30,7 +30,6 @@ from hsm.sources.base import (
 log = logging.getLogger(__name__)
 
 
-
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -59,8 +58,15 @@ def wrapper_alive(pid: int, task_dir: str) -> bool:
 class LocalSource(Source):
     capabilities = Capabilities(detached=True, remote=False, queue=False)
 
-    def __init__(self, name: str = "local", *, slots: int, gpus: Sequence[int] = (),
-                 disk_path: str | None = None, python: str = "python3") -> None:
+    def __init__(
+        self,
+        name: str = "local",
+        *,
+        slots: int,
+        gpus: Sequence[int] = (),
+        disk_path: str | None = None,
+        python: str = "python3",
+    ) -> None:
         super().__init__(name, slots=slots, gpus=gpus, python=python)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._launched_at: dict[str, float] = {}
@@ -76,8 +82,9 @@ class LocalSource(Source):
         Path(ctx.sweep_dir, "tasks").mkdir(parents=True, exist_ok=True)
         self._disk_path = ctx.sweep_dir
 
-    async def launch(self, *, ctx: SweepContext,
-                     requests: Sequence[LaunchRequest]) -> list[JobHandle | Exception]:
+    async def launch(
+        self, *, ctx: SweepContext, requests: Sequence[LaunchRequest]
+    ) -> list[JobHandle | Exception]:
         results: list[JobHandle | Exception] = []
         host = self.host_label()
         for req in requests:
@@ -89,9 +96,15 @@ class LocalSource(Source):
             except (OSError, ValueError) as exc:  # e.g. ENOSPC writing the spec
                 results.append(exc)
                 continue
-            handle = JobHandle(source=self.name, number=req.number, attempt=req.attempt,
-                               task_dir=task_dir, job_id=str(proc.pid), host=host,
-                               nonce=req.nonce)
+            handle = JobHandle(
+                source=self.name,
+                number=req.number,
+                attempt=req.attempt,
+                task_dir=task_dir,
+                job_id=str(proc.pid),
+                host=host,
+                nonce=req.nonce,
+            )
             self._procs[task_dir] = proc
             self._launched_at[task_dir] = clock.monotonic()
             self._notify_exit(task_dir, proc)
@@ -129,8 +142,7 @@ class LocalSource(Source):
         task_dir, nonce = Path(handle.task_dir), handle.nonce
         status = read_status(task_dir)
         state = classify_status(status, handle.attempt)
-        mine = status if status is not None and status.belongs_to(handle.attempt, nonce) \
-            else None
+        mine = status if status is not None and status.belongs_to(handle.attempt, nonce) else None
         proc = self._procs.get(handle.task_dir)
         if mine is not None and mine.terminal:
             alive: bool | None = None
@@ -144,11 +156,16 @@ class LocalSource(Source):
         else:  # recorded, no pid known (the controller died mid-launch): look for it
             alive = find_wrapper(handle.task_dir) is not None
         started = self._launched_at.setdefault(handle.task_dir, clock.monotonic())
-        facts = Facts(attempt=handle.attempt, nonce=nonce, status=status, wrapper_alive=alive,
-                      status_unreadable=status is None and (task_dir / STATUS_FILE).exists(),
-                      received=spec_nonce(task_dir) == nonce if nonce else None,
-                      ack=Ack.CONFIRMED if proc is not None else Ack.UNKNOWN,
-                      since_launch=clock.monotonic() - started)
+        facts = Facts(
+            attempt=handle.attempt,
+            nonce=nonce,
+            status=status,
+            wrapper_alive=alive,
+            status_unreadable=status is None and (task_dir / STATUS_FILE).exists(),
+            received=spec_nonce(task_dir) == nonce if nonce else None,
+            ack=Ack.CONFIRMED if proc is not None else Ack.UNKNOWN,
+            since_launch=clock.monotonic() - started,
+        )
         if alive is False and proc is not None:
             self._forget(handle)
         events: tuple[str, ...] = ()
@@ -181,9 +198,14 @@ class LocalSource(Source):
         load1 = os.getloadavg()[0]
         cores = os.cpu_count() or 1
         return HealthSample(
-            reachable=True, disk_path=self._disk_path, free_bytes=usage.free,
-            total_bytes=usage.total, load1=load1, cores=cores,
-            memory_percent=memory_percent(), extra={"own_running": self.own_running},
+            reachable=True,
+            disk_path=self._disk_path,
+            free_bytes=usage.free,
+            total_bytes=usage.total,
+            load1=load1,
+            cores=cores,
+            memory_percent=memory_percent(),
+            extra={"own_running": self.own_running},
         )
 
     async def close(self) -> None:
@@ -229,8 +251,12 @@ def find_wrapper(task_dir: str) -> int | None:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if len(argv) >= 3 and argv[-2] == want and argv[-3].endswith(b"wrapper.sh") \
-                and wrapper_alive(pid, task_dir):
+        if (
+            len(argv) >= 3
+            and argv[-2] == want
+            and argv[-3].endswith(b"wrapper.sh")
+            and wrapper_alive(pid, task_dir)
+        ):
             return pid
     return None
 
@@ -243,9 +269,14 @@ def _finishing(task_dir: str) -> bool:
 def spawn_wrapper(task_dir: str) -> subprocess.Popen[bytes]:
     """Start the job wrapper for one task, detached: a session of its own, no terminal, so
     that it outlives the controller (and Ctrl-C in the terminal reaches only hsm)."""
-    return subprocess.Popen(["bash", str(WRAPPER_PATH), task_dir], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, close_fds=True)
+    return subprocess.Popen(
+        ["bash", str(WRAPPER_PATH), task_dir],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
 
 
 def memory_percent(meminfo: str = "/proc/meminfo") -> float | None:

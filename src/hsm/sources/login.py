@@ -53,8 +53,9 @@ class Login(ABC):
         """The folder whose disk the health probe reports (``~`` allowed)."""
 
     @abstractmethod
-    async def run(self, argv: Sequence[str], *, input: bytes | None = None,
-                  timeout: float = 60.0) -> CommandResult:
+    async def run(
+        self, argv: Sequence[str], *, input: bytes | None = None, timeout: float = 60.0
+    ) -> CommandResult:
         """Run one command there (an argv list, never a shell string)."""
 
     async def preflight(self) -> None:  # noqa: B027 - optional
@@ -118,8 +119,9 @@ class LocalLogin(Login):
     def work_root(self) -> str:
         return self._work_root
 
-    async def run(self, argv: Sequence[str], *, input: bytes | None = None,
-                  timeout: float = 60.0) -> CommandResult:
+    async def run(
+        self, argv: Sequence[str], *, input: bytes | None = None, timeout: float = 60.0
+    ) -> CommandResult:
         try:
             return await run_local(argv, input=input, timeout=timeout)
         except FileNotFoundError:
@@ -185,10 +187,10 @@ class SshLogin(Login):
     def work_root(self) -> str:
         return self.helper.remote_root
 
-    async def run(self, argv: Sequence[str], *, input: bytes | None = None,
-                  timeout: float = 60.0) -> CommandResult:
-        result = await self.helper.transport.run(shlex.join(argv), input=input,
-                                                 timeout=timeout)
+    async def run(
+        self, argv: Sequence[str], *, input: bytes | None = None, timeout: float = 60.0
+    ) -> CommandResult:
+        result = await self.helper.transport.run(shlex.join(argv), input=input, timeout=timeout)
         return CommandResult(tuple(argv), result.exit_status, result.stdout, result.stderr)
 
     async def preflight(self) -> None:
@@ -222,8 +224,10 @@ class SshLogin(Login):
         result = await self.run(argv, input=buffer.getvalue(), timeout=120)
         if result.returncode != 0:
             tail = result.stderr.strip().splitlines()[-1:] or [""]
-            raise OSError(f"writing {len(files)} file(s) under {root} on {self.label} failed "
-                          f"(exit {result.returncode}): {tail[0]}")
+            raise OSError(
+                f"writing {len(files)} file(s) under {root} on {self.label} failed "
+                f"(exit {result.returncode}): {tail[0]}"
+            )
 
     async def collect(self, ctx: SweepContext, handle: JobHandle) -> None:
         await self.helper.collect(ctx=ctx, handle=handle)

@@ -40,15 +40,31 @@ log = logging.getLogger(__name__)
 S = ElementState
 # job_state letters (qstat(1B)); a finished letter is refined by the exit status.
 STATES: Mapping[str, ElementState] = {
-    "Q": S.PENDING, "H": S.PENDING, "W": S.PENDING, "T": S.PENDING, "M": S.PENDING,
-    "R": S.RUNNING, "E": S.RUNNING, "B": S.RUNNING, "S": S.RUNNING, "U": S.RUNNING,
-    "F": S.COMPLETED, "X": S.COMPLETED, "C": S.COMPLETED,
+    "Q": S.PENDING,
+    "H": S.PENDING,
+    "W": S.PENDING,
+    "T": S.PENDING,
+    "M": S.PENDING,
+    "R": S.RUNNING,
+    "E": S.RUNNING,
+    "B": S.RUNNING,
+    "S": S.RUNNING,
+    "U": S.RUNNING,
+    "F": S.COMPLETED,
+    "X": S.COMPLETED,
+    "C": S.COMPLETED,
 }
 # Negative exit statuses the server sets when it kills a job (PBS Pro JOB_EXEC_KILL_*,
 # Torque JOB_EXEC_OVERLIMIT_*). Other negative ones are failures to start: the node's fault.
 EXIT_CAUSES: Mapping[str, Mapping[int, ElementState]] = {
-    "pro": {-29: S.TIMEOUT, -28: S.TIMEOUT, -27: S.OUT_OF_MEMORY, -26: S.OUT_OF_MEMORY,
-            -25: S.FAILED, -24: S.FAILED},
+    "pro": {
+        -29: S.TIMEOUT,
+        -28: S.TIMEOUT,
+        -27: S.OUT_OF_MEMORY,
+        -26: S.OUT_OF_MEMORY,
+        -25: S.FAILED,
+        -24: S.FAILED,
+    },
     "torque": {-11: S.TIMEOUT, -12: S.TIMEOUT, -10: S.OUT_OF_MEMORY},
     "generic": {},
 }
@@ -91,8 +107,14 @@ def _element(job_id: str, attrs: Mapping[str, Any], flavor: str) -> Element:
     raw = str(attrs.get("job_state", "")).strip()
     code = _int(attrs.get("Exit_status", attrs.get("exit_status")))
     state = refine(translate(raw, STATES, "pbs"), code, flavor)
-    return Element(canonical(job_id), state, raw, exit_code=code,
-                   name=str(attrs.get("Job_Name", "")), reason=str(attrs.get("comment", "")))
+    return Element(
+        canonical(job_id),
+        state,
+        raw,
+        exit_code=code,
+        name=str(attrs.get("Job_Name", "")),
+        reason=str(attrs.get("comment", "")),
+    )
 
 
 def parse_qstat_json(text: str) -> list[Element]:
@@ -102,8 +124,9 @@ def parse_qstat_json(text: str) -> list[Element]:
         return []
     data = json.loads(text, strict=False)
     jobs = data.get("Jobs", {}) if isinstance(data, dict) else {}
-    return [_element(job_id, attrs, "pro") for job_id, attrs in jobs.items()
-            if isinstance(attrs, dict)]
+    return [
+        _element(job_id, attrs, "pro") for job_id, attrs in jobs.items() if isinstance(attrs, dict)
+    ]
 
 
 def parse_qstat_xml(text: str) -> list[Element]:
@@ -111,7 +134,7 @@ def parse_qstat_xml(text: str) -> list[Element]:
     text = text.strip()
     if not text:
         return []
-    root = ET.fromstring(text[text.index("<Data"):] if "<Data" in text else text)
+    root = ET.fromstring(text[text.index("<Data") :] if "<Data" in text else text)
     out = []
     for job in root.iter("Job"):
         attrs = {child.tag: (child.text or "") for child in job}
@@ -156,8 +179,7 @@ class Pbs(Scheduler):
         self._warned_qos = False
 
     async def configure(self, run: Runner, source: str) -> None:
-        await require_answer(run, ["qstat", "-Q"], source=source,
-                             who="the PBS server", timeout=30)
+        await require_answer(run, ["qstat", "-Q"], source=source, who="the PBS server", timeout=30)
         version = await run(["qstat", "--version"], timeout=30)
         text = version.stdout + version.stderr
         if version.returncode == 0 and "pbs_version" in text:
@@ -198,8 +220,10 @@ class Pbs(Scheduler):
             lines.append(f"-A {opts.account}")
         if opts.qos and not self._warned_qos:
             self._warned_qos = True
-            log.warning("qos %r is ignored: PBS has no QoS (use directives: for a site "
-                        "equivalent)", opts.qos)
+            log.warning(
+                "qos %r is ignored: PBS has no QoS (use directives: for a site equivalent)",
+                opts.qos,
+            )
         return [f"{self.directive} {line}" for line in lines] + self.directives(opts)
 
     def submit_argv(self, script: str, array: ArraySpec, after: str | None) -> list[str]:

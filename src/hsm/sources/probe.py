@@ -32,8 +32,15 @@ def parse_probe(text: str, root: str) -> HealthSample:
         load1 = float(sections["load"][0].split()[0])
         cores = int(sections["cores"][0].strip())
     except (KeyError, IndexError, ValueError) as exc:
-        return HealthSample(reachable=True, disk_path=root,
-                            error=f"cannot parse the probe output: {exc}")
-    return HealthSample(reachable=True, disk_path=root, free_bytes=free, total_bytes=total,
-                        load1=load1, cores=cores,
-                        memory_percent=parse_meminfo("\n".join(sections.get("mem", []))))
+        return HealthSample(
+            reachable=True, disk_path=root, error=f"cannot parse the probe output: {exc}"
+        )
+    return HealthSample(
+        reachable=True,
+        disk_path=root,
+        free_bytes=free,
+        total_bytes=total,
+        load1=load1,
+        cores=cores,
+        memory_percent=parse_meminfo("\n".join(sections.get("mem", []))),
+    )

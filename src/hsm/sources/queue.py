@@ -63,7 +63,7 @@ def chunks(items: Sequence[T], size: int) -> list[list[T]]:
     """Split ``items`` into consecutive chunks of at most ``size`` (one array job each)."""
     if size < 1:
         raise ValueError("a chunk holds at least one element")
-    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
 def job_name(sweep_id: str, attempt_id: int) -> str:
@@ -71,9 +71,16 @@ def job_name(sweep_id: str, attempt_id: int) -> str:
     return f"hsm-{re.sub(r'[^A-Za-z0-9_.-]', '_', sweep_id)}-{attempt_id}"
 
 
-def judge(element: Element | None, status: WrapperStatus | None, *, attempt: int, blind: bool,
-          grace_over: bool, cancelled: bool = False,
-          hint: str = "") -> tuple[PollResult, bool]:
+def judge(
+    element: Element | None,
+    status: WrapperStatus | None,
+    *,
+    attempt: int,
+    blind: bool,
+    grace_over: bool,
+    cancelled: bool = False,
+    hint: str = "",
+) -> tuple[PollResult, bool]:
     """The state of one attempt from the scheduler's word and the wrapper's status file.
 
     ``cancelled``: hsm cancelled it (a cancelled pending element may vanish from the queue).
@@ -96,37 +103,50 @@ def judge(element: Element | None, status: WrapperStatus | None, *, attempt: int
             return PollResult(PollState.FINISHED, mine), False
         if state in TERMINAL:
             cause = SCHEDULER_CAUSES.get(state)
-            return PollResult(PollState.FINISHED, mine,
-                              scheduler_cause=cause.value if cause else None), False
+            return PollResult(
+                PollState.FINISHED, mine, scheduler_cause=cause.value if cause else None
+            ), False
         return PollResult(PollState.RUNNING, mine, "waiting for the scheduler's final state"), False
     if state is None:
         if cancelled and mine is None:
-            return PollResult(PollState.LOST, None, "cancelled before it started",
-                              scheduler_cause=Cause.CANCELLED.value), False
+            return PollResult(
+                PollState.LOST,
+                None,
+                "cancelled before it started",
+                scheduler_cause=Cause.CANCELLED.value,
+            ), False
         if blind:
             return PollResult(PollState.RUNNING if mine else PollState.STARTING, mine), False
         if mine is not None and not grace_over:
             return PollResult(PollState.UNKNOWN, mine, "waiting for the final status"), True
         if mine is None:
-            return PollResult(PollState.LOST, None,
-                              "the job never started and the scheduler no longer knows it"), False
-        return PollResult(PollState.LOST, mine,
-                          f"the job ended without a final status{hint}",
-                          scheduler_cause=Cause.CANCELLED.value if cancelled else None), False
+            return PollResult(
+                PollState.LOST, None, "the job never started and the scheduler no longer knows it"
+            ), False
+        return PollResult(
+            PollState.LOST,
+            mine,
+            f"the job ended without a final status{hint}",
+            scheduler_cause=Cause.CANCELLED.value if cancelled else None,
+        ), False
     if state is ElementState.PENDING:
         return PollResult(PollState.STARTING, mine, element.reason if element else ""), False
     if state is ElementState.RUNNING:
         return PollResult(PollState.RUNNING if mine else PollState.STARTING, mine), False
     if state is ElementState.UNKNOWN:
-        return PollResult(PollState.UNKNOWN, mine, f"unknown job state {element.raw!r}"
-                          if element else ""), False
+        return PollResult(
+            PollState.UNKNOWN, mine, f"unknown job state {element.raw!r}" if element else ""
+        ), False
     if mine is not None and not grace_over:
         return PollResult(PollState.UNKNOWN, mine, "waiting for the final status"), True
     cause = SCHEDULER_CAUSES.get(state)
     raw = element.raw if element is not None else state.value
-    return PollResult(PollState.LOST, mine,
-                      f"the job ended ({raw}) before its wrapper recorded a final status{hint}",
-                      scheduler_cause=cause.value if cause else None), False
+    return PollResult(
+        PollState.LOST,
+        mine,
+        f"the job ended ({raw}) before its wrapper recorded a final status{hint}",
+        scheduler_cause=cause.value if cause else None,
+    ), False
 
 
 @dataclass
@@ -139,9 +159,17 @@ class _Submission:
 class QueueSource(Source):
     """A Slurm or PBS cluster: tasks become elements of throttled array jobs."""
 
-    def __init__(self, name: str, *, scheduler: Scheduler, login: Login,
-                 settings: ClusterSettings, python: str, setup: Sequence[str],
-                 resources: Resources | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        scheduler: Scheduler,
+        login: Login,
+        settings: ClusterSettings,
+        python: str,
+        setup: Sequence[str],
+        resources: Resources | None = None,
+    ) -> None:
         super().__init__(name, slots=QUEUE_DEPTH, setup=setup, python=python)
         self.resources = resources  # the sweep's, when known before prepare (preflight)
         self.scheduler = scheduler
@@ -170,8 +198,9 @@ class QueueSource(Source):
     def host_label(self) -> str:
         return self.login.label
 
-    async def _run(self, argv: Sequence[str], *, input: bytes | None = None,
-                   timeout: float = 60.0) -> CommandResult:
+    async def _run(
+        self, argv: Sequence[str], *, input: bytes | None = None, timeout: float = 60.0
+    ) -> CommandResult:
         return await self.login.run(argv, input=input, timeout=timeout)
 
     # -- before the sweep ----------------------------------------------------------------
@@ -194,7 +223,8 @@ class QueueSource(Source):
                     f"source {self.name!r}: {', '.join(missing)} not found on "
                     f"{self.login.label}. A {sched.name} source needs "
                     f"{', '.join(sched.commands)} on the PATH of the login node; check "
-                    f"{self._where}.host and .type")
+                    f"{self._where}.host and .type"
+                )
             await sched.configure(self._run, self.name)
             self.options = JobOptions.merge(res, self.settings, self._where)
             try:  # a line of another scheduler is an error before anything starts
@@ -205,7 +235,8 @@ class QueueSource(Source):
         except TimeoutError:
             raise SourceUnavailableError(
                 f"source {self.name!r}: the {sched.name} commands on {self.login.label} did "
-                "not answer in time; is the scheduler's controller up?") from None
+                "not answer in time; is the scheduler's controller up?"
+            ) from None
         except OSError as exc:
             raise SourceUnavailableError(f"source {self.name!r}: {exc}") from None
 
@@ -222,19 +253,26 @@ class QueueSource(Source):
         if argv is None:
             return
         array = ArraySpec("hsm-check", min(2, self.chunk_size), self.throttle)
-        script = self.scheduler.render(self.options, array, root="/nonexistent",
-                                       wrapper="/nonexistent", tasks=["x"] * array.size)
+        script = self.scheduler.render(
+            self.options,
+            array,
+            root="/nonexistent",
+            wrapper="/nonexistent",
+            tasks=["x"] * array.size,
+        )
         result = await self._run(argv, input=script.encode())
         if result.returncode != 0:
             raise SubmissionError(
                 f"source {self.name!r}: the {self.scheduler.name} cluster rejected the job "
                 f"script ({shlex.join(argv)}, exit {result.returncode}): "
                 f"{_tail(result)}. Fix the resources in the sweep's resources: or in "
-                f"{self._where}")
+                f"{self._where}"
+            )
 
     # -- launch --------------------------------------------------------------------------
-    async def launch(self, *, ctx: SweepContext,
-                     requests: Sequence[LaunchRequest]) -> list[JobHandle | Exception]:
+    async def launch(
+        self, *, ctx: SweepContext, requests: Sequence[LaunchRequest]
+    ) -> list[JobHandle | Exception]:
         if not requests:
             return []
         root = self.sweep_root(ctx)
@@ -245,13 +283,15 @@ class QueueSource(Source):
             plan = _Submission(name, f"{root}/.hsm/jobs/{name}.sh", chunk)
             rels = [self._rel(root, self.task_dir(ctx, r.number)) for r in chunk]
             array = ArraySpec(name, len(chunk), self.throttle)
-            script = self.scheduler.render(self.options, array, root=root,
-                                           wrapper=self.login.wrapper_path(ctx), tasks=rels)
+            script = self.scheduler.render(
+                self.options, array, root=root, wrapper=self.login.wrapper_path(ctx), tasks=rels
+            )
             files[f".hsm/jobs/{name}.sh"] = script.encode()
             for index, (req, rel) in enumerate(zip(chunk, rels, strict=True), start=1):
                 files[f"{rel}/.hsm/spec"] = encode_spec(self.task_spec(ctx, req))
                 files[f"{rel}/.hsm/submit"] = (
-                    f"{SUBMIT_MAGIC}\n{name}\n{index}\n{len(chunk)}\n{req.attempt}\n".encode())
+                    f"{SUBMIT_MAGIC}\n{name}\n{index}\n{len(chunk)}\n{req.attempt}\n".encode()
+                )
             plans.append(plan)
         await self.login.write(root, files)
         handles: list[JobHandle | Exception] = []
@@ -269,13 +309,20 @@ class QueueSource(Source):
                 continue
             submitted.append(array_id)
             for index, req in enumerate(plan.requests, start=1):
-                handles.append(JobHandle(
-                    source=self.name, number=req.number, attempt=req.attempt,
-                    task_dir=self.task_dir(ctx, req.number), host=self.login.label,
-                    job_id=self.scheduler.element_id(array_id, index, array.size),
-                    nonce=req.nonce))
-        log.info("source %s: submitted %d task(s) as %s", self.name, len(requests),
-                 ", ".join(submitted))
+                handles.append(
+                    JobHandle(
+                        source=self.name,
+                        number=req.number,
+                        attempt=req.attempt,
+                        task_dir=self.task_dir(ctx, req.number),
+                        host=self.login.label,
+                        job_id=self.scheduler.element_id(array_id, index, array.size),
+                        nonce=req.nonce,
+                    )
+                )
+        log.info(
+            "source %s: submitted %d task(s) as %s", self.name, len(requests), ", ".join(submitted)
+        )
         return handles
 
     def preview_script(self, ctx: SweepContext, numbers: Sequence[int]) -> str:
@@ -286,35 +333,43 @@ class QueueSource(Source):
         array = ArraySpec(job_name(ctx.sweep_id, 1), len(chunk), self.throttle)
         options = JobOptions.merge(ctx.resources, self.settings, self._where)
         rels = [self._rel(root, self.task_dir(ctx, n)) for n in chunk]
-        return self.scheduler.render(options, array, root=root,
-                                     wrapper=self.login.wrapper_path(ctx), tasks=rels)
+        return self.scheduler.render(
+            options, array, root=root, wrapper=self.login.wrapper_path(ctx), tasks=rels
+        )
 
     @staticmethod
     def _rel(root: str, task_dir: str) -> str:
         if not task_dir.startswith(root + "/"):
             raise ValueError(f"task folder {task_dir} is not below {root}")
-        return task_dir[len(root) + 1:]
+        return task_dir[len(root) + 1 :]
 
     async def _submit(self, script: str, array: ArraySpec, after: str | None) -> str:
         argv = self.scheduler.submit_argv(script, array, after)
         result = await self._run(argv, timeout=120)
         if result.returncode != 0:
-            raise SubmissionError(f"source {self.name!r}: {self.scheduler.name} rejected the "
-                                  f"submission ({argv[0]}, exit {result.returncode}): "
-                                  f"{_tail(result)}")
+            raise SubmissionError(
+                f"source {self.name!r}: {self.scheduler.name} rejected the "
+                f"submission ({argv[0]}, exit {result.returncode}): "
+                f"{_tail(result)}"
+            )
         try:
             return self.scheduler.parse_submit(result.stdout)
         except ValueError:
-            raise SubmissionError(f"source {self.name!r}: cannot read a job id in the output "
-                                  f"of {argv[0]}: {result.stdout.strip()!r}") from None
+            raise SubmissionError(
+                f"source {self.name!r}: cannot read a job id in the output "
+                f"of {argv[0]}: {result.stdout.strip()!r}"
+            ) from None
 
     # -- poll ----------------------------------------------------------------------------
     async def poll(self, *, handles: Sequence[JobHandle]) -> dict[JobHandle, PollResult]:
         sched = self.scheduler
         job_ids = await self._job_ids(handles)
         records = await self._query([j for j in job_ids.values() if j])
-        need = [h for h in handles if records is None or _needs_status(
-            records.get(sched.canonical(job_ids[h] or "")))]
+        need = [
+            h
+            for h in handles
+            if records is None or _needs_status(records.get(sched.canonical(job_ids[h] or "")))
+        ]
         try:
             texts = await self.login.read([f"{h.task_dir}/{STATUS_FILE}" for h in need])
         except (HsmError, OSError, TimeoutError) as exc:
@@ -336,10 +391,15 @@ class QueueSource(Source):
             first = self._grace.get(key)
             grace_over = first is not None and now - first >= STATUS_GRACE
             hint = f"; see {h.task_dir}/.hsm/job.log"
-            result, waiting = judge(element, status, attempt=h.attempt,
-                                    blind=sched.blind and job_id is not None,
-                                    grace_over=grace_over, cancelled=key in self._cancelled,
-                                    hint=hint)
+            result, waiting = judge(
+                element,
+                status,
+                attempt=h.attempt,
+                blind=sched.blind and job_id is not None,
+                grace_over=grace_over,
+                cancelled=key in self._cancelled,
+                hint=hint,
+            )
             if waiting:
                 self._grace.setdefault(key, now)
             else:
@@ -348,8 +408,12 @@ class QueueSource(Source):
         return out
 
     def _without_scheduler(self, status: WrapperStatus | None, attempt: int) -> PollResult:
-        if (status is not None and status.attempt == attempt and status.terminal
-                and status.cause not in (Cause.CANCELLED, Cause.SIGNAL)):
+        if (
+            status is not None
+            and status.attempt == attempt
+            and status.terminal
+            and status.cause not in (Cause.CANCELLED, Cause.SIGNAL)
+        ):
             return PollResult(PollState.FINISHED, status)
         return PollResult(PollState.UNKNOWN, status, "the scheduler does not answer")
 
@@ -391,16 +455,21 @@ class QueueSource(Source):
     def _query_error(self, reason: str) -> None:
         self.reachable = False  # no new tasks until it answers again
         if not self._query_failed:
-            log.warning("source %s: cannot ask %s for job states: %s", self.name,
-                        self.scheduler.name, reason)
+            log.warning(
+                "source %s: cannot ask %s for job states: %s",
+                self.name,
+                self.scheduler.name,
+                reason,
+            )
         self._query_failed = True
 
     async def _job_ids(self, handles: Sequence[JobHandle]) -> dict[JobHandle, str | None]:
         """Job ids of the handles; a handle a killed controller never stored (no job id)
         is found again through the submission marker in its task folder and the job name."""
         out: dict[JobHandle, str | None] = {h: h.job_id for h in handles}
-        orphans = [h for h in handles if not h.job_id
-                   and (h.task_dir, h.attempt) not in self._resolved]
+        orphans = [
+            h for h in handles if not h.job_id and (h.task_dir, h.attempt) not in self._resolved
+        ]
         if orphans:
             await self._resolve(orphans)
         for h in handles:
@@ -420,8 +489,13 @@ class QueueSource(Source):
         wanted: dict[JobHandle, tuple[str, int, int]] = {}
         for h, path in paths.items():
             fields = texts.get(path, "").split("\n")
-            if (len(fields) >= 5 and fields[0] == SUBMIT_MAGIC and fields[2].isdigit()
-                    and fields[3].isdigit() and fields[4] == str(h.attempt)):
+            if (
+                len(fields) >= 5
+                and fields[0] == SUBMIT_MAGIC
+                and fields[2].isdigit()
+                and fields[3].isdigit()
+                and fields[4] == str(h.attempt)
+            ):
                 wanted[h] = (fields[1], int(fields[2]), int(fields[3]))
             else:
                 self._resolved[(h.task_dir, h.attempt)] = None  # never written: not submitted
@@ -441,8 +515,13 @@ class QueueSource(Source):
             array_id = found.get(name)
             job_id = self.scheduler.element_id(array_id, index, size) if array_id else None
             self._resolved[(h.task_dir, h.attempt)] = job_id
-            log.info("source %s: task %d (attempt %d) %s", self.name, h.number, h.attempt,
-                     f"found again as job {job_id}" if job_id else "was never submitted")
+            log.info(
+                "source %s: task %d (attempt %d) %s",
+                self.name,
+                h.number,
+                h.attempt,
+                f"found again as job {job_id}" if job_id else "was never submitted",
+            )
 
     # -- cancel, collect, finish ---------------------------------------------------------
     async def cancel(self, *, handles: Sequence[JobHandle]) -> None:
@@ -457,8 +536,12 @@ class QueueSource(Source):
         running: list[str] = []
         if self.scheduler.signal_argv(job_ids) is not None:
             records = await self._query(job_ids) or {}
-            running = [j for j in job_ids if (e := records.get(self.scheduler.canonical(j)))
-                       is not None and e.state is ElementState.RUNNING]
+            running = [
+                j
+                for j in job_ids
+                if (e := records.get(self.scheduler.canonical(j))) is not None
+                and e.state is ElementState.RUNNING
+            ]
         # Pending elements first, so that none starts while the running ones stop.
         await self._scheduler_cancel([j for j in job_ids if j not in running])
         if running:
@@ -466,15 +549,23 @@ class QueueSource(Source):
             await self._scheduler_cancel(running)
 
     async def _scheduler_cancel(self, job_ids: Sequence[str]) -> None:
-        for part in (chunks(job_ids, 500) if job_ids else []):
+        for part in chunks(job_ids, 500) if job_ids else []:
             argv = self.scheduler.cancel_argv(part)
             try:
-                result = await retry(functools.partial(self._run, argv, timeout=60),
-                                     backoff=Backoff(tries=CANCEL_TRIES), sleep=self.sleep,
-                                     retry_on=(HsmError, OSError, TimeoutError))
+                result = await retry(
+                    functools.partial(self._run, argv, timeout=60),
+                    backoff=Backoff(tries=CANCEL_TRIES),
+                    sleep=self.sleep,
+                    retry_on=(HsmError, OSError, TimeoutError),
+                )
             except (HsmError, OSError, TimeoutError) as exc:
-                log.warning("source %s: cancelling %d job(s) failed after %d tries: %s",
-                            self.name, len(part), CANCEL_TRIES, exc)
+                log.warning(
+                    "source %s: cancelling %d job(s) failed after %d tries: %s",
+                    self.name,
+                    len(part),
+                    CANCEL_TRIES,
+                    exc,
+                )
                 continue
             if result.returncode != 0:  # e.g. some had finished already
                 log.debug("source %s: %s: %s", self.name, result.argv[0], _tail(result))
@@ -495,8 +586,12 @@ class QueueSource(Source):
             records = await self._query(running)
             if records is None:
                 return
-            running = [j for j in running if (e := records.get(sched.canonical(j))) is not None
-                       and e.state is ElementState.RUNNING]
+            running = [
+                j
+                for j in running
+                if (e := records.get(sched.canonical(j))) is not None
+                and e.state is ElementState.RUNNING
+            ]
 
     async def collect(self, *, ctx: SweepContext, handle: JobHandle) -> None:
         await self.login.collect(ctx, handle)
@@ -511,8 +606,9 @@ class QueueSource(Source):
     async def probe(self) -> HealthSample:
         script = probe_script(self.scheduler)
         try:
-            result = await self._run(["bash", "-c", script, "hsm-probe", self.login.work_root],
-                                     timeout=30)
+            result = await self._run(
+                ["bash", "-c", script, "hsm-probe", self.login.work_root], timeout=30
+            )
         except (HsmError, OSError, TimeoutError) as exc:
             sample = HealthSample(reachable=False, error=str(exc) or type(exc).__name__)
         else:
@@ -541,10 +637,12 @@ printf -- '--df\n'; df -P -B1 -- "$root" | tail -n 1
 def probe_script(sched: Scheduler) -> str:
     """One round trip: the work folder's disk, the controller's answer, then (only if it
     answers) the scheduler's own sections. Every command is bounded by ``timeout``."""
-    lines = [PROBE_HEAD,
-             f"out=$(timeout 10 {sched.ping} 2>&1); rc=$?",
-             "printf -- '--ping %s\\n%s\\n' \"$rc\" \"$out\"",
-             'if [ "$rc" = 0 ]; then']
+    lines = [
+        PROBE_HEAD,
+        f"out=$(timeout 10 {sched.ping} 2>&1); rc=$?",
+        'printf -- \'--ping %s\\n%s\\n\' "$rc" "$out"',
+        'if [ "$rc" = 0 ]; then',
+    ]
     for name, command in sched.probe_sections:
         lines.append(f"  printf -- '--{name}\\n'; timeout 10 {command} 2>/dev/null")
     lines += ["fi", "true"]
@@ -559,7 +657,7 @@ def parse_probe(sched: Scheduler, text: str, root: str) -> HealthSample:
         if line.startswith("--ping "):
             current = "ping"
             sections[current] = []
-            code = line[len("--ping "):].strip()
+            code = line[len("--ping ") :].strip()
             ping_rc = int(code) if code.isdigit() else None
         elif line.startswith("--") and " " not in line:
             current = line[2:]
@@ -576,10 +674,17 @@ def parse_probe(sched: Scheduler, text: str, root: str) -> HealthSample:
     extra: dict[str, Any] = {"scheduler": sched.name}
     if ping_rc != 0:
         extra["controller"] = "down"
-        return HealthSample(reachable=False, disk_path=root, free_bytes=free, total_bytes=total,
-                            error=f"the {sched.name} controller does not answer "
-                                  f"({sched.ping}: {answer or 'no answer'})", extra=extra)
+        return HealthSample(
+            reachable=False,
+            disk_path=root,
+            free_bytes=free,
+            total_bytes=total,
+            error=f"the {sched.name} controller does not answer "
+            f"({sched.ping}: {answer or 'no answer'})",
+            extra=extra,
+        )
     extra["controller"] = "up"
     extra.update(sched.health_extra(sections))
-    return HealthSample(reachable=True, disk_path=root, free_bytes=free, total_bytes=total,
-                        extra=extra)
+    return HealthSample(
+        reachable=True, disk_path=root, free_bytes=free, total_bytes=total, extra=extra
+    )

@@ -36,8 +36,12 @@ def resolve_names(loaded: LoadedConfig, *, names: Sequence[str], distributed: bo
         if name not in known:
             raise UnknownSourceError(
                 f"unknown source {name!r}; known sources: {', '.join(known)}"
-                + (f" (defined in {loaded.path})" if loaded.path else
-                   " (no hsm_config.yaml found, so only 'local' exists)"))
+                + (
+                    f" (defined in {loaded.path})"
+                    if loaded.path
+                    else " (no hsm_config.yaml found, so only 'local' exists)"
+                )
+            )
     if names:
         return list(dict.fromkeys(names))
     if not distributed:
@@ -72,17 +76,24 @@ def local_gpus(loaded: LoadedConfig) -> list[int]:
     return list(gpus)
 
 
-def build_sources(loaded: LoadedConfig, names: Sequence[str], *, parallel: int | None,
-                  resources: Resources | None = None) -> dict[str, Source]:
+def build_sources(
+    loaded: LoadedConfig,
+    names: Sequence[str],
+    *,
+    parallel: int | None,
+    resources: Resources | None = None,
+) -> dict[str, Source]:
     """The sources of a run. ``resources`` (the sweep's) lets a cluster check, before
     anything is written, that its scheduler accepts the job script."""
     sources: dict[str, Source] = {}
     for name in names:
         if name == LOCAL:
-            sources[name] = LocalSource(slots=local_slots(loaded, parallel),
-                                        gpus=local_gpus(loaded),
-                                        disk_path=str(loaded.project_root),
-                                        python=local_python(loaded))
+            sources[name] = LocalSource(
+                slots=local_slots(loaded, parallel),
+                gpus=local_gpus(loaded),
+                disk_path=str(loaded.project_root),
+                python=local_python(loaded),
+            )
         else:
             sources[name] = build_remote(loaded, name, resources=resources)
     if len(sources) > 1:
@@ -111,11 +122,17 @@ def ssh_target(loaded: LoadedConfig, name: str) -> SshTarget:
 
     remote = loaded.config.distributed.remotes[name]
     return SshTarget(
-        source=name, host=remote.host, port=remote.port, user=remote.user,
-        ssh_key=remote.ssh_key, known_hosts=remote.known_hosts,
+        source=name,
+        host=remote.host,
+        port=remote.port,
+        user=remote.user,
+        ssh_key=remote.ssh_key,
+        known_hosts=remote.known_hosts,
         ssh_config=ssh_config_file(loaded),
-        connect_timeout=remote.connect_timeout, keepalive_interval=remote.keepalive_interval,
-        keepalive_count_max=remote.keepalive_count_max)
+        connect_timeout=remote.connect_timeout,
+        keepalive_interval=remote.keepalive_interval,
+        keepalive_count_max=remote.keepalive_count_max,
+    )
 
 
 def push_excludes(loaded: LoadedConfig, extra: Sequence[str]) -> list[str]:
@@ -128,8 +145,7 @@ def push_excludes(loaded: LoadedConfig, extra: Sequence[str]) -> list[str]:
     return [*anchored, *extra]
 
 
-def build_remote(loaded: LoadedConfig, name: str, *,
-                 resources: Resources | None = None) -> Source:
+def build_remote(loaded: LoadedConfig, name: str, *, resources: Resources | None = None) -> Source:
     remote = loaded.config.distributed.remotes[name]
     if remote.type == "ssh":
         from hsm.sources.ssh import SshSource
@@ -137,16 +153,22 @@ def build_remote(loaded: LoadedConfig, name: str, *,
 
         gpus = remote.gpus if isinstance(remote.gpus, list) else []
         return SshSource(
-            name, transport=SshTransport(ssh_target(loaded, name)),
-            slots=remote.max_parallel_jobs, remote_root=remote.remote_root,
-            python=remote.python, setup=remote.setup, gpus=gpus,
-            keep_remote=remote.keep_remote, exclude=push_excludes(loaded, remote.exclude),
-            probe_gpus=remote.gpus == "all", project_name=loaded.project_root.name or "project")
+            name,
+            transport=SshTransport(ssh_target(loaded, name)),
+            slots=remote.max_parallel_jobs,
+            remote_root=remote.remote_root,
+            python=remote.python,
+            setup=remote.setup,
+            gpus=gpus,
+            keep_remote=remote.keep_remote,
+            exclude=push_excludes(loaded, remote.exclude),
+            probe_gpus=remote.gpus == "all",
+            project_name=loaded.project_root.name or "project",
+        )
     return build_cluster(loaded, name, resources=resources)
 
 
-def build_cluster(loaded: LoadedConfig, name: str, *,
-                  resources: Resources | None = None) -> Source:
+def build_cluster(loaded: LoadedConfig, name: str, *, resources: Resources | None = None) -> Source:
     """A Slurm or PBS cluster, reached through ``host`` (or this machine: ``host: local``)."""
     from hsm.sources.login import LocalLogin, Login, SshLogin
     from hsm.sources.pbs import Pbs
@@ -166,18 +188,38 @@ def build_cluster(loaded: LoadedConfig, name: str, *,
         login = LocalLogin(str(loaded.output_dir))
     else:
         # The login node's checks (python found?) see the job's modules and setup lines.
-        login = SshLogin(SshSource(
-            name, transport=SshTransport(ssh_target(loaded, name)), slots=1,
-            remote_root=remote.remote_root, python=remote.python,
-            setup=[*modules, *remote.setup],
-            keep_remote=remote.keep_remote, exclude=push_excludes(loaded, remote.exclude),
-            project_name=loaded.project_root.name or "project", host_tasks=False))
+        login = SshLogin(
+            SshSource(
+                name,
+                transport=SshTransport(ssh_target(loaded, name)),
+                slots=1,
+                remote_root=remote.remote_root,
+                python=remote.python,
+                setup=[*modules, *remote.setup],
+                keep_remote=remote.keep_remote,
+                exclude=push_excludes(loaded, remote.exclude),
+                project_name=loaded.project_root.name or "project",
+                host_tasks=False,
+            )
+        )
     settings = ClusterSettings(
-        partition=remote.partition, qos=remote.qos, account=remote.account,
-        gpu_type=remote.gpu_type, modules=tuple(remote.modules),
+        partition=remote.partition,
+        qos=remote.qos,
+        account=remote.account,
+        gpu_type=remote.gpu_type,
+        modules=tuple(remote.modules),
         directives=tuple(remote.directives),
         throttle=remote.array_throttle or remote.max_parallel_jobs,
-        max_array_size=remote.max_array_size, poll_max_interval=remote.poll_max_interval)
+        max_array_size=remote.max_array_size,
+        poll_max_interval=remote.poll_max_interval,
+    )
     scheduler = Slurm() if remote.type == "slurm" else Pbs()
-    return QueueSource(name, scheduler=scheduler, login=login, settings=settings,
-                       python=remote.python, setup=remote.setup, resources=resources)
+    return QueueSource(
+        name,
+        scheduler=scheduler,
+        login=login,
+        settings=settings,
+        python=remote.python,
+        setup=remote.setup,
+        resources=resources,
+    )

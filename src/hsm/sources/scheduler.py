@@ -27,15 +27,19 @@ log = logging.getLogger(__name__)
 Runner = Callable[..., Awaitable[CommandResult]]
 
 
-async def require_answer(run: Runner, argv: list[str], *, source: str, who: str,
-                         timeout: float) -> None:
+async def require_answer(
+    run: Runner, argv: list[str], *, source: str, who: str, timeout: float
+) -> None:
     """Run a cheap scheduler command; when it fails, say that ``who`` does not answer."""
     result = await run(argv, timeout=timeout)
     if result.returncode != 0:
         answer = (result.stdout.strip() or result.stderr.strip()).splitlines()[-1:] or [""]
         raise SourceUnavailableError(
             f"source {source!r}: {who} does not answer ({' '.join(argv)}: "
-            f"{answer[0] or 'exit ' + str(result.returncode)})")
+            f"{answer[0] or 'exit ' + str(result.returncode)})"
+        )
+
+
 _PLACEHOLDER = re.compile(r"@(HEADER|NAME|ROOT|WRAPPER|TASKS|INDEX|JOB_ID|MODULES)@\n?")
 
 
@@ -54,9 +58,17 @@ class ElementState(StrEnum):
     UNKNOWN = "unknown"
 
 
-TERMINAL = frozenset({ElementState.COMPLETED, ElementState.FAILED, ElementState.TIMEOUT,
-                      ElementState.OUT_OF_MEMORY, ElementState.NODE_FAIL,
-                      ElementState.PREEMPTED, ElementState.CANCELLED})
+TERMINAL = frozenset(
+    {
+        ElementState.COMPLETED,
+        ElementState.FAILED,
+        ElementState.TIMEOUT,
+        ElementState.OUT_OF_MEMORY,
+        ElementState.NODE_FAIL,
+        ElementState.PREEMPTED,
+        ElementState.CANCELLED,
+    }
+)
 # Element ends that are the scheduler's doing: they become the attempt's cause.
 SCHEDULER_CAUSES: Mapping[ElementState, Cause] = {
     ElementState.TIMEOUT: Cause.TIMEOUT,
@@ -123,16 +135,25 @@ class JobOptions:
 
     @classmethod
     def merge(cls, res: Resources, cfg: ClusterSettings, where: str) -> JobOptions:
-        opts = cls(walltime_seconds=res.walltime_seconds, cpus=res.cpus, mem_mb=res.mem_megabytes,
-                   gpus=res.gpus, gpu_type=(res.gpu_type or cfg.gpu_type) if res.gpus else None,
-                   partition=res.partition or cfg.partition, qos=res.qos or cfg.qos,
-                   account=res.account or cfg.account, modules=cfg.modules,
-                   directives=cfg.directives)
+        opts = cls(
+            walltime_seconds=res.walltime_seconds,
+            cpus=res.cpus,
+            mem_mb=res.mem_megabytes,
+            gpus=res.gpus,
+            gpu_type=(res.gpu_type or cfg.gpu_type) if res.gpus else None,
+            partition=res.partition or cfg.partition,
+            qos=res.qos or cfg.qos,
+            account=res.account or cfg.account,
+            modules=cfg.modules,
+            directives=cfg.directives,
+        )
         for key in ("gpu_type", "partition", "qos", "account"):
             value = getattr(opts, key)
             if value is not None and (not value.strip() or _unsafe(value)):
-                raise ConfigError(f"{where}: {key}: {value!r} is not a valid value (it must be "
-                                  "one word, without spaces, newlines or quotes)")
+                raise ConfigError(
+                    f"{where}: {key}: {value!r} is not a valid value (it must be "
+                    "one word, without spaces, newlines or quotes)"
+                )
         for key, values in (("modules", opts.modules), ("directives", opts.directives)):
             for value in values:
                 if "\n" in value or "\r" in value or "\0" in value or not value.strip():
@@ -226,8 +247,9 @@ class Scheduler(ABC):
         return {}
 
     # -- the job script ------------------------------------------------------------------
-    def render(self, opts: JobOptions, array: ArraySpec, *, root: str, wrapper: str,
-               tasks: Sequence[str]) -> str:
+    def render(
+        self, opts: JobOptions, array: ArraySpec, *, root: str, wrapper: str, tasks: Sequence[str]
+    ) -> str:
         """The job script of one array: header, task list, modules, the wrapper."""
         modules = ""
         if opts.modules:

@@ -26,18 +26,30 @@ from hsm.sources.scheduler import (
 S = ElementState
 # squeue/sacct/scontrol state names (JOB STATE CODES in squeue(1) and sacct(1)).
 STATES: Mapping[str, ElementState] = {
-    "PENDING": S.PENDING, "CONFIGURING": S.PENDING, "REQUEUED": S.PENDING,
-    "REQUEUE_HOLD": S.PENDING, "REQUEUE_FED": S.PENDING, "RESV_DEL_HOLD": S.PENDING,
-    "RUNNING": S.RUNNING, "COMPLETING": S.RUNNING, "SUSPENDED": S.RUNNING,
-    "STAGE_OUT": S.RUNNING, "SIGNALING": S.RUNNING, "RESIZING": S.RUNNING,
+    "PENDING": S.PENDING,
+    "CONFIGURING": S.PENDING,
+    "REQUEUED": S.PENDING,
+    "REQUEUE_HOLD": S.PENDING,
+    "REQUEUE_FED": S.PENDING,
+    "RESV_DEL_HOLD": S.PENDING,
+    "RUNNING": S.RUNNING,
+    "COMPLETING": S.RUNNING,
+    "SUSPENDED": S.RUNNING,
+    "STAGE_OUT": S.RUNNING,
+    "SIGNALING": S.RUNNING,
+    "RESIZING": S.RUNNING,
     "STOPPED": S.RUNNING,
     "COMPLETED": S.COMPLETED,
-    "FAILED": S.FAILED, "SPECIAL_EXIT": S.FAILED,
-    "TIMEOUT": S.TIMEOUT, "DEADLINE": S.TIMEOUT,
+    "FAILED": S.FAILED,
+    "SPECIAL_EXIT": S.FAILED,
+    "TIMEOUT": S.TIMEOUT,
+    "DEADLINE": S.TIMEOUT,
     "OUT_OF_MEMORY": S.OUT_OF_MEMORY,
-    "NODE_FAIL": S.NODE_FAIL, "BOOT_FAIL": S.NODE_FAIL,
+    "NODE_FAIL": S.NODE_FAIL,
+    "BOOT_FAIL": S.NODE_FAIL,
     "PREEMPTED": S.PREEMPTED,
-    "CANCELLED": S.CANCELLED, "REVOKED": S.CANCELLED,
+    "CANCELLED": S.CANCELLED,
+    "REVOKED": S.CANCELLED,
 }
 SEP = "|"
 STATUS_FORMAT = SEP.join(["%i", "%T", "%j", "%r"])  # element id, state, name, reason
@@ -73,9 +85,15 @@ def parse_squeue(text: str) -> list[Element]:
         if len(parts) < 2 or not parts[0].strip():
             continue
         raw = parts[1].strip()
-        out.append(Element(parts[0].strip(), translate(raw, STATES, "slurm"), raw,
-                           name=parts[2].strip() if len(parts) > 2 else "",
-                           reason=parts[3].strip() if len(parts) > 3 else ""))
+        out.append(
+            Element(
+                parts[0].strip(),
+                translate(raw, STATES, "slurm"),
+                raw,
+                name=parts[2].strip() if len(parts) > 2 else "",
+                reason=parts[3].strip() if len(parts) > 3 else "",
+            )
+        )
     return out
 
 
@@ -99,9 +117,15 @@ def parse_sacct(text: str) -> list[Element]:
         if len(parts) < 3 or not _ELEMENT.fullmatch(parts[0].strip()):
             continue
         raw = parts[1].split()[0] if parts[1].split() else ""
-        out.append(Element(parts[0].strip(), translate(raw, STATES, "slurm"), raw,
-                           exit_code=parse_exit_code(parts[2].strip()),
-                           name=parts[3].strip() if len(parts) > 3 else ""))
+        out.append(
+            Element(
+                parts[0].strip(),
+                translate(raw, STATES, "slurm"),
+                raw,
+                exit_code=parse_exit_code(parts[2].strip()),
+                name=parts[3].strip() if len(parts) > 3 else "",
+            )
+        )
     return out
 
 
@@ -116,8 +140,7 @@ def parse_sinfo(lines: Sequence[str]) -> dict[str, Any]:
         name, avail, count, state = parts
         default = name.endswith("*")
         name = name.rstrip("*")
-        entry = partitions.setdefault(name, {"available": avail, "default": default,
-                                             "nodes": {}})
+        entry = partitions.setdefault(name, {"available": avail, "default": default, "nodes": {}})
         state = state.rstrip("*~#!%$@^-")
         entry["nodes"][state] = entry["nodes"].get(state, 0) + int(count)
         if avail == "up" and state in ("idle", "mixed", "allocated", "completing"):
@@ -140,20 +163,28 @@ class Slurm(Scheduler):
         self.accounting = False
 
     async def configure(self, run: Runner, source: str) -> None:
-        await require_answer(run, ["scontrol", "ping"], source=source,
-                             who="the Slurm controller", timeout=20)
+        await require_answer(
+            run, ["scontrol", "ping"], source=source, who="the Slurm controller", timeout=20
+        )
         shown = await run(["scontrol", "show", "config"], timeout=30)
         config = parse_config(shown.stdout)
         size = config.get("MaxArraySize", "")
         if size.isdigit() and int(size) > 1:
             self.max_array_size = int(size) - 1  # indexes must stay below MaxArraySize
         self.accounting = config.get("AccountingStorageType", "accounting_storage/none") not in (
-            "accounting_storage/none", "(null)", "")
+            "accounting_storage/none",
+            "(null)",
+            "",
+        )
 
     def header(self, opts: JobOptions, array: ArraySpec) -> list[str]:
         throttle = f"%{array.throttle}" if array.throttle and array.throttle < array.size else ""
-        lines = [f"--job-name={array.name}", f"--array=1-{array.size}{throttle}",
-                 "--output=/dev/null", "--no-requeue"]
+        lines = [
+            f"--job-name={array.name}",
+            f"--array=1-{array.size}{throttle}",
+            "--output=/dev/null",
+            "--no-requeue",
+        ]
         if opts.walltime_seconds:
             lines.append(f"--time={slurm_time(opts.walltime_seconds)}")
         if opts.cpus:
@@ -187,8 +218,7 @@ class Slurm(Scheduler):
         return job_id.partition("_")[0]
 
     def status_argv(self, array_ids: Sequence[str]) -> list[str]:
-        return ["squeue", "-h", "-r", "-t", "all", "-j", ",".join(array_ids),
-                "-o", STATUS_FORMAT]
+        return ["squeue", "-h", "-r", "-t", "all", "-j", ",".join(array_ids), "-o", STATUS_FORMAT]
 
     def status_failed(self, result: Any) -> bool:
         # Asking only for jobs the controller has forgotten is an error, not a failure.
@@ -200,8 +230,16 @@ class Slurm(Scheduler):
     def history_argv(self, array_ids: Sequence[str]) -> list[str] | None:
         if not self.accounting:
             return None
-        return ["sacct", "-n", "-P", "-X", "-j", ",".join(array_ids),
-                "-o", "JobID,State,ExitCode,JobName"]
+        return [
+            "sacct",
+            "-n",
+            "-P",
+            "-X",
+            "-j",
+            ",".join(array_ids),
+            "-o",
+            "JobID,State,ExitCode,JobName",
+        ]
 
     def parse_history(self, text: str) -> list[Element]:
         return parse_sacct(text)

@@ -61,11 +61,22 @@ PULL_EXCLUDE = ("tmp", "cuda_cache", ".hsm/spec", ".hsm/status.spare")
 class SshSource(Source):
     capabilities = Capabilities(detached=True, remote=True, queue=False)
 
-    def __init__(self, name: str, *, transport: SshTransport, slots: int, remote_root: str,
-                 python: str, setup: Sequence[str], gpus: Sequence[int] = (),
-                 keep_remote: bool = False, exclude: Sequence[str] = (),
-                 probe_gpus: bool = False, project_name: str = "project",
-                 host_tasks: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        transport: SshTransport,
+        slots: int,
+        remote_root: str,
+        python: str,
+        setup: Sequence[str],
+        gpus: Sequence[int] = (),
+        keep_remote: bool = False,
+        exclude: Sequence[str] = (),
+        probe_gpus: bool = False,
+        project_name: str = "project",
+        host_tasks: bool = True,
+    ) -> None:
         super().__init__(name, slots=slots, setup=setup, python=python, gpus=gpus)
         self.transport = transport
         self.remote_root = remote_root.rstrip("/") or "/"
@@ -133,8 +144,14 @@ class SshSource(Source):
     # -- before the sweep ----------------------------------------------------------------
     async def preflight(self) -> None:
         await ssh_host.preflight(
-            self.transport, self._where(), name=self.name, remote_root=self.remote_root,
-            project_name=self.project_name, python=self.python, setup=self.setup)
+            self.transport,
+            self._where(),
+            name=self.name,
+            remote_root=self.remote_root,
+            project_name=self.project_name,
+            python=self.python,
+            setup=self.setup,
+        )
 
     async def prepare(self, *, ctx: SweepContext) -> None:
         self._ctx = ctx
@@ -157,20 +174,34 @@ class SshSource(Source):
         where = self._where()
         try:
             self._home, self._root = await ssh_host.setup(
-                self.transport, where, remote_root=self.remote_root,
-                project_name=ctx.project_name, sweep_id=ctx.sweep_id, source=self.name,
-                wrapper_name=self.wrapper_name())
+                self.transport,
+                where,
+                remote_root=self.remote_root,
+                project_name=ctx.project_name,
+                sweep_id=ctx.sweep_id,
+                source=self.name,
+                wrapper_name=self.wrapper_name(),
+            )
             if not self._pushed:
                 await ssh_host.push_snapshot(
-                    self.transport, project_root=ctx.project_root,
-                    code_dir=self.project_dir(ctx), latest=self.latest_code(ctx),
-                    exclude=self.exclude)
+                    self.transport,
+                    project_root=ctx.project_root,
+                    code_dir=self.project_dir(ctx),
+                    latest=self.latest_code(ctx),
+                    exclude=self.exclude,
+                )
                 self._pushed = True
             if self.host_tasks and not self._checked:
                 gpus = await ssh_host.check(
-                    self.transport, where, name=self.name, code_dir=self.project_dir(ctx),
-                    python=self.python, argv=ctx.argv_for({}, None, self.python),
-                    setup=self.setup, probe_gpus=self.probe_gpus)
+                    self.transport,
+                    where,
+                    name=self.name,
+                    code_dir=self.project_dir(ctx),
+                    python=self.python,
+                    argv=ctx.argv_for({}, None, self.python),
+                    setup=self.setup,
+                    probe_gpus=self.probe_gpus,
+                )
                 if self.probe_gpus:
                     self.gpus = gpus
                 self._checked = True
@@ -221,8 +252,7 @@ class SshSource(Source):
         reason = str(exc) if exc else "the host closed the connection"
         silent = "keepalive" in reason.lower()
         now = clock.monotonic()
-        self._mark_down(reason, since=now - self.transport.target.silence_limit if silent
-                        else now)
+        self._mark_down(reason, since=now - self.transport.target.silence_limit if silent else now)
 
     def _mark_down(self, reason: str, since: float | None = None) -> None:
         if self._down_since is not None:
@@ -258,8 +288,9 @@ class SshSource(Source):
                 if self._closing:
                     return
                 if self.transport.connected:
-                    log.warning("host monitor on %s stopped (%s); restarting it", self.name,
-                                monitor.error)
+                    log.warning(
+                        "host monitor on %s stopped (%s); restarting it", self.name, monitor.error
+                    )
                     await asyncio.sleep(RECONNECT_FIRST)
                     with contextlib.suppress(HsmError):
                         await self._start_monitor()
@@ -297,8 +328,9 @@ class SshSource(Source):
                 self._prefetch.ended(key)
         self.wake.set()
 
-    async def launch(self, *, ctx: SweepContext,
-                     requests: Sequence[LaunchRequest]) -> list[JobHandle | Exception]:
+    async def launch(
+        self, *, ctx: SweepContext, requests: Sequence[LaunchRequest]
+    ) -> list[JobHandle | Exception]:
         monitor = self._monitor
         if not self.reachable or monitor is None or not monitor.alive:
             raise RemoteError(f"{self._where()}: the host is unreachable: {self._down_reason}")
@@ -325,10 +357,18 @@ class SshSource(Source):
                 refused += 1
                 handles.append(RemoteError(f"{self._where()}: the launch failed: {result}"))
                 continue
-            handles.append(JobHandle(source=self.name, number=req.number, attempt=req.attempt,
-                                     task_dir=task_dir, host=self.host_label(),
-                                     job_id=str(result) if isinstance(result, int) else None,
-                                     confirmed=isinstance(result, int), nonce=req.nonce))
+            handles.append(
+                JobHandle(
+                    source=self.name,
+                    number=req.number,
+                    attempt=req.attempt,
+                    task_dir=task_dir,
+                    host=self.host_label(),
+                    job_id=str(result) if isinstance(result, int) else None,
+                    confirmed=isinstance(result, int),
+                    nonce=req.nonce,
+                )
+            )
         if refused == len(items):  # none started: the engine retries them elsewhere
             first = handles[0]
             assert isinstance(first, Exception)
@@ -371,13 +411,17 @@ class SshSource(Source):
         events: tuple[str, ...] = ()
         if mine and state is PollState.RUNNING:
             events = tuple(parse_events(monitor.events.get(self._id(task_dir), ""), h.attempt))
-        facts = Facts(attempt=h.attempt, nonce=h.nonce, status=status,
-                      received=True if mine else self._received(monitor, task_dir, h),
-                      status_unreadable=seen is not None and bool(seen.text) and status is None,
-                      wrapper_alive=seen.alive if mine and seen is not None else None,
-                      ack=Ack.CONFIRMED if h.confirmed else Ack.UNCONFIRMED,
-                      since_launch=now - self._first_seen.setdefault(key, now),
-                      collectable=not (mine and self._prefetch.pending(key)))
+        facts = Facts(
+            attempt=h.attempt,
+            nonce=h.nonce,
+            status=status,
+            received=True if mine else self._received(monitor, task_dir, h),
+            status_unreadable=seen is not None and bool(seen.text) and status is None,
+            wrapper_alive=seen.alive if mine and seen is not None else None,
+            ack=Ack.CONFIRMED if h.confirmed else Ack.UNCONFIRMED,
+            since_launch=now - self._first_seen.setdefault(key, now),
+            collectable=not (mine and self._prefetch.pending(key)),
+        )
         return PollResult(state or PollState.STARTING, status, events=events, facts=facts)
 
     def _received(self, monitor: HostMonitor, task_dir: str, h: JobHandle) -> bool | None:
@@ -389,14 +433,21 @@ class SshSource(Source):
         attempt, _, nonce = record.strip().partition(" ")
         return attempt == str(h.attempt) and (not h.nonce or nonce == h.nonce)
 
-    def _unreachable(self, handles: Sequence[JobHandle], now: float) -> dict[JobHandle,
-                                                                                PollResult]:
+    def _unreachable(self, handles: Sequence[JobHandle], now: float) -> dict[JobHandle, PollResult]:
         since = self._down_since
         silent = now - since if since is not None else 0.0
         detail = f"{self.host_label()} is unreachable: {self._down_reason}"
-        return {h: PollResult(PollState.UNKNOWN, None, detail, facts=Facts(
-                    attempt=h.attempt, nonce=h.nonce, host_answered=False, silent_for=silent))
-                for h in handles}
+        return {
+            h: PollResult(
+                PollState.UNKNOWN,
+                None,
+                detail,
+                facts=Facts(
+                    attempt=h.attempt, nonce=h.nonce, host_answered=False, silent_for=silent
+                ),
+            )
+            for h in handles
+        }
 
     async def cancel(self, *, handles: Sequence[JobHandle]) -> None:
         args: list[str] = []
@@ -445,12 +496,14 @@ class SshSource(Source):
             log.info("the task folders on %s stay in %s", self.name, self.sweep_root(ctx))
             return
         if not self.reachable:
-            log.warning("%s is unreachable: its task folders stay in %s", self.name,
-                        self.sweep_root(ctx))
+            log.warning(
+                "%s is unreachable: its task folders stay in %s", self.name, self.sweep_root(ctx)
+            )
             return
         sweep = posixpath.dirname(self.sweep_root(ctx))
-        result = await self.transport.run_script(scripts.CLEAN, [sweep, self.sweep_root(ctx)],
-                                                 name="hsm-clean")
+        result = await self.transport.run_script(
+            scripts.CLEAN, [sweep, self.sweep_root(ctx)], name="hsm-clean"
+        )
         result.check(f"{self._where()}: removing {self.sweep_root(ctx)}")
 
     async def probe(self) -> HealthSample:
@@ -458,8 +511,9 @@ class SshSource(Source):
             return HealthSample(reachable=False, error=f"unreachable: {self._down_reason}")
         root = self._root or self.remote_root
         try:
-            result = await self.transport.run_script(PROBE_SCRIPT, [root], name="hsm-probe",
-                                                     timeout=15)
+            result = await self.transport.run_script(
+                PROBE_SCRIPT, [root], name="hsm-probe", timeout=15
+            )
         except HsmError as exc:
             return HealthSample(reachable=False, error=exc.message)
         except TimeoutError:

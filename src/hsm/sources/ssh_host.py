@@ -23,47 +23,69 @@ PUSH_EXCLUDE = (".git/", "__pycache__/", "*.pyc", "/.hsm/")
 CHECK_ERRORS = {
     11: "the code folder {code} is missing",
     12: "python {python!r} is not found (after the setup lines); set "
-        "distributed.remotes.{name}.python or add a setup line that provides it",
+    "distributed.remotes.{name}.python or add a setup line that provides it",
     13: "a setup line fails: {err}",
     14: "the command {cmd!r} is not found (after the setup lines)",
     15: "the script {script!r} is not in {code} after the code push; is it excluded by "
-        ".gitignore or distributed.remotes.{name}.exclude?",
+    ".gitignore or distributed.remotes.{name}.exclude?",
     16: "gpus: all, but nvidia-smi fails: {err}",
 }
 
 
-async def preflight(transport: SshTransport, where: str, *, name: str, remote_root: str,
-                    project_name: str, python: str, setup: Sequence[str]) -> None:
+async def preflight(
+    transport: SshTransport,
+    where: str,
+    *,
+    name: str,
+    remote_root: str,
+    project_name: str,
+    python: str,
+    setup: Sequence[str],
+) -> None:
     """Before anything is written: the host is trusted and reachable (the connection), the
     root is writable, python is there."""
     try:
         result = await transport.run_script(
-            scripts.PREFLIGHT, [remote_root, project_name, python, *setup],
-            name="hsm-preflight")
+            scripts.PREFLIGHT, [remote_root, project_name, python, *setup], name="hsm-preflight"
+        )
     except ConnectError:
         raise
     except RemoteError as exc:
         raise SourceUnavailableError(f"{where}: {exc.message}") from None
     err = result.stderr.strip()
     if result.exit_status == 11:
-        raise SourceUnavailableError(
-            f"{where}: remote_root {remote_root!r} is not writable: {err}")
+        raise SourceUnavailableError(f"{where}: remote_root {remote_root!r} is not writable: {err}")
     if result.exit_status == 12:
-        raise SourceUnavailableError(f"{where}: " + CHECK_ERRORS[12].format(
-            python=python, name=name) + (f" ({err})" if err else ""))
+        raise SourceUnavailableError(
+            f"{where}: "
+            + CHECK_ERRORS[12].format(python=python, name=name)
+            + (f" ({err})" if err else "")
+        )
     result.check(f"{where}: checking the host")
 
 
-async def setup(transport: SshTransport, where: str, *, remote_root: str, project_name: str,
-                sweep_id: str, source: str, wrapper_name: str) -> tuple[str, str]:
+async def setup(
+    transport: SshTransport,
+    where: str,
+    *,
+    remote_root: str,
+    project_name: str,
+    sweep_id: str,
+    source: str,
+    wrapper_name: str,
+) -> tuple[str, str]:
     """Create the folders and install the wrapper (once per version). Returns the remote
     $HOME and the absolute remote root."""
     result = await transport.run_script(
-        scripts.SETUP_HOST, [remote_root, project_name, sweep_id, source, wrapper_name],
-        name="hsm-setup", input=wrapper_text().encode())
+        scripts.SETUP_HOST,
+        [remote_root, project_name, sweep_id, source, wrapper_name],
+        name="hsm-setup",
+        input=wrapper_text().encode(),
+    )
     if result.exit_status == 11:
-        raise SourceUnavailableError(f"{where}: remote_root {remote_root!r} is not writable: "
-                                     f"{result.stderr.strip()}")
+        raise SourceUnavailableError(
+            f"{where}: remote_root {remote_root!r} is not writable: {result.stderr.strip()}"
+        )
     result.check(f"{where}: preparing {remote_root}")
     home, root = result.stdout.split("\0")[:2]
     return home, root
@@ -83,34 +105,49 @@ SNAPSHOT_DONE = r"""
 """
 
 
-async def push_snapshot(transport: SshTransport, *, project_root: str, code_dir: str,
-                        latest: str, exclude: Sequence[str]) -> bool:
+async def push_snapshot(
+    transport: SshTransport,
+    *,
+    project_root: str,
+    code_dir: str,
+    latest: str,
+    exclude: Sequence[str],
+) -> bool:
     """Give the sweep its own copy of the code in ``code_dir``, once: a sweep that was pushed
     before (a resume) keeps the code it started with. The copy is made with
     ``--link-dest`` against the project's latest snapshot (``latest``, a symlink), so files
     that did not change are hard links and cost no space. Returns whether it pushed."""
-    state = await transport.run_script(SNAPSHOT_STATE, [code_dir, latest],
-                                       name="hsm-snapshot")
+    state = await transport.run_script(SNAPSHOT_STATE, [code_dir, latest], name="hsm-snapshot")
     if state.exit_status == 0:
         return False
     previous = state.stdout.strip()
-    await push_code(transport, project_root=project_root, code_dir=code_dir, exclude=exclude,
-                    link_dest=previous or None)
+    await push_code(
+        transport,
+        project_root=project_root,
+        code_dir=code_dir,
+        exclude=exclude,
+        link_dest=previous or None,
+    )
     done = await transport.run_script(SNAPSHOT_DONE, [code_dir, latest], name="hsm-snapshot")
     done.check(f"recording the code snapshot {code_dir}")
     return True
 
 
-async def push_code(transport: SshTransport, *, project_root: str, code_dir: str,
-                    exclude: Sequence[str], link_dest: str | None = None) -> None:
+async def push_code(
+    transport: SshTransport,
+    *,
+    project_root: str,
+    code_dir: str,
+    exclude: Sequence[str],
+    link_dest: str | None = None,
+) -> None:
     """rsync the project to ``code_dir``: incremental, ``--delete`` of files gone here, with
     each folder's .gitignore and the excludes. Deletions come after the transfer, so that a
     .gitignore pushed now already protects the host's own ignored files (data, venvs).
     Files equal to those in ``link_dest`` (a folder on the host) become hard links to them."""
     # Times compared to the nanosecond (rsync >= 3.1.3 on the host): a file changed within
     # the second of the last push, at the same size, is still seen as changed.
-    args = ["-a", "--delete-after", "--mkpath", "--modify-window=-1",
-            "--filter=:- .gitignore"]
+    args = ["-a", "--delete-after", "--mkpath", "--modify-window=-1", "--filter=:- .gitignore"]
     if link_dest is not None:
         args.append(f"--link-dest={link_dest.rstrip('/')}/")
     args += [f"--exclude={e}" for e in (*PUSH_EXCLUDE, *exclude)]
@@ -121,8 +158,17 @@ async def push_code(transport: SshTransport, *, project_root: str, code_dir: str
         raise SourceUnavailableError(exc.message) from None
 
 
-async def check(transport: SshTransport, where: str, *, name: str, code_dir: str, python: str,
-                argv: Sequence[str], setup: Sequence[str], probe_gpus: bool) -> list[int]:
+async def check(
+    transport: SshTransport,
+    where: str,
+    *,
+    name: str,
+    code_dir: str,
+    python: str,
+    argv: Sequence[str],
+    setup: Sequence[str],
+    probe_gpus: bool,
+) -> list[int]:
     """In the code folder, after the setup lines, as a task would: python, the script or
     command of ``argv``, and (``gpus: all``) the GPUs nvidia-smi lists, which it returns."""
     cmd = script = ""
@@ -131,12 +177,18 @@ async def check(transport: SshTransport, where: str, *, name: str, code_dir: str
     elif len(argv) > 1 and not argv[1].startswith("-"):
         script = argv[1]
     result = await transport.run_script(
-        scripts.CHECK, [code_dir, python, cmd, script, str(int(probe_gpus)), *setup],
-        name="hsm-check")
+        scripts.CHECK,
+        [code_dir, python, cmd, script, str(int(probe_gpus)), *setup],
+        name="hsm-check",
+    )
     template = CHECK_ERRORS.get(result.exit_status)
     if template is not None:
         err = result.stderr.strip() or "no output"
-        raise SourceUnavailableError(f"{where}: " + template.format(
-            code=code_dir, python=python, name=name, cmd=cmd, script=script, err=err))
+        raise SourceUnavailableError(
+            f"{where}: "
+            + template.format(
+                code=code_dir, python=python, name=name, cmd=cmd, script=script, err=err
+            )
+        )
     result.check(f"{where}: checking the host")
     return parse_gpu_indices(result.stdout) if probe_gpus else []

@@ -50,8 +50,9 @@ class Seen:
 
 
 class HostMonitor:
-    def __init__(self, transport: SshTransport, wrapper: str,
-                 on_change: Callable[[Sequence[int]], None]) -> None:
+    def __init__(
+        self, transport: SshTransport, wrapper: str, on_change: Callable[[Sequence[int]], None]
+    ) -> None:
         self.transport = transport
         self.wrapper = wrapper
         self.on_change = on_change
@@ -89,8 +90,11 @@ class HostMonitor:
                 log.warning("host monitor: reader failed: %r", exc)
             self.error = str(exc) or type(exc).__name__
             if not ready.done():
-                ready.set_exception(exc if isinstance(exc, RemoteError) else
-                                    ConnectionLost(f"starting the host monitor: {exc}"))
+                ready.set_exception(
+                    exc
+                    if isinstance(exc, RemoteError)
+                    else ConnectionLost(f"starting the host monitor: {exc}")
+                )
         finally:
             if not ready.done():
                 ready.set_exception(ConnectionLost("the host monitor did not start"))
@@ -100,7 +104,9 @@ class HostMonitor:
         self.done.set()
         lost = ConnectionLost(self.error or "the host monitor stopped")
         futures: list[asyncio.Future[int] | asyncio.Future[None]] = [
-            *self._acks.values(), *self._pongs.values()]
+            *self._acks.values(),
+            *self._pongs.values(),
+        ]
         for future in futures:
             if not future.done():
                 future.set_exception(lost)
@@ -142,8 +148,7 @@ class HostMonitor:
                         if self._event(fields):
                             changed.append(int(fields[1]))
                     except ValueError:  # a malformed record: log it, go on with the next
-                        log.warning("host monitor: malformed event %r",
-                                    [f[:80] for f in fields])
+                        log.warning("host monitor: malformed event %r", [f[:80] for f in fields])
                     fields = []
             if changed:
                 self.on_change(changed)
@@ -183,8 +188,11 @@ class HostMonitor:
         proc = self._proc
         if proc is None or self.done.is_set():
             raise ConnectionLost(self.error or "the host monitor is not running")
-        data = b"".join(field.encode("utf-8", "surrogateescape") + b"\0"
-                        for record in records for field in record)
+        data = b"".join(
+            field.encode("utf-8", "surrogateescape") + b"\0"
+            for record in records
+            for field in record
+        )
         try:
             proc.stdin.write(data)
         except (OSError, asyncssh.Error) as exc:
@@ -211,8 +219,9 @@ class HostMonitor:
         self._send(("P", str(token)))
         await asyncio.wait_for(future, timeout)
 
-    async def launch(self, items: Sequence[tuple[int, str, int, str, bytes]],
-                     timeout: float = 30.0) -> list[LaunchResult]:
+    async def launch(
+        self, items: Sequence[tuple[int, str, int, str, bytes]], timeout: float = 30.0
+    ) -> list[LaunchResult]:
         """Start wrappers: (id, task dir, attempt, nonce, spec bytes) each. Before it starts a
         wrapper, the host records ``ATTEMPT NONCE`` in ``TASK_DIR/.hsm/launch`` (`LAUNCH_FILE`):
         after a reconnect, that file tells "the host never got this launch" from "it got it".
@@ -227,8 +236,7 @@ class HostMonitor:
             future: asyncio.Future[int] = loop.create_future()
             self._acks[ident] = future
             futures.append(future)
-            records.append(("L", str(ident), task_dir, str(attempt), nonce,
-                            printf_escape(spec)))
+            records.append(("L", str(ident), task_dir, str(attempt), nonce, printf_escape(spec)))
             self.watched[ident] = attempt
             self.seen.pop(ident, None)
             self.events.pop(ident, None)

@@ -58,8 +58,11 @@ class HostPuller:
                 await proc.wait_closed()
         except (OSError, asyncssh.Error, RemoteError) as exc:
             if not ready.done():
-                ready.set_exception(exc if isinstance(exc, RemoteError) else
-                                    ConnectionLost(f"starting the puller: {exc}"))
+                ready.set_exception(
+                    exc
+                    if isinstance(exc, RemoteError)
+                    else ConnectionLost(f"starting the puller: {exc}")
+                )
         finally:
             if not ready.done():
                 ready.set_exception(ConnectionLost("the puller did not start"))
@@ -80,8 +83,9 @@ class HostPuller:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def pull(self, parent: str, names: Sequence[str], local_dir: Path, *,
-                   exclude: Sequence[str] = ()) -> None:
+    async def pull(
+        self, parent: str, names: Sequence[str], local_dir: Path, *, exclude: Sequence[str] = ()
+    ) -> None:
         """Copy ``parent/NAME`` for each name into ``local_dir/NAME``."""
         async with self._lock:
             proc = self._proc
@@ -91,15 +95,14 @@ class HostPuller:
             self._errors.clear()
             with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
                 try:
-                    proc.stdin.write(b"".join(f.encode("utf-8", "surrogateescape") + b"\0"
-                                              for f in fields))
+                    proc.stdin.write(
+                        b"".join(f.encode("utf-8", "surrogateescape") + b"\0" for f in fields)
+                    )
                     await _read_archive(proc.stdout, spool)
                     trailer = await _read(proc.stdout, 11)
-                except (OSError, asyncssh.Error, asyncio.IncompleteReadError,
-                        TimeoutError) as exc:
+                except (OSError, asyncssh.Error, asyncio.IncompleteReadError, TimeoutError) as exc:
                     await self.close()
-                    raise ConnectionLost(f"pulling results: {exc or type(exc).__name__}"
-                                         ) from None
+                    raise ConnectionLost(f"pulling results: {exc or type(exc).__name__}") from None
                 if not trailer.startswith(b"HSMPULL") or not trailer[7:10].isdigit():
                     await self.close()  # out of step: never trust this stream again
                     raise ConnectionLost("pulling results: the puller's answer is garbled")
@@ -107,8 +110,10 @@ class HostPuller:
                 # GNU tar: 1 means a file changed while it was read (the archive is complete).
                 if status not in (0, 1):
                     detail = " | ".join(self._errors)
-                    raise RemoteError(f"pulling {', '.join(names)} from {parent} failed (tar "
-                                      f"exit {status})" + (f": {detail}" if detail else ""))
+                    raise RemoteError(
+                        f"pulling {', '.join(names)} from {parent} failed (tar "
+                        f"exit {status})" + (f": {detail}" if detail else "")
+                    )
                 large = spool.tell() > SPOOL_IN_MEMORY
                 spool.seek(0)
                 if large:
@@ -134,8 +139,7 @@ async def _read_archive(stream: asyncssh.SSHReader[bytes], out: IO[bytes]) -> No
         size = 0 if header[156] in _NO_DATA else _size(header[124:136])
         remaining = -(-size // BLOCK) * BLOCK
         while remaining:
-            chunk = await asyncio.wait_for(stream.read(min(remaining, 1 << 16)),
-                                           STALL_TIMEOUT)
+            chunk = await asyncio.wait_for(stream.read(min(remaining, 1 << 16)), STALL_TIMEOUT)
             if not chunk:
                 raise asyncio.IncompleteReadError(b"", remaining)
             out.write(chunk)
@@ -148,7 +152,6 @@ def _size(field: bytes) -> int:
     return int(field.strip(b"\0 ") or b"0", 8)
 
 
-
 Key = tuple[str, int]  # (remote task folder, attempt)
 
 
@@ -157,8 +160,9 @@ class Prefetch:
     the ones that end together are pulled together. The engine's collect() then waits for
     the pull instead of starting one."""
 
-    def __init__(self, pull: Callable[[str, list[Key]], Awaitable[None]],
-                 on_pulled: Callable[[], None]) -> None:
+    def __init__(
+        self, pull: Callable[[str, list[Key]], Awaitable[None]], on_pulled: Callable[[], None]
+    ) -> None:
         self._pull = pull
         self._on_pulled = on_pulled
         self.unpulled: set[Key] = set()

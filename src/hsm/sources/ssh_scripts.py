@@ -40,7 +40,10 @@ done
 
 # PREFLIGHT ROOT PROJECT PYTHON SETUP...: is the root writable, is python there?
 # (Before the code is pushed; setup lines that fail here are only reported.)
-PREFLIGHT = _ROOT + _WRITABLE + r"""
+PREFLIGHT = (
+    _ROOT
+    + _WRITABLE
+    + r"""
 writable "$r"
 py=$3; cd -- "$r/$2/code" 2>/dev/null || cd
 shift 3
@@ -50,10 +53,14 @@ command -v -- "$py" >/dev/null 2>&1 || {
   [[ -z $failed ]] || printf 'a setup line failed: %s\n' "$failed" >&2; exit 12; }
 exit 0
 """
+)
 
 # SETUP_HOST ROOT PROJECT SWEEP SOURCE WRAPPER_NAME < wrapper text
 # Creates the folders, installs the wrapper once; prints "$HOME\0ROOT\0".
-SETUP_HOST = _ROOT + _WRITABLE + r"""
+SETUP_HOST = (
+    _ROOT
+    + _WRITABLE
+    + r"""
 b=$r/$2
 writable "$b/code"
 writable "$b/sweeps/$3/$4"
@@ -62,14 +69,18 @@ w=$r/.hsm/$5
 if [[ -s $w ]]; then cat >/dev/null; else cat >"$w.$$" && mv -f -- "$w.$$" "$w" || exit 11; fi
 printf '%s\0%s\0' "$HOME" "$r"
 """
+)
 
 # CHECK CODE_DIR PYTHON COMMAND SCRIPT GPUS SETUP...: after the code push, in the code
 # folder and after the setup lines (as a task would): python, the command or script, GPUs.
-CHECK = r"""
+CHECK = (
+    r"""
 cd -- "$1" || exit 11
 py=$2 cmd=$3 script=$4 gpus=$5
 shift 5
-""" + _SETUP + r"""
+"""
+    + _SETUP
+    + r"""
 command -v -- "$py" >/dev/null 2>&1 || exit 12
 [[ -z $cmd ]] || command -v -- "$cmd" >/dev/null 2>&1 || exit 14
 [[ -z $script || -f $script ]] || exit 15
@@ -80,6 +91,7 @@ if ((gpus)); then
 fi
 exit 0
 """
+)
 
 # look DIR: s = the status in the status file (the JSON, without its padding; "" if there is
 # none yet, or if it is not a whole status: the wrapper writes a status over the last one in
@@ -129,7 +141,9 @@ look() {
 # when there is none), at the first scan and whenever it changes,
 # "A ID PID" launched, "E ID MESSAGE" not launched.
 # The monitor ends when its stdin closes; the tasks it started do not.
-MONITOR = _LOOK + r"""
+MONITOR = (
+    _LOOK
+    + r"""
 w=$1
 dirs=() att=() last=() age=() evs=() rec=() cmd=() pongs=()
 ev() { printf '%s\0' "$@"; }
@@ -208,11 +222,14 @@ while :; do
   read -r -t 0.005 -u "$nap" _
 done
 """
+)
 
 # CANCEL DIR ATTEMPT ...: SIGTERM to the wrapper of each running attempt (it stops its task's
 # process group and records "cancelled"), then wait for them to end; whatever still runs
 # after 6 s gets SIGKILL, process group and wrapper.
-CANCEL = _LOOK + r"""
+CANCEL = (
+    _LOOK
+    + r"""
 pids=() groups=()
 for ((i = 1; i < $#; i += 2)); do
   d=${!i} j=$((i + 1)); a=${!j}
@@ -238,6 +255,7 @@ for g in "${groups[@]}"; do kill -KILL -- "-$g" 2>/dev/null; done
 for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
 exit 0
 """
+)
 
 # CLEAN SWEEP_DIR SOURCE_DIR: remove this source's folder of the sweep, then the sweep
 # folder if nothing else (another source on a shared file system) is left in it.

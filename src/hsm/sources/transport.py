@@ -103,8 +103,9 @@ class RemoteResult:
     def check(self, what: str) -> RemoteResult:
         if self.exit_status != 0:
             tail = "\n".join(self.stderr.strip().splitlines()[-5:])
-            raise RemoteError(f"{what} failed (exit {self.exit_status})"
-                              + (f": {tail}" if tail else ""))
+            raise RemoteError(
+                f"{what} failed (exit {self.exit_status})" + (f": {tail}" if tail else "")
+            )
         return self
 
 
@@ -166,8 +167,12 @@ class SshTransport:
         if t.ssh_key is not None:
             argv += ["-i", os.path.expanduser(t.ssh_key)]
         if t.known_hosts is not None:
-            argv += ["-o", f"UserKnownHostsFile={os.path.expanduser(t.known_hosts)}",
-                     "-o", "GlobalKnownHostsFile=/dev/null"]
+            argv += [
+                "-o",
+                f"UserKnownHostsFile={os.path.expanduser(t.known_hosts)}",
+                "-o",
+                "GlobalKnownHostsFile=/dev/null",
+            ]
         return argv
 
     async def known_hosts_files(self) -> list[str]:
@@ -176,8 +181,7 @@ class SshTransport:
             names = [self.target.known_hosts]
         else:
             options = await self.openssh()
-            names = options.get("userknownhostsfile", []) + options.get(
-                "globalknownhostsfile", [])
+            names = options.get("userknownhostsfile", []) + options.get("globalknownhostsfile", [])
         files = [os.path.expanduser(n) for n in names if n.lower() != "none"]
         return [f for f in files if os.path.isfile(f)]
 
@@ -195,9 +199,14 @@ class SshTransport:
             # A key that needs a passphrase is skipped: ssh-agent may hold it.
             "ignore_encrypted": True,
             # AES-GCM first: with AES instructions it costs half the CPU of ChaCha20 here.
-            "encryption_algs": list(dict.fromkeys(
-                [*PREFERRED_CIPHERS, *(a.decode() for a in
-                                       asyncssh.encryption.get_default_encryption_algs())])),
+            "encryption_algs": list(
+                dict.fromkeys(
+                    [
+                        *PREFERRED_CIPHERS,
+                        *(a.decode() for a in asyncssh.encryption.get_default_encryption_algs()),
+                    ]
+                )
+            ),
         }
         if t.port is not None:
             opts["port"] = t.port
@@ -227,8 +236,9 @@ class SshTransport:
                 self.agent_problem = (
                     f"the ssh-agent at {path} (SSH_AUTH_SOCK) accepts connections but did not "
                     f"answer within {AGENT_TIMEOUT:g} s, so it was skipped; restart it "
-                    "(eval \"$(ssh-agent)\" && ssh-add KEY), or unset SSH_AUTH_SOCK, or set "
-                    "'IdentityAgent none' for this host in the ssh config")
+                    '(eval "$(ssh-agent)" && ssh-add KEY), or unset SSH_AUTH_SOCK, or set '
+                    "'IdentityAgent none' for this host in the ssh config"
+                )
                 log.warning("source %s: %s", self.target.source, self.agent_problem)
                 path = None
             self._agent = (path,)
@@ -262,22 +272,29 @@ class SshTransport:
             conn, _ = await asyncio.wait_for(
                 asyncssh.create_connection(
                     lambda: _Client(lambda exc: self._lost(box[0] if box else None, exc)),
-                    t.host, **(await self._options())),
-                timeout=t.connect_timeout + 10)
+                    t.host,
+                    **(await self._options()),
+                ),
+                timeout=t.connect_timeout + 10,
+            )
             box.append(conn)
             return conn
         except asyncssh.HostKeyNotVerifiable as exc:
-            raise ConnectError(await self._host_key_message(where, exc.reason),
-                               unreachable=False) from None
+            raise ConnectError(
+                await self._host_key_message(where, exc.reason), unreachable=False
+            ) from None
         except asyncssh.PermissionDenied as exc:
-            raise ConnectError(await self._auth_message(where, exc.reason),
-                               unreachable=False) from None
+            raise ConnectError(
+                await self._auth_message(where, exc.reason), unreachable=False
+            ) from None
         except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
-            raise ConnectError(f"{where}: cannot use the key {t.ssh_key}: {exc}",
-                               unreachable=False) from None
+            raise ConnectError(
+                f"{where}: cannot use the key {t.ssh_key}: {exc}", unreachable=False
+            ) from None
         except FileNotFoundError as exc:
-            raise ConnectError(f"{where}: {exc.strerror}: {exc.filename}",
-                               unreachable=False) from None
+            raise ConnectError(
+                f"{where}: {exc.strerror}: {exc.filename}", unreachable=False
+            ) from None
         except (OSError, TimeoutError, asyncssh.Error) as exc:
             reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
             if isinstance(exc, TimeoutError):
@@ -295,41 +312,58 @@ class SshTransport:
         hostname = options.get("hostname", [self.target.host])[0]
         port = options.get("port", ["22"])[0]
         known = await self.known_hosts_files()
-        target = (os.path.expanduser(self.target.known_hosts) if self.target.known_hosts
-                  else (known[0] if known else os.path.expanduser(
-                      options.get("userknownhostsfile", ["~/.ssh/known_hosts"])[0])))
+        target = (
+            os.path.expanduser(self.target.known_hosts)
+            if self.target.known_hosts
+            else (
+                known[0]
+                if known
+                else os.path.expanduser(
+                    options.get("userknownhostsfile", ["~/.ssh/known_hosts"])[0]
+                )
+            )
+        )
         scan = shlex.join(["ssh-keyscan", "-p", port, hostname])
-        return (f"{where}: the host key of {hostname} port {port} is not trusted ({reason}); "
-                f"checked: {', '.join(known) or 'no known_hosts file exists'}. hsm never "
-                f"accepts an unknown host key. If you trust this host, add its key: "
-                f"{scan} >> {shlex.quote(target)}  and compare the fingerprint "
-                f"(ssh-keygen -lf {shlex.quote(target)}) with the one the host's administrator "
-                "gives you. If the key changed, remove the old line first: ssh-keygen -R "
-                f"{shlex.quote(hostname)} -f {shlex.quote(target)}")
+        return (
+            f"{where}: the host key of {hostname} port {port} is not trusted ({reason}); "
+            f"checked: {', '.join(known) or 'no known_hosts file exists'}. hsm never "
+            f"accepts an unknown host key. If you trust this host, add its key: "
+            f"{scan} >> {shlex.quote(target)}  and compare the fingerprint "
+            f"(ssh-keygen -lf {shlex.quote(target)}) with the one the host's administrator "
+            "gives you. If the key changed, remove the old line first: ssh-keygen -R "
+            f"{shlex.quote(hostname)} -f {shlex.quote(target)}"
+        )
 
     async def _auth_message(self, where: str, reason: str) -> str:
         options = await self.openssh()
         user = options.get("user", ["?"])[0]
-        keys = ([self.target.ssh_key] if self.target.ssh_key
-                else options.get("identityfile", []))
+        keys = [self.target.ssh_key] if self.target.ssh_key else options.get("identityfile", [])
         locked = [k for k in keys if _needs_passphrase(os.path.expanduser(k))]
         agent = os.environ.get("SSH_AUTH_SOCK")
         message = f"{where}: authentication as {user!r} failed ({reason})."
         if locked:
             names = ", ".join(locked)
             if not agent:
-                return (f"{message} The key {names} needs a passphrase and no ssh-agent is "
-                        "running (SSH_AUTH_SOCK is not set); hsm never asks for passphrases. "
-                        f"Start one and load the key: eval \"$(ssh-agent)\" && ssh-add {names}")
-            return (f"{message} The key {names} needs a passphrase and the ssh-agent at "
-                    f"{agent} does not hold it (or the host refuses it). Load it with: "
-                    f"ssh-add {names}")
+                return (
+                    f"{message} The key {names} needs a passphrase and no ssh-agent is "
+                    "running (SSH_AUTH_SOCK is not set); hsm never asks for passphrases. "
+                    f'Start one and load the key: eval "$(ssh-agent)" && ssh-add {names}'
+                )
+            return (
+                f"{message} The key {names} needs a passphrase and the ssh-agent at "
+                f"{agent} does not hold it (or the host refuses it). Load it with: "
+                f"ssh-add {names}"
+            )
         tried = ", ".join(keys) if keys else "no key file"
         if self.agent_problem:
-            return (f"{message} Tried: {tried}; {self.agent_problem}. Check user, ssh_key, "
-                    "and the host's authorized_keys.")
-        return (f"{message} Tried: {tried}{' and the ssh-agent' if agent else ''}. Check "
-                "user, ssh_key, and the host's authorized_keys.")
+            return (
+                f"{message} Tried: {tried}; {self.agent_problem}. Check user, ssh_key, "
+                "and the host's authorized_keys."
+            )
+        return (
+            f"{message} Tried: {tried}{' and the ssh-agent' if agent else ''}. Check "
+            "user, ssh_key, and the host's authorized_keys."
+        )
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -351,60 +385,80 @@ class SshTransport:
         async with self._channels:
             yield await self.connect()
 
-    async def run(self, command: str, *, input: bytes | None = None,
-                  timeout: float | None = 60.0) -> RemoteResult:
+    async def run(
+        self, command: str, *, input: bytes | None = None, timeout: float | None = 60.0
+    ) -> RemoteResult:
         """Run one simple command line (an argv joined with shlex by the caller), whatever
         the remote user's login shell (see `remote_stdin`)."""
         for attempt in range(CHANNEL_RETRIES):
             async with self.channel() as conn:
                 try:
-                    proc = await conn.run(REMOTE_COMMAND, input=remote_stdin(command, input),
-                                          timeout=timeout, check=False, encoding=None)
+                    proc = await conn.run(
+                        REMOTE_COMMAND,
+                        input=remote_stdin(command, input),
+                        timeout=timeout,
+                        check=False,
+                        encoding=None,
+                    )
                 except asyncssh.ChannelOpenError as exc:
                     if attempt == CHANNEL_RETRIES - 1:
-                        raise RemoteError(f"source {self.target.source!r}: cannot open a "
-                                          f"channel: {exc.reason}") from None
-                    log.debug("channel open refused on %s (%s); retrying", self.target.source,
-                              exc.reason)
+                        raise RemoteError(
+                            f"source {self.target.source!r}: cannot open a channel: {exc.reason}"
+                        ) from None
+                    log.debug(
+                        "channel open refused on %s (%s); retrying", self.target.source, exc.reason
+                    )
                     await asyncio.sleep(0.05 * (attempt + 1))
                     continue
                 except asyncssh.ProcessError as exc:  # includes the timeout
                     raise RemoteError(f"source {self.target.source!r}: {exc}") from None
                 except (OSError, asyncssh.Error) as exc:
-                    raise ConnectionLost(f"source {self.target.source!r}: connection lost: "
-                                         f"{exc}") from None
+                    raise ConnectionLost(
+                        f"source {self.target.source!r}: connection lost: {exc}"
+                    ) from None
             status = proc.exit_status if proc.exit_status is not None else -1
             return RemoteResult(command, status, _text(proc.stdout), _text(proc.stderr))
         raise AssertionError("unreachable")
 
-    async def run_script(self, script: str, args: Sequence[str], *, name: str,
-                         input: bytes | None = None,
-                         timeout: float | None = 60.0) -> RemoteResult:
+    async def run_script(
+        self,
+        script: str,
+        args: Sequence[str],
+        *,
+        name: str,
+        input: bytes | None = None,
+        timeout: float | None = 60.0,
+    ) -> RemoteResult:
         """``bash -c SCRIPT NAME ARGS...``: user values only ever arrive as arguments."""
-        return await self.run(shlex.join(["bash", "-c", script, name, *args]), input=input,
-                              timeout=timeout)
+        return await self.run(
+            shlex.join(["bash", "-c", script, name, *args]), input=input, timeout=timeout
+        )
 
-    async def open_process(self, conn: asyncssh.SSHClientConnection,
-                           command: str) -> asyncssh.SSHClientProcess[bytes]:
+    async def open_process(
+        self, conn: asyncssh.SSHClientConnection, command: str
+    ) -> asyncssh.SSHClientProcess[bytes]:
         """Start a remote process on a channel the caller holds (see ``channel``): like
         `run`, ``command`` reaches bash on stdin, and what the caller writes follows it."""
         for attempt in range(CHANNEL_RETRIES):
             try:
                 proc: asyncssh.SSHClientProcess[bytes] = await conn.create_process(
-                    REMOTE_COMMAND, encoding=None)
+                    REMOTE_COMMAND, encoding=None
+                )
                 proc.stdin.write(remote_stdin(command, None))
                 return proc
             except asyncssh.ChannelOpenError as exc:
                 if attempt == CHANNEL_RETRIES - 1:
-                    raise RemoteError(f"source {self.target.source!r}: cannot open a "
-                                      f"channel: {exc.reason}") from None
+                    raise RemoteError(
+                        f"source {self.target.source!r}: cannot open a channel: {exc.reason}"
+                    ) from None
                 await asyncio.sleep(0.05 * (attempt + 1))
             except (OSError, asyncssh.Error) as exc:
                 raise ConnectionLost(f"source {self.target.source!r}: {exc}") from None
         raise AssertionError("unreachable")
 
-    async def pull(self, remote_dir: str, names: Sequence[str], local_dir: Path, *,
-                   exclude: Sequence[str] = ()) -> None:
+    async def pull(
+        self, remote_dir: str, names: Sequence[str], local_dir: Path, *, exclude: Sequence[str] = ()
+    ) -> None:
         """Copy ``remote_dir/NAME`` for each name into ``local_dir/NAME``: one ``tar`` over
         the existing connection for all of them, unpacked here by ``unpack`` (no absolute paths,
         no ``..``, no links out of ``local_dir``, no devices)."""
@@ -421,15 +475,19 @@ class SshTransport:
                     await proc.wait(timeout=30)
                 except (OSError, asyncssh.Error, TimeoutError) as exc:
                     proc.close()
-                    raise ConnectionLost(f"source {self.target.source!r}: pulling results: "
-                                         f"{exc or type(exc).__name__}") from None
+                    raise ConnectionLost(
+                        f"source {self.target.source!r}: pulling results: "
+                        f"{exc or type(exc).__name__}"
+                    ) from None
             status = proc.exit_status
             # GNU tar: 1 means a file changed while it was read (the archive is complete).
             if status not in (0, 1):
                 detail = " | ".join(err.strip().splitlines()[-3:])
-                raise RemoteError(f"source {self.target.source!r}: pulling "
-                                  f"{', '.join(names)} from {remote_dir} failed (tar exit "
-                                  f"{status})" + (f": {detail}" if detail else ""))
+                raise RemoteError(
+                    f"source {self.target.source!r}: pulling "
+                    f"{', '.join(names)} from {remote_dir} failed (tar exit "
+                    f"{status})" + (f": {detail}" if detail else "")
+                )
             large = spool.tell() > SPOOL_IN_MEMORY
             spool.seek(0)
             if large:  # on disk: unpack off the event loop
@@ -442,20 +500,36 @@ class SshTransport:
         """An OpenSSH command with the same config, host, port, user, key and known_hosts;
         it never prompts and never accepts an unknown host key."""
         t = self.target
-        return [*self._ssh_base(), "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-                "-o", "UpdateHostKeys=no",
-                *(["-o", "IdentityAgent=none"] if self.agent_problem else []),
-                "-o", f"ConnectTimeout={max(1, round(t.connect_timeout))}",
-                "-o", "ServerAliveInterval="
-                      + (str(max(1, round(t.keepalive_interval))) if t.keepalive_interval else "0"),
-                "-o", f"ServerAliveCountMax={t.keepalive_count_max}"]
+        return [
+            *self._ssh_base(),
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "UpdateHostKeys=no",
+            *(["-o", "IdentityAgent=none"] if self.agent_problem else []),
+            "-o",
+            f"ConnectTimeout={max(1, round(t.connect_timeout))}",
+            "-o",
+            "ServerAliveInterval="
+            + (str(max(1, round(t.keepalive_interval))) if t.keepalive_interval else "0"),
+            "-o",
+            f"ServerAliveCountMax={t.keepalive_count_max}",
+        ]
 
     def rsync_remote(self, path: str) -> str:
         """``host:path`` for rsync (``--protect-args`` keeps the path away from the shell)."""
         return f"{self.target.host}:{path}"
 
-    async def rsync(self, args: Sequence[str], *, what: str, timeout: float = 3600.0,
-                    sleep: Sleep = asyncio.sleep) -> CommandResult:
+    async def rsync(
+        self,
+        args: Sequence[str],
+        *,
+        what: str,
+        timeout: float = 3600.0,
+        sleep: Sleep = asyncio.sleep,
+    ) -> CommandResult:
         """Run rsync over ``ssh_argv``; a transfer broken by the network (rsync exit 10, 12,
         30, 35 or ssh's 255) is tried again, at most ``RSYNC_TRIES`` times in all."""
         argv = ["rsync", "--protect-args", "-e", shlex.join(self.ssh_argv()), *args]
@@ -467,8 +541,9 @@ class SshTransport:
             return result
 
         try:
-            result = await retry(once, backoff=Backoff(tries=RSYNC_TRIES), sleep=sleep,
-                                 retry_on=(_Transient,))
+            result = await retry(
+                once, backoff=Backoff(tries=RSYNC_TRIES), sleep=sleep, retry_on=(_Transient,)
+            )
         except _Transient as exc:
             result = exc.result
         if result.returncode != 0:

@@ -42,8 +42,7 @@ def _check_members(members: list[tarfile.TarInfo]) -> None:
     for m in members:
         name = _relative(m.name, m.name)
         if any(name == link or name.startswith(link + "/") for link in links):
-            raise UnsafeArchiveError(f"{m.name!r} lies below the symbolic link "
-                                     "of the archive")
+            raise UnsafeArchiveError(f"{m.name!r} lies below the symbolic link of the archive")
         if m.issym():
             target = m.linkname
             if target.startswith("/"):
@@ -58,8 +57,10 @@ def _check_members(members: list[tarfile.TarInfo]) -> None:
         elif m.islnk():
             target = _relative(m.linkname, m.name)
             if target not in names:
-                raise UnsafeArchiveError(f"{m.name!r} is a hard link to {m.linkname!r}, "
-                                         "which is not a file of the archive")
+                raise UnsafeArchiveError(
+                    f"{m.name!r} is a hard link to {m.linkname!r}, "
+                    "which is not a file of the archive"
+                )
         elif not (m.isfile() or m.isdir()):
             raise UnsafeArchiveError(f"{m.name!r} is a device, FIFO or other special file")
         names.add(name)

@@ -16,8 +16,7 @@ from hsm.states import Cause
 FAILURE_CAUSES = tuple(c.value for c in Cause if c not in (Cause.COMPLETED, Cause.CANCELLED))
 
 # The resources a resume may change, by the option that changes them.
-RESOURCE_OPTIONS = {"walltime": "--walltime", "mem": "--mem", "cpus": "--cpus",
-                    "gpus": "--gpus"}
+RESOURCE_OPTIONS = {"walltime": "--walltime", "mem": "--mem", "cpus": "--cpus", "gpus": "--gpus"}
 
 
 def parse_causes(values: Sequence[str]) -> list[str] | None:
@@ -31,8 +30,10 @@ def parse_causes(values: Sequence[str]) -> list[str] | None:
             if cause not in FAILURE_CAUSES:
                 near = difflib.get_close_matches(cause, FAILURE_CAUSES, n=1)
                 hint = f" (did you mean {near[0]!r}?)" if near else ""
-                raise ConfigError(f"--cause: {cause!r} is not a failure cause{hint}; the causes"
-                                  f" are: {', '.join(FAILURE_CAUSES)}")
+                raise ConfigError(
+                    f"--cause: {cause!r} is not a failure cause{hint}; the causes"
+                    f" are: {', '.join(FAILURE_CAUSES)}"
+                )
             if cause not in causes:
                 causes.append(cause)
     return causes
@@ -47,8 +48,7 @@ def check_resources(base: Resources, changes: Mapping[str, Any]) -> dict[str, An
             continue
         option = RESOURCE_OPTIONS[key]
         try:
-            checked = Resources.model_validate({**base.model_dump(exclude_none=True),
-                                                key: value})
+            checked = Resources.model_validate({**base.model_dump(exclude_none=True), key: value})
         except ValidationError as exc:
             why = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
             raise ConfigError(f"{option}: {value!r} is not valid: {why}") from None
@@ -56,8 +56,7 @@ def check_resources(base: Resources, changes: Mapping[str, Any]) -> dict[str, An
     return out
 
 
-def apply_resources(raw: Mapping[str, Any], changes: Iterable[Mapping[str, Any]]) -> dict[str,
-                                                                                        Any]:
+def apply_resources(raw: Mapping[str, Any], changes: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """The sweep's data with each recorded resource change applied in turn."""
     resources = dict(raw.get("resources") or {})
     for change in changes:

@@ -35,8 +35,10 @@ def check_local_program(spec: SweepSpec, project_root: Path) -> None:
     else:
         if shutil.which(program) is not None:
             return
-        text = (f"{program!r} is not on PATH on this machine; install it, give its full path,"
-                " or fix the name")
+        text = (
+            f"{program!r} is not on PATH on this machine; install it, give its full path,"
+            " or fix the name"
+        )
     doc = _document(spec)
     loc = ("command", 0) if isinstance(doc.data.get("command"), list) else ("command",)
     raise problem(doc, loc, text, line_loc=loc)

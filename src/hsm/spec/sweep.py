@@ -384,8 +384,9 @@ def _assignment(params: _Params, data: Any, loc: Loc, what: str) -> dict[str, An
     """One entry of combinations, exclude or include: dotted key -> single value."""
     if not isinstance(data, dict):
         raise problem(
-            params.doc, loc, f"each entry of {what} must be a mapping of key: value, "
-            f"found {describe_value(data)}"
+            params.doc,
+            loc,
+            f"each entry of {what} must be a mapping of key: value, found {describe_value(data)}",
         )
     out: dict[str, Any] = {}
     for key, key_loc in params.flatten(data, loc):
@@ -403,9 +404,13 @@ def _assignment(params: _Params, data: Any, loc: Loc, what: str) -> dict[str, An
 def _number_pair(doc: YamlDocument, loc: Loc, kind: str, args: Any) -> tuple[Any, ...]:
     integer = kind == "randint"
     wanted = "two integers" if integer else "two numbers"
-    ok = isinstance(args, list) and len(args) == 2 and all(
-        isinstance(a, int if integer else (int, float)) and not isinstance(a, bool)
-        for a in args
+    ok = (
+        isinstance(args, list)
+        and len(args) == 2
+        and all(
+            isinstance(a, int if integer else (int, float)) and not isinstance(a, bool)
+            for a in args
+        )
     )
     if not ok:
         raise problem(doc, loc, f"{kind} takes [low, high], {wanted}; found {describe_value(args)}")
@@ -423,9 +428,11 @@ def _distribution(params: _Params, data: Any, loc: Loc) -> Distribution:
     doc = params.doc
     if not isinstance(data, dict) or len(data) != 1:
         raise problem(
-            doc, loc, "expected one distribution such as {uniform: [0, 1]}, {loguniform: "
+            doc,
+            loc,
+            "expected one distribution such as {uniform: [0, 1]}, {loguniform: "
             "[1e-5, 1e-2]}, {randint: [2, 8]} or {choice: [a, b]}; "
-            f"found {describe_value(data)}"
+            f"found {describe_value(data)}",
         )
     kind, args = next(iter(data.items()))
     if kind not in DISTRIBUTIONS:
@@ -447,7 +454,9 @@ def _random_params(
     for key, value in data.items():
         full, key_loc = f"{prefix}{key}", loc + (key,)
         nested = (
-            isinstance(value, dict) and value and next(iter(value)) not in DISTRIBUTIONS
+            isinstance(value, dict)
+            and value
+            and next(iter(value)) not in DISTRIBUTIONS
             and all(isinstance(v, dict) for v in value.values())
         )
         if nested:
@@ -487,8 +496,10 @@ def _check_designs(
         for key in entry:
             if param_name(key) in params.seen:
                 raise problem(
-                    doc, base + ("combinations",), f"parameter {param_name(key)!r} is set both "
-                    "in sweep.combinations and in sweep.random"
+                    doc,
+                    base + ("combinations",),
+                    f"parameter {param_name(key)!r} is set both "
+                    "in sweep.combinations and in sweep.random",
                 )
         swept.update(param_name(key) for key in entry)
     exclude = []
@@ -498,8 +509,10 @@ def _check_designs(
         for key in rule:
             if param_name(key) not in swept:
                 raise problem(
-                    doc, loc + (key,), f"{param_name(key)!r} is not a swept parameter"
-                    f"{_close(param_name(key), sorted(swept))}"
+                    doc,
+                    loc + (key,),
+                    f"{param_name(key)!r} is not a swept parameter"
+                    f"{_close(param_name(key), sorted(swept))}",
                 )
         exclude.append(rule)
     include = []
@@ -512,15 +525,19 @@ def _check_designs(
         for key in extra:
             if param_name(key) not in known:
                 raise problem(
-                    doc, loc + (key,), f"{param_name(key)!r} is not a parameter of this sweep"
+                    doc,
+                    loc + (key,),
+                    f"{param_name(key)!r} is not a parameter of this sweep"
                     f"{_close(param_name(key), sorted(known))} (give it a value under "
-                    "'defaults' to add it)"
+                    "'defaults' to add it)",
                 )
         missing = sorted(required - names)
         if missing:
             raise problem(
-                doc, loc, f"an included task needs a value for every swept parameter; "
-                f"missing: {', '.join(missing)}"
+                doc,
+                loc,
+                f"an included task needs a value for every swept parameter; "
+                f"missing: {', '.join(missing)}",
             )
         include.append(extra)
     return combinations, random, exclude, include
@@ -536,8 +553,9 @@ def _check_program(doc: YamlDocument, parsed: _SweepFile, project_root: Path | N
             listed = isinstance(doc.data.get("command"), list)
             loc: Loc = ("command", index) if listed else ("command",)
             which = "" if listed else f"command[{index}] "
-            raise problem(doc, loc, f"{which}holds a NUL character, which no program argument"
-                          " can carry")
+            raise problem(
+                doc, loc, f"{which}holds a NUL character, which no program argument can carry"
+            )
     if parsed.script is not None:
         if "\x00" in parsed.script:
             raise problem(doc, ("script",), "holds a NUL character, which no path can carry")
@@ -556,8 +574,11 @@ _HYDRA_MAIN = re.compile(rb"^[ \t]*@hydra\.main\b", re.M)
 
 def _program_file(parsed: _SweepFile, project_root: Path) -> Path | None:
     """The Python file the sweep runs: ``script``, else the first ``*.py`` of ``command``."""
-    names = [parsed.script] if parsed.script is not None else [
-        part for part in parsed.command or () if part.endswith(".py")][:1]
+    names = (
+        [parsed.script]
+        if parsed.script is not None
+        else [part for part in parsed.command or () if part.endswith(".py")][:1]
+    )
     for name in names:
         path = Path(name).expanduser()
         return path if path.is_absolute() else project_root / path

@@ -13,5 +13,15 @@ from hsm.state.store import (
     TaskRow,
 )
 
-__all__ = ["DB_NAME", "AttemptRow", "EventRow", "HealthRow", "RerunRow", "SourceCounts",
-           "SourceRow", "Store", "SweepRow", "TaskRow"]
+__all__ = [
+    "DB_NAME",
+    "AttemptRow",
+    "EventRow",
+    "HealthRow",
+    "RerunRow",
+    "SourceCounts",
+    "SourceRow",
+    "Store",
+    "SweepRow",
+    "TaskRow",
+]

@@ -25,8 +25,7 @@ class SaveReturnValue(Callback):
         try:
             data = pickle.dumps(job_return.return_value)
         except Exception as exc:  # noqa: BLE001 - any pickling failure is reported the same
-            log.warning("hsm: the return value cannot be pickled, the launcher gets None: %s",
-                        exc)
+            log.warning("hsm: the return value cannot be pickled, the launcher gets None: %s", exc)
             return
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(data)

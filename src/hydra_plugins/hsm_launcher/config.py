@@ -2,7 +2,6 @@
 # No "from __future__ import annotations": Hydra loads this module outside sys.modules,
 # and the dataclass and OmegaConf need the real annotations.
 
-
 from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
@@ -25,5 +24,6 @@ class HsmLauncherConf:
     """The interpreter of tasks on this machine; none: the one running Hydra now."""
 
 
-ConfigStore.instance().store(group="hydra/launcher", name="hsm", node=HsmLauncherConf,
-                             provider="hsm")
+ConfigStore.instance().store(
+    group="hydra/launcher", name="hsm", node=HsmLauncherConf, provider="hsm"
+)

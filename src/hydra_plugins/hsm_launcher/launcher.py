@@ -54,8 +54,10 @@ def job_params(job_overrides: Sequence[Sequence[str]]) -> dict[str, list[Any]]:
             keys.append(key)
             columns.setdefault(key, []).append(override.value())
         if index and keys != list(columns):
-            raise HsmLaunchError("the hsm launcher needs the same keys in every job; job "
-                                 f"{index} has {keys}, the first one {list(columns)}")
+            raise HsmLaunchError(
+                "the hsm launcher needs the same keys in every job; job "
+                f"{index} has {keys}, the first one {list(columns)}"
+            )
     return columns
 
 
@@ -64,8 +66,9 @@ class HsmLauncher(Launcher):
         self.params = params
         self.config: DictConfig | None = None
 
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
-              config: DictConfig) -> None:
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
         self.config = config
 
     # -- the sweep -------------------------------------------------------------------------
@@ -81,12 +84,17 @@ class HsmLauncher(Launcher):
         script = Path(sys.argv[0]).resolve()
         root = self._project_root()
         remote = bool(self.params.get("sources")) or bool(self.params.get("distributed"))
-        spec: dict[str, Any] = {"hydra": True, "sweep": {"paired": [params]},
-                                "defaults": {CALLBACK_KEY: CALLBACK}}
+        spec: dict[str, Any] = {
+            "hydra": True,
+            "sweep": {"paired": [params]},
+            "defaults": {CALLBACK_KEY: CALLBACK},
+        }
         if remote:
             if not script.is_relative_to(root):
-                raise HsmLaunchError(f"{script} is not in the hsm project {root}: it would "
-                                     "not be pushed to the remote sources")
+                raise HsmLaunchError(
+                    f"{script} is not in the hsm project {root}: it would "
+                    "not be pushed to the remote sources"
+                )
             spec["script"] = script.relative_to(root).as_posix()
         else:
             spec["command"] = [self.params.get("python") or sys.executable, str(script)]
@@ -104,37 +112,51 @@ class HsmLauncher(Launcher):
                 argv += [f"--{option}", str(value)]
         return argv
 
-    def launch(self, job_overrides: Sequence[Sequence[str]],
-               initial_job_idx: int) -> Sequence[JobReturn]:
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
         assert self.config is not None
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         sweep_file = sweep_dir / SWEEP_FILE
-        sweep_file.write_text(yaml.safe_dump(self.sweep_spec(job_overrides), sort_keys=False,
-                                             allow_unicode=True), encoding="utf-8")
-        log.info("hsm: launching %d job(s) as an hsm sweep (%s)", len(job_overrides),
-                 sweep_file)
+        sweep_file.write_text(
+            yaml.safe_dump(self.sweep_spec(job_overrides), sort_keys=False, allow_unicode=True),
+            encoding="utf-8",
+        )
+        log.info("hsm: launching %d job(s) as an hsm sweep (%s)", len(job_overrides), sweep_file)
         # hsm's progress and log lines go to the terminal; its JSON result comes back here.
-        proc = subprocess.run(self.hsm_argv(sweep_file), stdout=subprocess.PIPE, text=True,
-                              stdin=subprocess.DEVNULL, check=False, env=dict(os.environ))
+        proc = subprocess.run(
+            self.hsm_argv(sweep_file),
+            stdout=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            check=False,
+            env=dict(os.environ),
+        )
         try:
             data = json.loads(proc.stdout)
         except ValueError:
             data = None
         if proc.returncode not in (0, 1) or not isinstance(data, dict) or "tasks" not in data:
-            raise HsmLaunchError(f"hsm run failed (exit {proc.returncode}); its message is "
-                                 "above. The sweep file is " + str(sweep_file))
+            raise HsmLaunchError(
+                f"hsm run failed (exit {proc.returncode}); its message is "
+                "above. The sweep file is " + str(sweep_file)
+            )
         tasks = sorted(data["tasks"], key=lambda t: t["number"])
-        return [self._job_return(task, list(overrides), str(data["sweep_id"]))
-                for task, overrides in zip(tasks, job_overrides, strict=True)]
+        return [
+            self._job_return(task, list(overrides), str(data["sweep_id"]))
+            for task, overrides in zip(tasks, job_overrides, strict=True)
+        ]
 
-    def _job_return(self, task: dict[str, Any], overrides: list[str],
-                    sweep_id: str) -> JobReturn:
+    def _job_return(self, task: dict[str, Any], overrides: list[str], sweep_id: str) -> JobReturn:
         assert self.config is not None
         task_dir = Path(task["task_dir"])
         hydra_dir = task_dir / ".hydra"
-        ret = JobReturn(overrides=overrides, working_dir=str(task_dir),
-                        task_name=str(self.config.hydra.job.name))
+        ret = JobReturn(
+            overrides=overrides,
+            working_dir=str(task_dir),
+            task_name=str(self.config.hydra.job.name),
+        )
         if (hydra_dir / "config.yaml").is_file():
             ret.cfg = OmegaConf.load(hydra_dir / "config.yaml")  # type: ignore[assignment]
         if (hydra_dir / "hydra.yaml").is_file():
@@ -148,5 +170,6 @@ class HsmLauncher(Launcher):
             ret.return_value = HsmLaunchError(
                 f"task {task['number']} of hsm sweep {sweep_id} {task['status']}"
                 f" ({task['cause']}); see {task_dir}; rerun it with: hsm resume {sweep_id}"
-                " --retry-failed")
+                " --retry-failed"
+            )
         return ret

@@ -23,8 +23,11 @@ log = logging.getLogger(__name__)
 def main(cfg: DictConfig) -> float:
     output_dir = HydraConfig.get().runtime.output_dir
     log.info("training with %s", cfg.optim.name)
-    values = {"config": OmegaConf.to_container(cfg, resolve=True),
-              "output_dir": output_dir, "cwd": os.getcwd()}
+    values = {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "output_dir": output_dir,
+        "cwd": os.getcwd(),
+    }
     Path(output_dir, "values.json").write_text(json.dumps(values), encoding="utf-8")
     return float(cfg.lr) * 2
 
