@@ -41,6 +41,12 @@ def request(number: int, nonce: str) -> LaunchRequest:
     )
 
 
+def wait_running(folder: Path) -> None:
+    deadline = time.monotonic() + 30
+    while read_status(folder) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def wait_final(folder: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -118,6 +124,7 @@ def test_a_resumed_controller_finds_a_wrapper_it_never_heard_of(tmp_path: Path) 
         [result] = asyncio.run(fresh.poll(handles=[other])).values()
         assert result.facts is not None and result.facts.received is False
     finally:
+        wait_running(folder)  # past the wrapper's start, where it sets its traps
         os.kill(int(handle.job_id or 0), signal.SIGTERM)  # the wrapper stops its task
         wait_final(folder)
     assert json.loads((folder / "status.json").read_text())["cause"] == "cancelled"

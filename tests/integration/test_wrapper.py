@@ -687,3 +687,35 @@ def test_missing_df_skips_the_checks(task: Task) -> None:
     status = task.status()
     assert status is not None and status.cause is Cause.COMPLETED
     assert task.info().count("Disk space check SKIPPED\n") == 2
+
+
+def test_a_stop_before_the_task_starts_is_not_lost(task: Task, runner: Runner) -> None:
+    # A cancel that reaches the wrapper while it still prepares (here: while `df` runs)
+    # stops the task as soon as it starts, and the wrapper records it as cancelled.
+    bin_dir = task.project / "bin"
+    bin_dir.mkdir()
+    marker = task.project / "df-started"
+    real_df = shutil.which("df")
+    assert real_df is not None
+    slow_df = bin_dir / "df"
+    slow_df.write_text(f'#!/bin/sh\n: >"{marker}"\nsleep 1\nexec "{real_df}" "$@"\n')
+    slow_df.chmod(0o755)
+    effect = task.project / "ran"
+    task.write(py(f"import time; time.sleep(0.5); open({str(effect)!r}, 'w')"))
+    proc = subprocess.Popen(
+        ["bash", str(WRAPPER_PATH), str(task.dir)],
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_default_signals,
+    )
+    runner.procs.append(proc)
+    runner.sessions.append(proc.pid)
+    wait_until(marker.exists, 10, "the wrapper's disk check")
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=20)
+    status = task.status()
+    assert status is not None and status.cause is Cause.CANCELLED, task.info()
+    assert proc.returncode == (status.exit_code if status.exit_code is not None else 1)
+    assert not effect.exists()
+    runner.assert_nothing_left(proc)

@@ -18,6 +18,38 @@ hsm_die() {
   exit 2
 }
 
+# ---------------------------------------------------------------- stopping the task
+# The traps come first, so that a signal that comes while the wrapper reads its spec stops
+# the task as soon as it starts (hsm_pgid is still empty), instead of ending the wrapper
+# without a status.
+hsm_pgid=''
+hsm_running=0 # 1 while the task may be running
+hsm_stop_cause=''
+hsm_killer=''
+# shellcheck disable=SC2329 # a trap handler
+hsm_stop() { # trap handler: stop the task (cause $1)
+  # A process forked from the wrapper (the task before its exec, the watcher) runs this
+  # handler if the signal came before it reset its traps: it just ends.
+  [[ $BASHPID == "$$" ]] || exit 143
+  ((hsm_running)) || [[ -z $hsm_pgid ]] || return 0 # the task is over: nothing to stop
+  [[ -z $hsm_stop_cause ]] || return 0
+  hsm_stop_cause=$1
+  [[ -n $hsm_pgid ]] && hsm_kill_task
+}
+hsm_kill_task() { # SIGTERM to the task's process group now, SIGKILL after the grace time
+  [[ -z $hsm_killer ]] || return 0
+  kill -TERM -- "-$hsm_pgid" 2>/dev/null
+  set -m
+  (
+    sleep "$hsm_grace"
+    kill -KILL -- "-$hsm_pgid"
+  ) </dev/null >/dev/null 2>&1 &
+  hsm_killer=$!
+  set +m
+}
+trap 'hsm_stop cancelled' TERM INT HUP
+trap 'hsm_stop disk_kill' USR1
+
 (($# == 1)) && [[ -n $1 ]] || hsm_die "usage: bash wrapper.sh TASK_DIR"
 hsm_task_dir=$1
 [[ $hsm_task_dir == /* ]] || hsm_task_dir=$PWD/$hsm_task_dir
@@ -152,34 +184,6 @@ hsm_info_append() { # append text to task_info.txt; ignored when the disk is ful
   { printf '%s' "$1" >>"$hsm_info_file"; } 2>/dev/null
 }
 
-# ---------------------------------------------------------------- stopping the task
-hsm_pgid=''
-hsm_running=0 # 1 while the task may be running
-hsm_stop_cause=''
-hsm_killer=''
-# shellcheck disable=SC2329 # a trap handler
-hsm_stop() { # trap handler: stop the task (cause $1)
-  # A process forked from the wrapper (the task before its exec, the watcher) runs this
-  # handler if the signal came before it reset its traps: it just ends.
-  [[ $BASHPID == "$$" ]] || exit 143
-  ((hsm_running)) || [[ -z $hsm_pgid ]] || return 0 # the task is over: nothing to stop
-  [[ -z $hsm_stop_cause ]] || return 0
-  hsm_stop_cause=$1
-  [[ -n $hsm_pgid ]] && hsm_kill_task
-}
-hsm_kill_task() { # SIGTERM to the task's process group now, SIGKILL after the grace time
-  [[ -z $hsm_killer ]] || return 0
-  kill -TERM -- "-$hsm_pgid" 2>/dev/null
-  set -m
-  (
-    sleep "$hsm_grace"
-    kill -KILL -- "-$hsm_pgid"
-  ) </dev/null >/dev/null 2>&1 &
-  hsm_killer=$!
-  set +m
-}
-trap 'hsm_stop cancelled' TERM INT HUP
-trap 'hsm_stop disk_kill' USR1
 
 hsm_group_alive() { # is a process of the task's group still running (not a zombie)?
   kill -0 -- "-$hsm_pgid" 2>/dev/null || return 1
