@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 
 
@@ -71,3 +72,40 @@ INFRASTRUCTURE_CAUSES = frozenset(
     }
 )
 DISK_CAUSES = frozenset({Cause.DISK_PRECHECK, Cause.DISK_KILL})
+
+
+class ElementState(StrEnum):
+    """The state of one element of a batch scheduler's job array, as hsm understands it
+    (each scheduler module maps its own state strings onto these)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    OUT_OF_MEMORY = "out_of_memory"
+    NODE_FAIL = "node_fail"
+    PREEMPTED = "preempted"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+
+TERMINAL_ELEMENT = frozenset(
+    {
+        ElementState.COMPLETED,
+        ElementState.FAILED,
+        ElementState.TIMEOUT,
+        ElementState.OUT_OF_MEMORY,
+        ElementState.NODE_FAIL,
+        ElementState.PREEMPTED,
+        ElementState.CANCELLED,
+    }
+)
+# Element ends that are the scheduler's doing: they become the attempt's cause.
+SCHEDULER_CAUSES: Mapping[ElementState, Cause] = {
+    ElementState.TIMEOUT: Cause.TIMEOUT,
+    ElementState.OUT_OF_MEMORY: Cause.OUT_OF_MEMORY,
+    ElementState.NODE_FAIL: Cause.NODE_FAIL,
+    ElementState.PREEMPTED: Cause.PREEMPTED,
+    ElementState.CANCELLED: Cause.CANCELLED,
+}

@@ -11,9 +11,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from hsm.engine.lifecycle import Next, decide
 from hsm.jobscript import GuardSettings, read_status
 from hsm.sources.base import JobHandle, LaunchRequest, SweepContext
 from hsm.sources.local import LocalSource, find_wrapper
+from hsm.states import Cause
 
 GUARD = GuardSettings(
     project_min_free=0, task_min_free=0, check_interval=0, warn_below=0, kill_below=0
@@ -128,3 +132,43 @@ def test_a_resumed_controller_finds_a_wrapper_it_never_heard_of(tmp_path: Path) 
         os.kill(int(handle.job_id or 0), signal.SIGTERM)  # the wrapper stops its task
         wait_final(folder)
     assert json.loads((folder / "status.json").read_text())["cause"] == "cancelled"
+
+
+def test_a_wrapper_that_ends_between_two_looks_is_finished_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The poll reads the status (running), then the wrapper writes its final status and
+    # ends, then the poll finds it gone: the final status is read again, never lost.
+    folder = tmp_path / "sweep" / "tasks" / "task_0001"
+    (folder / ".hsm").mkdir(parents=True)
+
+    def status(state: str, cause: str | None) -> str:
+        return json.dumps(
+            {
+                "version": 2,
+                "attempt": 1,
+                "nonce": "ab",
+                "status": state,
+                "cause": cause,
+                "exit_code": 0 if cause else None,
+                "pid": 999999,
+                "pgid": None,
+                "host": "h",
+                "started": 1.0,
+                "finished": 2.0 if cause else None,
+            }
+        )
+
+    (folder / "status.json").write_text(status("running", None))
+
+    def ends_now(pid: int, task_dir: str) -> bool:
+        (folder / "status.json").write_text(status("completed", "completed"))
+        return False
+
+    monkeypatch.setattr("hsm.sources.local.wrapper_alive", ends_now)
+    handle = JobHandle(
+        source="local", number=1, attempt=1, task_dir=str(folder), job_id="999999", nonce="ab"
+    )
+    [result] = asyncio.run(LocalSource(slots=1).poll(handles=[handle])).values()
+    verdict = decide(result.facts, lost_after=3)
+    assert (verdict.next, verdict.cause) == (Next.FINISHED, Cause.COMPLETED)

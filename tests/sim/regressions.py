@@ -48,4 +48,15 @@ REGRESSIONS = (
         _two_hosts((Fault("torn_status", 1.0, "h1"), Fault("torn_status", 1.5, "h2"))),
     ),
     Regression("sshd restarted while tasks run", _two_hosts((Fault("sshd", 1.0, "h1", 1.0),))),
+    Regression(
+        "a status read half-written as its wrapper ends: lost although it completed",
+        Schedule(
+            seed=514,
+            tasks=4,
+            hosts=(("h1", 1), ("h2", 1), ("h3", 1)),
+            faults=(Fault("torn_status", 2.52, "h2"),),
+            durations=(0.5, 3.0),
+            max_retries=2,
+        ),
+    ),
 )

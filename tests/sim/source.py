@@ -27,7 +27,7 @@ from hsm.sources.base import (
     PollState,
     Source,
     SweepContext,
-    classify_status,
+    summarize,
     task_folder_name,
 )
 from tests.sim.world import LATENCY, LOST_AFTER, Execution, Host, World
@@ -174,13 +174,13 @@ class SimSource(Source):
                 h: PollResult(
                     PollState.UNKNOWN,
                     None,
-                    f"{host.name} is unreachable",
-                    facts=Facts(
+                    Facts(
                         attempt=h.attempt,
                         nonce=h.nonce,
                         host_answered=False,
                         silent_for=world.now - since,
                     ),
+                    f"{host.name} is unreachable",
                 )
                 for h in handles
             }
@@ -198,14 +198,15 @@ class SimSource(Source):
         """The facts, as the SSH backend reports them (its host monitor tells whether the
         wrapper lives; it has no word yet on whether the host got a launch)."""
         key = (h.task_dir, h.attempt)
+        e = self.host.current.get(h.task_dir)
+        # The monitor knows this attempt's wrapper from its launch, whatever the status says,
+        # and looks at it before it reads the status: a wrapper that is gone wrote it whole.
+        alive = (e.ended is None) if e is not None and e.attempt == h.attempt else None
         text = self.host.files.get(h.task_dir, {}).get("status.json")
-        if text is not None and self.host.take("torn_status") is not None:
+        if text is not None and alive is not False and self.host.take("torn_status") is not None:
             text = text[: len(text) // 2]  # read while the wrapper was writing it
         status = parse_status(text) if text is not None else None
-        state = classify_status(status, h.attempt)
-        e = self.host.current.get(h.task_dir)
-        mine = status is not None and status.belongs_to(h.attempt, h.nonce)
-        alive = (e is not None and e.ended is None and e.attempt == h.attempt) if mine else None
+        state = summarize(status, h.attempt)
         facts = Facts(
             attempt=h.attempt,
             nonce=h.nonce,
@@ -215,7 +216,7 @@ class SimSource(Source):
             ack=Ack.CONFIRMED if h.confirmed else Ack.UNCONFIRMED,
             since_launch=now - self._first_seen.setdefault(key, now),
         )
-        return PollResult(state or PollState.STARTING, status, facts=facts)
+        return PollResult(state, status, facts=facts)
 
     async def cancel(self, *, handles: Sequence[JobHandle]) -> None:
         if not handles:

@@ -26,6 +26,13 @@ def status_bytes(nonce: str) -> bytes:
     return (body + " " * (1023 - len(body)) + "\n").encode()
 
 
+def wait_for_file(path: Path) -> None:
+    deadline = time.monotonic() + 10
+    while not path.exists() or not path.read_text():
+        assert time.monotonic() < deadline, f"no {path}"
+        time.sleep(0.01)
+
+
 def read_until_pong(stdout: Any, token: bytes) -> list[bytes]:
     events: list[bytes] = []
     while events[-2:] != [b"P", token]:
@@ -51,9 +58,10 @@ def test_monitor_survives_split_writes_and_garbage(tmp_path: Path) -> None:
     try:
         # Garbage first (an unknown type, a non-numeric id), then a watch written a few bytes
         # at a time with pauses longer than the monitor's 5 ms scan: no field may shift.
-        proc.stdin.write(b"Z\0W\0x1\0/\0" + b"1\0")
+        proc.stdin.write(b"Z\0W\0x1\0/\0" + b"1\0\0\0")
         proc.stdin.flush()
-        record = b"W\x003\0" + str(task).encode() + b"\x001\0P\x007\0"
+        pid = str(os.getpid()).encode()
+        record = b"W\x003\0" + str(task).encode() + b"\x001\0ab12\0" + pid + b"\0P\x007\0"
         for i in range(0, len(record), 3):
             proc.stdin.write(record[i : i + 3])
             proc.stdin.flush()
@@ -135,7 +143,7 @@ def test_launch_on_a_stopped_monitor_raises_connection_lost() -> None:
 def test_monitor_records_the_launch_before_the_wrapper(tmp_path: Path) -> None:
     task = tmp_path / "task"
     wrapper = tmp_path / "wrapper.sh"
-    wrapper.write_text('printf started >"$1/started"\n')
+    wrapper.write_text('printf %s $$ >"$1/started"\n')
     proc = subprocess.Popen(
         ["bash", "-c", MONITOR, "hsm-monitor", str(wrapper)],
         stdin=subprocess.PIPE,
@@ -149,7 +157,11 @@ def test_monitor_records_the_launch_before_the_wrapper(tmp_path: Path) -> None:
         proc.stdin.flush()
         events = read_until_pong(proc.stdout, b"1")
         assert events[:2] == [b"A", b"2"] and events[2].isdigit()
-        assert (task / ".hsm" / "launch").read_text() == "3 beef\n"
+        pid = events[2].decode()
+        assert (task / ".hsm" / "launch").read_text() == f"3 beef {pid}\n"
+        # The pid it reports is the wrapper's own (started detached, without a fork between).
+        wait_for_file(task / "started")
+        assert (task / "started").read_text() == pid
         assert (task / ".hsm" / "spec").read_bytes() == b"sp\0ec"
     finally:
         proc.stdin.close()
@@ -192,9 +204,9 @@ def test_monitor_reports_the_launch_record_of_a_folder_without_status(tmp_path: 
         proc.stdin.write(
             b"W\x001\0"
             + str(got).encode()
-            + b"\x002\0W\x002\0"
+            + b"\x002\0beef\0\0W\x002\0"
             + str(never).encode()
-            + b"\x001\0P\x005\0"
+            + b"\x001\0\0\0P\x005\0"
         )
         proc.stdin.flush()
         events = read_until_pong(proc.stdout, b"5")

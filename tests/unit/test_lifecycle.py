@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from hsm.engine.lifecycle import START_GRACE, Facts, Next, decide, from_state
+from hsm.engine.lifecycle import START_GRACE, Facts, Next, QueueFacts, decide
 from hsm.jobscript import WrapperState, WrapperStatus
 from hsm.states import Cause
 
@@ -94,11 +94,13 @@ def test_a_scheduler_end_before_any_status_is_lost_with_its_cause() -> None:
     assert (v.next, v.cause) == (Next.LOST, Cause.NODE_FAIL)
 
 
-def test_states_of_scheduler_backends_map_to_verdicts() -> None:
-    assert from_state("finished", DONE, None, "").cause is Cause.COMPLETED
-    assert from_state("finished", None, None, "").cause is Cause.TASK_FAILED
-    assert from_state("lost", None, "preempted", "x").cause is Cause.PREEMPTED
-    assert from_state("unknown", None, None, "").next is Next.UNKNOWN
+def test_a_queued_attempt_is_decided_from_the_scheduler_s_word_and_its_status() -> None:
+    # (The cases in full: tests/unit/test_queue.py.) The scheduler's facts decide only with
+    # the status file: a status of another launch of the same attempt number is not its own.
+    other = facts(status=DONE, queue=QueueFacts(state=None), nonce="ffff")
+    assert decide(other, lost_after=4).next is Next.LOST
+    own = facts(status=DONE, queue=QueueFacts(state=None))
+    assert decide(own, lost_after=4).cause is Cause.COMPLETED
 
 
 def test_a_final_status_whose_results_are_on_the_way_waits() -> None:
@@ -109,3 +111,6 @@ def test_a_final_status_whose_results_are_on_the_way_waits() -> None:
 def test_a_status_caught_half_written_is_read_again_not_lost() -> None:
     v = decide(facts(status=None, status_unreadable=True, since_launch=600), lost_after=4)
     assert v.next is Next.UNKNOWN
+    # ...unless its wrapper is gone: then nothing will write it again.
+    gone = facts(status=None, status_unreadable=True, wrapper_alive=False)
+    assert decide(gone, lost_after=4).next is Next.LOST

@@ -8,18 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from hsm.engine.lifecycle import FINAL_STATUS_GRACE, Facts, Next, QueueFacts, Verdict, decide
 from hsm.errors import ConfigError
 from hsm.jobscript import WrapperState, WrapperStatus
-from hsm.sources.base import PollState
 from hsm.sources.pbs import STATES as PBS_STATES
 from hsm.sources.pbs import pbs_time
-from hsm.sources.queue import QueueSource, chunks, job_name, judge
+from hsm.sources.queue import QueueSource, chunks, job_name
 from hsm.sources.registry import build_sources
 from hsm.sources.scheduler import (
-    TERMINAL,
     ClusterSettings,
     Element,
-    ElementState,
     JobOptions,
     translate,
 )
@@ -27,7 +25,7 @@ from hsm.sources.slurm import STATES as SLURM_STATES
 from hsm.sources.slurm import slurm_time
 from hsm.spec.config import load_config
 from hsm.spec.sweep import Resources
-from hsm.states import Cause
+from hsm.states import TERMINAL_ELEMENT, Cause, ElementState
 
 S = ElementState
 
@@ -116,8 +114,8 @@ def test_every_final_slurm_state_is_terminal() -> None:
         "BOOT_FAIL",
         "DEADLINE",
     }
-    assert {raw for raw, state in SLURM_STATES.items() if state in TERMINAL} >= finals
-    assert not {raw for raw, state in SLURM_STATES.items() if state in TERMINAL} & {
+    assert {raw for raw, state in SLURM_STATES.items() if state in TERMINAL_ELEMENT} >= finals
+    assert not {raw for raw, state in SLURM_STATES.items() if state in TERMINAL_ELEMENT} & {
         "PENDING",
         "RUNNING",
         "COMPLETING",
@@ -231,116 +229,133 @@ def test_multi_line_directive_is_a_config_error() -> None:
 
 
 # -- judging one attempt --------------------------------------------------------------------
+def judge(
+    element: Element | None,
+    wrapper: WrapperStatus | None,
+    *,
+    attempt: int = 1,
+    blind: bool = False,
+    grace_over: bool = False,
+    cancelled: bool = False,
+    hint: str = "",
+) -> Verdict:
+    """The lifecycle's verdict on the facts a queue backend reports."""
+    queue = QueueFacts(
+        state=element.state if element is not None else None,
+        raw=element.raw if element is not None else "",
+        reason=element.reason if element is not None else "",
+        blind=blind,
+        cancelled=cancelled,
+        ended_for=FINAL_STATUS_GRACE if grace_over else 0.0,
+        hint=hint,
+    )
+    facts = Facts(attempt=attempt, nonce="", status=wrapper, queue=queue)
+    return decide(facts, lost_after=60)
+
+
 def test_final_wrapper_status_wins_for_tasks_that_ended_on_their_own() -> None:
     done = status("completed", Cause.COMPLETED, exit_code=0)
     for element in (None, el(S.RUNNING), el(S.COMPLETED)):
-        result, waiting = judge(element, done, attempt=1, blind=False, grace_over=False)
-        assert (result.state, result.scheduler_cause, waiting) == (PollState.FINISHED, None, False)
+        v = judge(element, done)
+        assert (v.next, v.cause) == (Next.FINISHED, Cause.COMPLETED)
     failed = status("failed", Cause.TASK_FAILED, exit_code=3)
-    result, _ = judge(el(S.FAILED), failed, attempt=1, blind=False, grace_over=False)
-    assert result.state is PollState.FINISHED and result.status == failed
+    v = judge(el(S.FAILED), failed)
+    assert (v.next, v.cause) == (Next.FINISHED, Cause.TASK_FAILED)
 
 
 @pytest.mark.parametrize("wrapper", [(Cause.COMPLETED, 0), (Cause.TASK_FAILED, 1)])
-@pytest.mark.parametrize(("element", "cause"), [(S.TIMEOUT, "timeout"), (S.PREEMPTED, "preempted")])
+@pytest.mark.parametrize(
+    ("element", "cause"), [(S.TIMEOUT, Cause.TIMEOUT), (S.PREEMPTED, Cause.PREEMPTED)]
+)
 def test_a_task_that_handled_its_walltime_signal_gets_the_scheduler_s_cause(
-    wrapper: tuple[Cause, int], element: ElementState, cause: str
+    wrapper: tuple[Cause, int], element: ElementState, cause: Cause
 ) -> None:
     ended = status("completed" if wrapper[1] == 0 else "failed", wrapper[0], exit_code=wrapper[1])
-    result, _ = judge(el(element), ended, attempt=1, blind=False, grace_over=False)
-    assert (result.state, result.scheduler_cause) == (PollState.FINISHED, cause)
+    v = judge(el(element), ended)
+    assert (v.next, v.cause) == (Next.FINISHED, cause)
 
 
 @pytest.mark.parametrize(
     ("element", "cause"),
     [
-        (S.TIMEOUT, "timeout"),
-        (S.PREEMPTED, "preempted"),
-        (S.NODE_FAIL, "node_fail"),
-        (S.OUT_OF_MEMORY, "out_of_memory"),
-        (S.CANCELLED, "cancelled"),
-        (S.FAILED, None),
+        (S.TIMEOUT, Cause.TIMEOUT),
+        (S.PREEMPTED, Cause.PREEMPTED),
+        (S.NODE_FAIL, Cause.NODE_FAIL),
+        (S.OUT_OF_MEMORY, Cause.OUT_OF_MEMORY),
+        (S.CANCELLED, Cause.CANCELLED),
+        (S.FAILED, Cause.CANCELLED),  # no word from the scheduler: the wrapper's stands
     ],
 )
 def test_a_signalled_wrapper_takes_its_cause_from_the_scheduler(
-    element: ElementState, cause: str | None
+    element: ElementState, cause: Cause
 ) -> None:
     stopped = status("cancelled", Cause.CANCELLED)
-    result, _ = judge(el(element), stopped, attempt=1, blind=False, grace_over=False)
-    assert result.state is PollState.FINISHED
-    assert result.scheduler_cause == cause
+    v = judge(el(element), stopped)
+    assert (v.next, v.cause) == (Next.FINISHED, cause)
 
 
 def test_a_signalled_wrapper_waits_for_the_scheduler_s_final_state() -> None:
     stopped = status("cancelled", Cause.CANCELLED)
     for element in (S.RUNNING, S.PENDING):  # still completing, or requeued by the scheduler
-        result, _ = judge(el(element), stopped, attempt=1, blind=False, grace_over=False)
-        assert result.state is PollState.RUNNING
+        assert judge(el(element), stopped).next is Next.RUNNING
     killed = status("failed", Cause.SIGNAL, exit_code=137)
-    result, _ = judge(el(S.OUT_OF_MEMORY), killed, attempt=1, blind=False, grace_over=False)
-    assert (result.state, result.scheduler_cause) == (PollState.FINISHED, "out_of_memory")
+    v = judge(el(S.OUT_OF_MEMORY), killed)
+    assert (v.next, v.cause) == (Next.FINISHED, Cause.OUT_OF_MEMORY)
 
 
 def test_scheduler_kill_without_a_final_status_is_lost_with_the_scheduler_s_cause() -> None:
-    result, waiting = judge(
-        el(S.TIMEOUT, "TIMEOUT"),
-        None,
-        attempt=1,
-        blind=False,
-        grace_over=False,
-        hint="; see job.log",
-    )
-    assert (result.state, result.scheduler_cause, waiting) == (PollState.LOST, "timeout", False)
-    assert "TIMEOUT" in result.detail and "job.log" in result.detail
-    result, _ = judge(el(S.CANCELLED), None, attempt=1, blind=False, grace_over=False)
-    assert (result.state, result.scheduler_cause) == (PollState.LOST, "cancelled")
-    result, _ = judge(el(S.FAILED), None, attempt=1, blind=False, grace_over=False)
-    assert (result.state, result.scheduler_cause) == (PollState.LOST, None)
+    v = judge(el(S.TIMEOUT, "TIMEOUT"), None, hint="; see job.log")
+    assert (v.next, v.cause) == (Next.LOST, Cause.TIMEOUT)
+    assert "TIMEOUT" in v.detail and "job.log" in v.detail
+    v = judge(el(S.CANCELLED), None)
+    assert (v.next, v.cause) == (Next.LOST, Cause.CANCELLED)
+    v = judge(el(S.FAILED), None)
+    assert (v.next, v.cause) == (Next.LOST, Cause.LOST)
 
 
 def test_a_started_attempt_gets_a_grace_for_its_final_status() -> None:
     running = status("running", None)
-    result, waiting = judge(el(S.NODE_FAIL), running, attempt=1, blind=False, grace_over=False)
-    assert (result.state, waiting) == (PollState.UNKNOWN, True)
-    result, waiting = judge(el(S.NODE_FAIL), running, attempt=1, blind=False, grace_over=True)
-    assert (result.state, result.scheduler_cause, waiting) == (PollState.LOST, "node_fail", False)
-    result, waiting = judge(None, running, attempt=1, blind=False, grace_over=False)
-    assert (result.state, waiting) == (PollState.UNKNOWN, True)
+    assert judge(el(S.NODE_FAIL), running).next is Next.UNKNOWN
+    v = judge(el(S.NODE_FAIL), running, grace_over=True)
+    assert (v.next, v.cause) == (Next.LOST, Cause.NODE_FAIL)
+    assert judge(None, running).next is Next.UNKNOWN
+    v = judge(None, running, grace_over=True, cancelled=True)
+    assert (v.next, v.cause) == (Next.LOST, Cause.CANCELLED)
 
 
 def test_pending_and_running_elements() -> None:
-    result, _ = judge(
-        Element("1_1", S.PENDING, "PENDING", reason="JobArrayTaskLimit"),
-        None,
-        attempt=1,
-        blind=False,
-        grace_over=False,
-    )
-    assert (result.state, result.detail) == (PollState.STARTING, "JobArrayTaskLimit")
-    result, _ = judge(el(S.RUNNING), None, attempt=1, blind=False, grace_over=False)
-    assert result.state is PollState.STARTING  # the wrapper has not written yet
-    result, _ = judge(
-        el(S.RUNNING), status("running", None), attempt=1, blind=False, grace_over=False
-    )
-    assert result.state is PollState.RUNNING
-    result, _ = judge(el(S.UNKNOWN, "WEIRD"), None, attempt=1, blind=False, grace_over=False)
-    assert result.state is PollState.UNKNOWN and "WEIRD" in result.detail
+    v = judge(Element("1_1", S.PENDING, "PENDING", reason="JobArrayTaskLimit"), None)
+    assert (v.next, v.detail) == (Next.STARTING, "JobArrayTaskLimit")
+    assert judge(el(S.RUNNING), None).next is Next.STARTING  # the wrapper has not written yet
+    assert judge(el(S.RUNNING), status("running", None)).next is Next.RUNNING
+    v = judge(el(S.UNKNOWN, "WEIRD"), None)
+    assert v.next is Next.UNKNOWN and "WEIRD" in v.detail
 
 
 def test_status_of_an_older_attempt_is_ignored() -> None:
     old = status("completed", Cause.COMPLETED, attempt=1, exit_code=0)
-    result, _ = judge(el(S.PENDING), old, attempt=2, blind=False, grace_over=False)
-    assert result.state is PollState.STARTING and result.status is None
+    assert judge(el(S.PENDING), old, attempt=2).next is Next.STARTING
+    v = judge(el(S.FAILED), old, attempt=2, grace_over=True)
+    assert (v.next, v.cause) == (Next.LOST, Cause.LOST)
 
 
 def test_gone_from_the_scheduler() -> None:
-    result, _ = judge(None, None, attempt=1, blind=False, grace_over=False)
-    assert result.state is PollState.LOST and "never started" in result.detail
+    v = judge(None, None)
+    assert v.next is Next.LOST and "never started" in v.detail
+    v = judge(None, None, cancelled=True)
+    assert (v.next, v.cause) == (Next.LOST, Cause.CANCELLED)
     # A scheduler whose listing cannot name elements: the status files decide.
-    result, _ = judge(None, None, attempt=1, blind=True, grace_over=True)
-    assert result.state is PollState.STARTING
-    result, _ = judge(None, status("running", None), attempt=1, blind=True, grace_over=True)
-    assert result.state is PollState.RUNNING
+    assert judge(None, None, blind=True, grace_over=True).next is Next.STARTING
+    assert judge(None, status("running", None), blind=True, grace_over=True).next is Next.RUNNING
+
+
+def test_a_scheduler_that_does_not_answer() -> None:
+    done = status("completed", Cause.COMPLETED, exit_code=0)
+    facts = Facts(attempt=1, nonce="", status=done, queue=QueueFacts(answered=False))
+    assert decide(facts, lost_after=60).next is Next.FINISHED
+    stopped = status("cancelled", Cause.CANCELLED)  # only the scheduler can tell why
+    facts = Facts(attempt=1, nonce="", status=stopped, queue=QueueFacts(answered=False))
+    assert decide(facts, lost_after=60).next is Next.UNKNOWN
 
 
 def test_unsplittable_module_line_is_a_config_error(tmp_path: Path) -> None:

@@ -10,18 +10,25 @@ from typing import Any
 
 import pytest
 
+from hsm.engine.lifecycle import Next, Verdict, decide
 from hsm.errors import SubmissionError
 from hsm.jobscript import GuardSettings
-from hsm.sources.base import JobHandle, LaunchRequest, PollState, SweepContext
+from hsm.sources.base import JobHandle, LaunchRequest, PollResult, SweepContext
 from hsm.sources.login import Login
 from hsm.sources.pbs import Pbs
 from hsm.sources.process import CommandResult
 from hsm.sources.queue import QueueSource
 from hsm.sources.scheduler import ClusterSettings, Scheduler
 from hsm.sources.slurm import Slurm
+from hsm.states import Cause
 
 ROOT = "/scratch/runs/s1"
 Handler = Callable[[list[str], bytes | None], CommandResult]
+
+
+def verdict(result: PollResult) -> Verdict:
+    """What the engine decides from the facts the backend reported."""
+    return decide(result.facts, lost_after=60)
 
 
 def ok(argv: Sequence[str], stdout: str = "", code: int = 0, stderr: str = "") -> CommandResult:
@@ -204,12 +211,10 @@ def test_one_status_call_for_every_element_of_every_array() -> None:
     results = asyncio.run(source(login).poll(handles=handles))
     assert [c[0] for c in login.calls] == ["squeue"]
     assert login.calls[0][login.calls[0].index("-j") + 1] == "101,102"
-    assert results[handles[0]].state is PollState.FINISHED
-    assert results[handles[1]].state is PollState.STARTING  # running, no status read yet
-    assert (results[handles[2]].state, results[handles[2]].scheduler_cause) == (
-        PollState.FINISHED,
-        "timeout",
-    )
+    assert verdict(results[handles[0]]).next is Next.FINISHED
+    assert verdict(results[handles[1]]).next is Next.STARTING  # running, no status read yet
+    v = verdict(results[handles[2]])
+    assert (v.next, v.cause) == (Next.FINISHED, Cause.TIMEOUT)
 
 
 def test_a_silent_scheduler_is_never_taken_for_finished_jobs() -> None:
@@ -225,8 +230,8 @@ def test_a_silent_scheduler_is_never_taken_for_finished_jobs() -> None:
     src = source(login)
     handles = [handle(1, "101_1"), handle(2, "101_2")]
     results = asyncio.run(src.poll(handles=handles))
-    assert results[handles[0]].state is PollState.FINISHED  # its wrapper says so
-    assert results[handles[1]].state is PollState.UNKNOWN
+    assert verdict(results[handles[0]]).next is Next.FINISHED  # its wrapper says so
+    assert verdict(results[handles[1]]).next is Next.UNKNOWN
     assert not src.reachable  # no new tasks until it answers again
 
 
@@ -235,7 +240,7 @@ def test_garbled_qstat_output_is_not_read_as_all_gone() -> None:
     src = source(login, Pbs("pro"))
     handles = [handle(1, "5[1].s"), handle(2, "5[2].s")]
     results = asyncio.run(src.poll(handles=handles))
-    assert {r.state for r in results.values()} == {PollState.UNKNOWN}
+    assert {verdict(r).next for r in results.values()} == {Next.UNKNOWN}
 
 
 def test_a_submission_the_killed_controller_did_not_record_is_found_by_name() -> None:
@@ -249,9 +254,9 @@ def test_a_submission_the_killed_controller_did_not_record_is_found_by_name() ->
     src = source(login)
     orphan, never = handle(2, None), handle(3, None)
     results = asyncio.run(src.poll(handles=[orphan, never]))
-    assert results[orphan].state is PollState.STARTING  # pending as 107_2: not resubmitted
-    assert results[never].state is PollState.LOST  # no marker: it was never submitted
-    assert results[never].scheduler_cause is None
+    assert verdict(results[orphan]).next is Next.STARTING  # pending as 107_2: not resubmitted
+    v = verdict(results[never])
+    assert (v.next, v.cause) == (Next.LOST, Cause.LOST)  # no marker: it was never submitted
     asyncio.run(src.cancel(handles=[orphan]))
     assert ["scancel", "107_2"] in login.calls
 

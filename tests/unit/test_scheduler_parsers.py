@@ -16,7 +16,6 @@ from hsm.sources.base import HealthSample
 from hsm.sources.pbs import Pbs, canonical, parse_qstat_json, parse_qstat_text, parse_qstat_xml
 from hsm.sources.process import CommandResult
 from hsm.sources.queue import parse_probe
-from hsm.sources.scheduler import ElementState
 from hsm.sources.slurm import (
     Slurm,
     parse_config,
@@ -25,6 +24,7 @@ from hsm.sources.slurm import (
     parse_sinfo,
     parse_squeue,
 )
+from hsm.states import ElementState
 
 DATA = Path(__file__).parents[1] / "golden" / "data"
 S = ElementState

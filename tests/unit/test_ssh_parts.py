@@ -4,16 +4,19 @@ the spec escaping of the host monitor, and the tar framing of the puller."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
+import signal
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 
 from hsm.sources.ssh_pull import _read_archive, _size
-from hsm.sources.ssh_scripts import MONITOR, printf_escape
+from hsm.sources.ssh_scripts import CANCEL, MONITOR, printf_escape
 from hsm.sources.transport import NOTHING_TRUSTED, SshTarget, SshTransport
 
 
@@ -172,37 +175,142 @@ def status_text(state: str, finished: str) -> bytes:
     return (body + " " * (1023 - len(body)) + "\n").encode()
 
 
-def test_host_monitor_reads_a_half_written_status_again(tmp_path: Path) -> None:
-    # The wrapper writes a status over the last one in place: a scan that catches the write
-    # half done must not report it (it would end the watch with a status that is no status).
-    task = tmp_path / "task"
-    task.mkdir()
-    running, final = status_text("running", "null"), status_text("completed", "2.5")
-    (task / "status.json").write_bytes(final[:60] + running[60:])
-    proc = subprocess.Popen(
-        ["bash", "-c", MONITOR, "hsm-monitor", "/nonexistent"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
+class MonitorProc:
+    """The host monitor script, run here: `ask` sends commands and a barrier, and returns the
+    events up to its answer."""
 
-    def ask(*fields: str) -> list[bytes]:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            ["bash", "-c", MONITOR, "hsm-monitor", "/nonexistent"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+
+    def ask(self, *fields: str) -> list[bytes]:
+        proc = self.proc
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(b"".join(f.encode() + b"\0" for f in fields))
+        proc.stdin.write(b"".join(f.encode() + b"\0" for f in (*fields, "P", "9")))
         proc.stdin.flush()
         events: list[bytes] = []
         while events[-2:] != [b"P", b"9"]:
             field = b""
             while (c := proc.stdout.read(1)) != b"\0":
+                assert c, f"the monitor ended; events so far: {events}"
                 field += c
             events.append(field)
         return events
 
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=5)
+
+
+def test_host_monitor_passes_status_bytes_and_tells_a_gone_wrapper(tmp_path: Path) -> None:
+    # The wrapper writes a status over the last one in place, so a scan can catch a write half
+    # done. The monitor passes the bytes as they are (Python parses them) and keeps watching
+    # while the wrapper lives; the pid is checked before the file is read, so the status of a
+    # wrapper that is gone is whole, and after it the folder is no longer watched.
+    task = tmp_path / "task"
+    task.mkdir()
+    running, final = status_text("running", "null"), status_text("completed", "2.5")
+    half = final[:60] + running[60:]
+    (task / "status.json").write_bytes(half)
+    wrapper = subprocess.Popen(["sleep", "30"])
+    monitor = MonitorProc()
     try:
-        # (A folder without a whole status reports its launch record: none here.)
-        assert ask("W", "1", str(task), "1", "P", "9") == [b"R", b"1", b"", b"P", b"9"]
+        # (A folder without a status reports its launch record: none here.)
+        watch = ("W", "1", str(task), "1", "", str(wrapper.pid))
+        assert monitor.ask(*watch) == [b"S", b"1", half.strip(), b"1", b"P", b"9"]
         (task / "status.json").write_bytes(final)
-        assert ask("P", "9") == [b"S", b"1", final.rstrip(), b"1", b"P", b"9"]
+        wrapper.kill()
+        wrapper.wait()
+        assert monitor.ask() == [b"S", b"1", final.strip(), b"0", b"P", b"9"]
+        (task / "status.json").write_bytes(running)
+        assert monitor.ask() == [b"P", b"9"]  # not watched any more
     finally:
-        proc.stdin.close()
-        proc.wait(timeout=5)
+        wrapper.kill()
+        wrapper.wait()
+        monitor.close()
+
+
+def test_host_monitor_takes_the_pid_from_this_attempts_launch_record(tmp_path: Path) -> None:
+    task = tmp_path / "task"
+    (task / ".hsm").mkdir(parents=True)
+    running = status_text("running", "null")
+    wrapper = subprocess.Popen(["sleep", "30"])
+    monitor = MonitorProc()
+    try:
+        (task / ".hsm" / "launch").write_text(f"1 beef {wrapper.pid}\n")
+        (task / "status.json").write_bytes(running)
+        # Another attempt's record does not name this attempt's wrapper: liveness unknown.
+        assert monitor.ask("W", "1", str(task), "1", "cafe", "") == [
+            b"S",
+            b"1",
+            running.strip(),
+            b"",
+            b"P",
+            b"9",
+        ]
+        assert monitor.ask("W", "1", str(task), "1", "beef", "") == [
+            b"S",
+            b"1",
+            running.strip(),
+            b"1",
+            b"P",
+            b"9",
+        ]
+    finally:
+        wrapper.kill()
+        wrapper.wait()
+        monitor.close()
+
+
+def _fake_wrapper(task_dir: Path) -> int:
+    """The pid of a process that looks like the job wrapper of ``task_dir`` (its last
+    argument) and records the signal it gets. Not a child of this process, like a real
+    wrapper (whose end nobody here would reap)."""
+    script = "trap 'printf term >\"$1/got\"; exit 0' TERM; while :; do sleep 0.02; done"
+    out = subprocess.run(
+        ["bash", "-c", 'bash -c "$0" wrapper.sh "$1" </dev/null >/dev/null 2>&1 & echo $!']
+        + [script, str(task_dir)],
+        capture_output=True,
+        check=True,
+    )
+    pid = int(out.stdout)
+    deadline = time.monotonic() + 10  # until it runs bash on its script
+    while not _cmdline(pid).endswith(str(task_dir).encode() + b"\0"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return pid
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_cancel_signals_only_the_wrapper_of_the_folder(tmp_path: Path) -> None:
+    one, two, three = (tmp_path / n for n in ("one", "two", "three"))
+    for d in (one, two, three):
+        (d / ".hsm").mkdir(parents=True)
+    w1, w2, w3 = _fake_wrapper(one), _fake_wrapper(two), _fake_wrapper(three)
+    (two / ".hsm" / "launch").write_text(f"2 beef {w2}\n")
+    (three / ".hsm" / "launch").write_text(f"1 beef {w3}\n")
+    try:
+        args = [
+            *(str(one), "1", "", str(w2), ""),  # w2 is not the wrapper of `one`
+            *(str(two), "2", "beef", "", ""),  # the pid from the launch record
+            *(str(three), "2", "beef", "", ""),  # a record of another attempt
+        ]
+        done = subprocess.run(["bash", "-c", CANCEL, "hsm-cancel", *args], timeout=20)
+        assert done.returncode == 0
+        assert (two / "got").read_text() == "term" and not _cmdline(w2)
+        assert _cmdline(w1) and _cmdline(w3)
+        assert not (one / "got").exists() and not (three / "got").exists()
+    finally:
+        for pid in (w1, w2, w3):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

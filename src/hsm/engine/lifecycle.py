@@ -9,7 +9,9 @@ The facts about one attempt (see ``Facts``):
 - whether the host answered this poll, and for how long it has been silent;
 - whether the host holds the launch request of this attempt (None when it cannot tell);
 - the launch acknowledgement, and how long ago the launch was sent;
-- the scheduler's verdict for the element, for queue backends;
+- for queue backends, what the batch scheduler says of the element (`QueueFacts`): its
+  state, whether the scheduler answered, whether hsm cancelled it, and for how long it has
+  shown the element ended while the status file shows no final status;
 - whether the results of a final status can be collected yet (a pull may be on its way).
 
 No verdict without evidence: "never started" needs the host's word that it never got the
@@ -22,11 +24,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from hsm.jobscript import WrapperStatus
-from hsm.states import Cause
+from hsm.states import SCHEDULER_CAUSES, TERMINAL_ELEMENT, Cause, ElementState
 
 # A wrapper writes its first status within milliseconds of its start; an attempt whose host
 # got the launch but shows neither a status nor a live wrapper after this long is lost.
 START_GRACE = 10.0
+# A shared file system can show a file late: once the scheduler shows an element ended, its
+# final status has this long to appear before the attempt is lost.
+FINAL_STATUS_GRACE = 30.0
+# A task stopped by a signal: a cancel, a time limit, a preemption or the OOM killer. Only
+# the scheduler knows which.
+_SIGNALLED = frozenset({Cause.CANCELLED, Cause.SIGNAL})
 
 
 class Ack(StrEnum):
@@ -47,6 +55,23 @@ class Next(StrEnum):
 
 
 @dataclass(frozen=True)
+class QueueFacts:
+    """What a batch scheduler said of one array element at this poll."""
+
+    answered: bool = True  # the scheduler answered the status query
+    found: bool = True  # the submission's job id is known (False: still looking for it)
+    state: ElementState | None = None  # None: the scheduler no longer shows the element
+    raw: str = ""  # the scheduler's own word for the state
+    reason: str = ""  # e.g. why it is pending
+    blind: bool = False  # the scheduler shows no ended elements (it cannot tell "gone")
+    cancelled: bool = False  # hsm cancelled it (a cancelled pending element may vanish)
+    # Seconds since the element was first seen ended while the status file showed no final
+    # status of this attempt (None: not so).
+    ended_for: float | None = None
+    hint: str = ""  # where to look when it ended without a final status
+
+
+@dataclass(frozen=True)
 class Facts:
     attempt: int
     nonce: str
@@ -58,6 +83,7 @@ class Facts:
     ack: Ack = Ack.UNKNOWN
     since_launch: float = 0.0  # seconds since the launch was sent, or first seen
     scheduler_cause: Cause | None = None  # e.g. timeout, node_fail, from the scheduler
+    queue: QueueFacts | None = None  # for queue backends: the scheduler's word
     collectable: bool = True  # False: the results of a final status are still on the way
     status_unreadable: bool = False  # a status file is there, but was caught half-written
 
@@ -80,6 +106,8 @@ def decide(
     facts: Facts, *, lost_after: float, start_grace: float = START_GRACE, host: str = "the host"
 ) -> Verdict:
     """The attempt's next state, from the facts alone."""
+    if facts.queue is not None:
+        return _decide_queued(own_status(facts), facts.queue)
     status = own_status(facts)
     if status is not None and status.terminal:
         if not facts.collectable:
@@ -95,6 +123,12 @@ def decide(
             )
         return Verdict(Next.UNKNOWN)
     if facts.status is None and facts.status_unreadable:
+        if facts.wrapper_alive is False:  # nothing will write it again
+            return Verdict(
+                Next.LOST,
+                Cause.LOST,
+                f"its status on {host} is unreadable and its job wrapper is gone",
+            )
         return Verdict(Next.UNKNOWN, None, "its status was caught half-written: read again")
     if status is not None:  # running
         if facts.wrapper_alive is False:
@@ -119,25 +153,54 @@ def decide(
     return Verdict(Next.LOST, Cause.LOST, f"it never reported from {host}")
 
 
-_FROM_STATE = {
-    "starting": Next.STARTING,
-    "running": Next.RUNNING,
-    "finished": Next.FINISHED,
-    "lost": Next.LOST,
-    "unknown": Next.UNKNOWN,
-}
-
-
-def from_state(
-    state: str, status: WrapperStatus | None, scheduler_cause: str | None, detail: str
-) -> Verdict:
-    """The verdict of a backend that reports a state rather than facts (a batch scheduler's
-    backend translates its scheduler's states into one of ``PollState``)."""
-    nxt = _FROM_STATE[state]
-    sched = Cause(scheduler_cause) if scheduler_cause else None
-    if nxt is Next.FINISHED:
-        cause = sched or (status.cause if status is not None else None) or Cause.TASK_FAILED
-        return Verdict(nxt, cause, detail)
-    if nxt is Next.LOST:
-        return Verdict(nxt, sched or Cause.LOST, detail)
-    return Verdict(nxt, None, detail)
+def _decide_queued(mine: WrapperStatus | None, q: QueueFacts) -> Verdict:
+    """An attempt run by a batch scheduler: its element's state and the status file."""
+    state = q.state
+    if not q.answered:
+        if mine is not None and mine.terminal and mine.cause not in _SIGNALLED:
+            return Verdict(Next.FINISHED, mine.cause or Cause.TASK_FAILED)
+        return Verdict(Next.UNKNOWN, None, "the scheduler does not answer")
+    if not q.found:
+        return Verdict(Next.UNKNOWN, None, "looking for the submission")
+    if mine is not None and mine.terminal:
+        cause = SCHEDULER_CAUSES.get(state) if state is not None else None
+        if cause in (Cause.TIMEOUT, Cause.PREEMPTED):
+            # Ended at its walltime or by preemption, even if the task handled the signal and
+            # exited 0 or 1 on its own: the scheduler's word is the cause.
+            return Verdict(Next.FINISHED, cause)
+        if mine.cause not in _SIGNALLED or state is None:
+            return Verdict(Next.FINISHED, mine.cause or Cause.TASK_FAILED)
+        if state in TERMINAL_ELEMENT:
+            return Verdict(Next.FINISHED, cause or mine.cause or Cause.TASK_FAILED)
+        return Verdict(Next.RUNNING, None, "waiting for the scheduler's final state")
+    waiting = mine is not None and (q.ended_for is None or q.ended_for < FINAL_STATUS_GRACE)
+    if state is None:
+        if q.cancelled and mine is None:
+            return Verdict(Next.LOST, Cause.CANCELLED, "cancelled before it started")
+        if q.blind:
+            return Verdict(Next.RUNNING if mine else Next.STARTING)
+        if waiting:
+            return Verdict(Next.UNKNOWN, None, "waiting for the final status")
+        if mine is None:
+            return Verdict(
+                Next.LOST, Cause.LOST, "the job never started and the scheduler no longer knows it"
+            )
+        return Verdict(
+            Next.LOST,
+            Cause.CANCELLED if q.cancelled else Cause.LOST,
+            f"the job ended without a final status{q.hint}",
+        )
+    if state is ElementState.PENDING:
+        return Verdict(Next.STARTING, None, q.reason)
+    if state is ElementState.RUNNING:
+        return Verdict(Next.RUNNING if mine else Next.STARTING)
+    if state is ElementState.UNKNOWN:
+        return Verdict(Next.UNKNOWN, None, f"unknown job state {q.raw!r}")
+    if waiting:
+        return Verdict(Next.UNKNOWN, None, "waiting for the final status")
+    return Verdict(
+        Next.LOST,
+        SCHEDULER_CAUSES.get(state, Cause.LOST),
+        f"the job ended ({q.raw or state.value}) before its wrapper recorded a final status"
+        f"{q.hint}",
+    )

@@ -521,7 +521,7 @@ class Engine:
                     continue
                 if result.events:
                     self._report_events(name, run, result.events)
-                verdict = self._verdict(source, run, result)
+                verdict = self._verdict(source, result)
                 if verdict.next is Next.FINISHED:
                     await self._complete(name, run, verdict)
                 elif verdict.next is Next.LOST:
@@ -553,7 +553,7 @@ class Engine:
             result = results.get(run.handle) if run.handle else None
             if run.handle is None or result is None:
                 continue
-            verdict = self._verdict(source, run, result)
+            verdict = self._verdict(source, result)
             if verdict.next is Next.UNKNOWN:
                 continue
             number, slots = run.attempt.number, self.free_slots[name]
@@ -614,18 +614,11 @@ class Engine:
         source.wake.set()
 
     @staticmethod
-    def _verdict(source: Source, run: Running, result: PollResult) -> Verdict:
-        """The attempt's next state: decided from the backend's facts where it reports them
-        (the one place that decides), else the state its scheduler translation gave."""
-        if result.facts is not None:
-            return lifecycle.decide(
-                result.facts, lost_after=source.lost_after, host=source.host_label()
-            )
-        status = result.status
-        if status is not None and not status.belongs_to(run.attempt.attempt, run.attempt.nonce):
-            status = None
-        return lifecycle.from_state(
-            result.state.value, status, result.scheduler_cause, result.detail
+    def _verdict(source: Source, result: PollResult) -> Verdict:
+        """The attempt's next state, decided from the facts the backend reported (the one
+        place that decides)."""
+        return lifecycle.decide(
+            result.facts, lost_after=source.lost_after, host=source.host_label()
         )
 
     def _lose(self, name: str, run: Running, verdict: Verdict) -> None:

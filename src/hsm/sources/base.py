@@ -81,19 +81,14 @@ class PollState(StrEnum):
 
 @dataclass(frozen=True)
 class PollResult:
-    state: PollState
-    status: WrapperStatus | None = None
+    """What a backend found out about one attempt. It decides nothing: the engine turns the
+    facts into the attempt's next state (``hsm.engine.lifecycle.decide``)."""
+
+    state: PollState  # a summary of the status file alone, for logs and tests
+    status: WrapperStatus | None
+    facts: Facts
     detail: str = ""
-    scheduler_cause: str | None = None  # e.g. "timeout" from a queue backend
     events: tuple[str, ...] = ()  # the attempt's event lines so far, while it runs
-    # The facts the state was read from, for backends that report them: the engine then
-    # decides with ``hsm.engine.lifecycle.decide`` and ``state`` is only a summary.
-    facts: Facts | None = None
-    # Did the host get this attempt's launch? True: its task folder holds the attempt's
-    # launch record (or status); False: the host answered and holds neither (it never got
-    # the launch, or lost it); None: not known (no answer yet, or a backend that does not
-    # tell). Reported by the SSH backend; the engine decides what it means.
-    received: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -245,13 +240,12 @@ def task_folder_name(number: int) -> str:
     return f"task_{number:04d}"
 
 
-def classify_status(status: WrapperStatus | None, attempt: int) -> PollState | None:
-    """Interpret a status file for one attempt; None when it belongs to another attempt."""
-    if status is None:
-        return None
-    if status.attempt != attempt:
-        return None
-    return PollState.RUNNING if status.status.value == "running" else PollState.FINISHED
+def summarize(status: WrapperStatus | None, attempt: int) -> PollState:
+    """What a status file alone says of one attempt: running or finished when it is this
+    attempt's, else starting (nothing of it yet)."""
+    if status is None or status.attempt != attempt:
+        return PollState.STARTING
+    return PollState.FINISHED if status.terminal else PollState.RUNNING
 
 
 def gpu_groups(gpus: Sequence[int], per_task: int) -> list[list[int]]:

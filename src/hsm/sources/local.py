@@ -14,17 +14,24 @@ from pathlib import Path
 
 from hsm import clock
 from hsm.engine.lifecycle import Ack, Facts
-from hsm.jobscript import SPEC_FILE, STATUS_FILE, WRAPPER_PATH, read_events, read_status, write_spec
+from hsm.jobscript import (
+    SPEC_FILE,
+    STATUS_FILE,
+    WRAPPER_PATH,
+    WrapperStatus,
+    read_events,
+    read_status,
+    write_spec,
+)
 from hsm.sources.base import (
     Capabilities,
     HealthSample,
     JobHandle,
     LaunchRequest,
     PollResult,
-    PollState,
     Source,
     SweepContext,
-    classify_status,
+    summarize,
 )
 
 log = logging.getLogger(__name__)
@@ -141,8 +148,8 @@ class LocalSource(Source):
         its task folder holds its launch (the spec with its nonce)."""
         task_dir, nonce = Path(handle.task_dir), handle.nonce
         status = read_status(task_dir)
-        state = classify_status(status, handle.attempt)
-        mine = status if status is not None and status.belongs_to(handle.attempt, nonce) else None
+        state = summarize(status, handle.attempt)
+        mine = _own(status, handle)
         proc = self._procs.get(handle.task_dir)
         if mine is not None and mine.terminal:
             alive: bool | None = None
@@ -155,6 +162,14 @@ class LocalSource(Source):
             alive = wrapper_alive(int(handle.job_id), handle.task_dir)
         else:  # recorded, no pid known (the controller died mid-launch): look for it
             alive = find_wrapper(handle.task_dir) is not None
+        if alive is False and (mine is None or not mine.terminal):
+            # It may have written its last status and ended after the first read: a wrapper
+            # that is gone wrote its last status whole, so this read tells.
+            status = read_status(task_dir)
+            state = summarize(status, handle.attempt)
+            mine = (
+                status if status is not None and status.belongs_to(handle.attempt, nonce) else None
+            )
         started = self._launched_at.setdefault(handle.task_dir, clock.monotonic())
         facts = Facts(
             attempt=handle.attempt,
@@ -171,8 +186,7 @@ class LocalSource(Source):
         events: tuple[str, ...] = ()
         if mine is not None and not mine.terminal:
             events = tuple(read_events(task_dir, handle.attempt))
-        summary = state if state is not None else PollState.STARTING
-        return PollResult(summary, status, events=events, facts=facts)
+        return PollResult(state, status, facts=facts, events=events)
 
     def _forget(self, handle: JobHandle) -> None:
         self._procs.pop(handle.task_dir, None)
@@ -237,6 +251,13 @@ def spec_nonce(task_dir: Path) -> str | None:
     if len(fields) < 3 or fields[0] != b"hsm-spec-2":
         return None
     return fields[2].decode("ascii", "replace")
+
+
+def _own(status: WrapperStatus | None, handle: JobHandle) -> WrapperStatus | None:
+    """The status, if this attempt wrote it."""
+    return (
+        status if status is not None and status.belongs_to(handle.attempt, handle.nonce) else None
+    )
 
 
 def find_wrapper(task_dir: str) -> int | None:

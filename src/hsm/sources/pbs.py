@@ -27,13 +27,13 @@ from hsm.sources.process import CommandResult
 from hsm.sources.scheduler import (
     ArraySpec,
     Element,
-    ElementState,
     JobOptions,
     Runner,
     Scheduler,
     require_answer,
     translate,
 )
+from hsm.states import ElementState
 
 log = logging.getLogger(__name__)
 

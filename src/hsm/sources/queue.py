@@ -21,38 +21,36 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from hsm import clock
 from hsm.backoff import Backoff, Sleep, retry
+from hsm.engine.lifecycle import Facts, QueueFacts
 from hsm.errors import ConfigError, HsmError, SourceUnavailableError, SubmissionError
-from hsm.jobscript import STATUS_FILE, WrapperStatus, encode_spec, parse_status
+from hsm.jobscript import STATUS_FILE, encode_spec, parse_status
 from hsm.sources.base import (
     Capabilities,
     HealthSample,
     JobHandle,
     LaunchRequest,
     PollResult,
-    PollState,
     Source,
     SweepContext,
+    summarize,
 )
 from hsm.sources.login import Login
 from hsm.sources.process import CommandResult
 from hsm.sources.scheduler import (
-    SCHEDULER_CAUSES,
-    TERMINAL,
     ArraySpec,
     ClusterSettings,
     Element,
-    ElementState,
     JobOptions,
     Scheduler,
 )
 from hsm.spec.sweep import Resources
-from hsm.states import Cause
+from hsm.states import TERMINAL_ELEMENT, ElementState
 
 log = logging.getLogger(__name__)
 
 QUEUE_DEPTH = 10_000  # tasks a cluster may hold at once (queued or running)
-STATUS_GRACE = 30.0  # seconds to wait for a final status a shared file system has not shown yet
 CANCEL_TRIES = 3  # a cancel that fails is tried again after 1 s, then 2 s
 STOP_WAIT = 5.0  # seconds a cancel waits for signalled wrappers to record their end
 SUBMIT_MAGIC = "hsm-submit-1"
@@ -69,84 +67,6 @@ def chunks(items: Sequence[T], size: int) -> list[list[T]]:
 def job_name(sweep_id: str, attempt_id: int) -> str:
     """The job name of a submission: unique per sweep and first attempt; found again by it."""
     return f"hsm-{re.sub(r'[^A-Za-z0-9_.-]', '_', sweep_id)}-{attempt_id}"
-
-
-def judge(
-    element: Element | None,
-    status: WrapperStatus | None,
-    *,
-    attempt: int,
-    blind: bool,
-    grace_over: bool,
-    cancelled: bool = False,
-    hint: str = "",
-) -> tuple[PollResult, bool]:
-    """The state of one attempt from the scheduler's word and the wrapper's status file.
-
-    ``cancelled``: hsm cancelled it (a cancelled pending element may vanish from the queue).
-    Returns the result and whether it is waiting for a final status that may still appear
-    (a shared file system can show a file late). Pure: unit-tested without a cluster.
-    """
-    mine = status if status is not None and status.attempt == attempt else None
-    state = element.state if element is not None else None
-    if mine is not None and mine.terminal:
-        walltime = SCHEDULER_CAUSES.get(state) if state is not None else None
-        if walltime in (Cause.TIMEOUT, Cause.PREEMPTED):
-            # Ended at its walltime or by preemption, even if the task handled the signal and
-            # exited 0 or 1 on its own: the scheduler's word is the cause.
-            return PollResult(PollState.FINISHED, mine, scheduler_cause=walltime.value), False
-        if mine.cause not in (Cause.CANCELLED, Cause.SIGNAL):
-            return PollResult(PollState.FINISHED, mine), False
-        # The wrapper was signalled: a cancel, a time limit, a preemption or the OOM killer.
-        # Only the scheduler knows which.
-        if state is None:
-            return PollResult(PollState.FINISHED, mine), False
-        if state in TERMINAL:
-            cause = SCHEDULER_CAUSES.get(state)
-            return PollResult(
-                PollState.FINISHED, mine, scheduler_cause=cause.value if cause else None
-            ), False
-        return PollResult(PollState.RUNNING, mine, "waiting for the scheduler's final state"), False
-    if state is None:
-        if cancelled and mine is None:
-            return PollResult(
-                PollState.LOST,
-                None,
-                "cancelled before it started",
-                scheduler_cause=Cause.CANCELLED.value,
-            ), False
-        if blind:
-            return PollResult(PollState.RUNNING if mine else PollState.STARTING, mine), False
-        if mine is not None and not grace_over:
-            return PollResult(PollState.UNKNOWN, mine, "waiting for the final status"), True
-        if mine is None:
-            return PollResult(
-                PollState.LOST, None, "the job never started and the scheduler no longer knows it"
-            ), False
-        return PollResult(
-            PollState.LOST,
-            mine,
-            f"the job ended without a final status{hint}",
-            scheduler_cause=Cause.CANCELLED.value if cancelled else None,
-        ), False
-    if state is ElementState.PENDING:
-        return PollResult(PollState.STARTING, mine, element.reason if element else ""), False
-    if state is ElementState.RUNNING:
-        return PollResult(PollState.RUNNING if mine else PollState.STARTING, mine), False
-    if state is ElementState.UNKNOWN:
-        return PollResult(
-            PollState.UNKNOWN, mine, f"unknown job state {element.raw!r}" if element else ""
-        ), False
-    if mine is not None and not grace_over:
-        return PollResult(PollState.UNKNOWN, mine, "waiting for the final status"), True
-    cause = SCHEDULER_CAUSES.get(state)
-    raw = element.raw if element is not None else state.value
-    return PollResult(
-        PollState.LOST,
-        mine,
-        f"the job ended ({raw}) before its wrapper recorded a final status{hint}",
-        scheduler_cause=cause.value if cause else None,
-    ), False
 
 
 @dataclass
@@ -376,46 +296,40 @@ class QueueSource(Source):
             log.debug("source %s: cannot read status files: %s", self.name, exc)
             texts = {}
         out: dict[JobHandle, PollResult] = {}
-        now = time.monotonic()
+        now = clock.monotonic()
         for h in handles:
             status = parse_status(texts.get(f"{h.task_dir}/{STATUS_FILE}", ""))
-            key = (h.task_dir, h.attempt)
-            if records is None:
-                out[h] = self._without_scheduler(status, h.attempt)
-                continue
-            job_id = job_ids[h]
-            if not h.job_id and key not in self._resolved:
-                out[h] = PollResult(PollState.UNKNOWN, status, "looking for the submission")
-                continue
-            element = records.get(sched.canonical(job_id)) if job_id else None
-            first = self._grace.get(key)
-            grace_over = first is not None and now - first >= STATUS_GRACE
-            hint = f"; see {h.task_dir}/.hsm/job.log"
-            result, waiting = judge(
-                element,
-                status,
-                attempt=h.attempt,
-                blind=sched.blind and job_id is not None,
-                grace_over=grace_over,
-                cancelled=key in self._cancelled,
-                hint=hint,
-            )
-            if waiting:
-                self._grace.setdefault(key, now)
-            else:
-                self._grace.pop(key, None)
-            out[h] = result
+            queue = self._facts(h, job_ids[h], records, now)
+            facts = Facts(attempt=h.attempt, nonce=h.nonce, status=status, queue=queue)
+            out[h] = PollResult(summarize(status, h.attempt), status, facts)
         return out
 
-    def _without_scheduler(self, status: WrapperStatus | None, attempt: int) -> PollResult:
-        if (
-            status is not None
-            and status.attempt == attempt
-            and status.terminal
-            and status.cause not in (Cause.CANCELLED, Cause.SIGNAL)
-        ):
-            return PollResult(PollState.FINISHED, status)
-        return PollResult(PollState.UNKNOWN, status, "the scheduler does not answer")
+    def _facts(
+        self, h: JobHandle, job_id: str | None, records: dict[str, Element] | None, now: float
+    ) -> QueueFacts:
+        """What the scheduler said of this attempt's element at this poll."""
+        key = (h.task_dir, h.attempt)
+        if records is None:
+            return QueueFacts(answered=False)
+        if not h.job_id and key not in self._resolved:
+            return QueueFacts(found=False)
+        element = records.get(self.scheduler.canonical(job_id)) if job_id else None
+        state = element.state if element is not None else None
+        blind = self.scheduler.blind and job_id is not None
+        if (state is None and not blind) or state in TERMINAL_ELEMENT:
+            self._grace.setdefault(key, now)  # the scheduler shows it ended: since when
+        else:
+            self._grace.pop(key, None)
+        first = self._grace.get(key)
+        return QueueFacts(
+            state=state,
+            raw=element.raw if element is not None else "",
+            reason=element.reason if element is not None else "",
+            blind=blind,
+            cancelled=key in self._cancelled,
+            ended_for=None if first is None else now - first,
+            hint=f"; see {h.task_dir}/.hsm/job.log",
+        )
 
     async def _query(self, job_ids: Sequence[str]) -> dict[str, Element] | None:
         """Every element of their arrays, in one status call (plus one history call for
@@ -618,7 +532,11 @@ class QueueSource(Source):
 
 
 def _needs_status(element: Element | None) -> bool:
-    return element is None or element.state in TERMINAL or element.state is ElementState.UNKNOWN
+    return (
+        element is None
+        or element.state in TERMINAL_ELEMENT
+        or element.state is ElementState.UNKNOWN
+    )
 
 
 def _tail(result: CommandResult) -> str:

@@ -12,14 +12,13 @@ import shlex
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from importlib import resources
 from typing import Any
 
 from hsm.errors import ConfigError, SourceUnavailableError
 from hsm.sources.process import CommandResult
 from hsm.spec.sweep import Resources
-from hsm.states import Cause
+from hsm.states import ElementState
 
 log = logging.getLogger(__name__)
 
@@ -43,40 +42,6 @@ async def require_answer(
 _PLACEHOLDER = re.compile(r"@(HEADER|NAME|ROOT|WRAPPER|TASKS|INDEX|JOB_ID|MODULES)@\n?")
 
 
-class ElementState(StrEnum):
-    """The state of one array element, as hsm understands it."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    TIMEOUT = "timeout"
-    OUT_OF_MEMORY = "out_of_memory"
-    NODE_FAIL = "node_fail"
-    PREEMPTED = "preempted"
-    CANCELLED = "cancelled"
-    UNKNOWN = "unknown"
-
-
-TERMINAL = frozenset(
-    {
-        ElementState.COMPLETED,
-        ElementState.FAILED,
-        ElementState.TIMEOUT,
-        ElementState.OUT_OF_MEMORY,
-        ElementState.NODE_FAIL,
-        ElementState.PREEMPTED,
-        ElementState.CANCELLED,
-    }
-)
-# Element ends that are the scheduler's doing: they become the attempt's cause.
-SCHEDULER_CAUSES: Mapping[ElementState, Cause] = {
-    ElementState.TIMEOUT: Cause.TIMEOUT,
-    ElementState.OUT_OF_MEMORY: Cause.OUT_OF_MEMORY,
-    ElementState.NODE_FAIL: Cause.NODE_FAIL,
-    ElementState.PREEMPTED: Cause.PREEMPTED,
-    ElementState.CANCELLED: Cause.CANCELLED,
-}
 _unknown_seen: set[tuple[str, str]] = set()
 
 

@@ -15,13 +15,13 @@ from typing import Any
 from hsm.sources.scheduler import (
     ArraySpec,
     Element,
-    ElementState,
     JobOptions,
     Runner,
     Scheduler,
     require_answer,
     translate,
 )
+from hsm.states import ElementState
 
 S = ElementState
 # squeue/sacct/scontrol state names (JOB STATE CODES in squeue(1) and sacct(1)).

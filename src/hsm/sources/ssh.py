@@ -42,7 +42,7 @@ from hsm.sources.base import (
     PollState,
     Source,
     SweepContext,
-    classify_status,
+    summarize,
     task_folder_name,
 )
 from hsm.sources.probe import PROBE_SCRIPT, parse_probe
@@ -386,7 +386,7 @@ class SshSource(Source):
             ident = self._id(task_dir)
             self._touched[ident] = now
             if monitor.watched.get(ident) != h.attempt:
-                monitor.watch(ident, task_dir, h.attempt)
+                monitor.watch(ident, task_dir, h.attempt, h.nonce, _pid(h.job_id))
                 self._unknown.add(ident)
             if ident in self._unknown:
                 fresh.append(ident)
@@ -406,31 +406,36 @@ class SshSource(Source):
         key = (task_dir, h.attempt)
         seen = monitor.seen.get(self._id(task_dir))
         status = parse_status(seen.text) if seen else None
-        state = classify_status(status, h.attempt)
+        state = summarize(status, h.attempt)
         mine = status is not None and status.belongs_to(h.attempt, h.nonce)
         events: tuple[str, ...] = ()
         if mine and state is PollState.RUNNING:
             events = tuple(parse_events(monitor.events.get(self._id(task_dir), ""), h.attempt))
+        if mine and seen is not None and seen.alive is None and status is not None:
+            # The host did not know the wrapper's pid (an unconfirmed launch, found again):
+            # the status names it, so watch it from the next scan on.
+            monitor.watch(self._id(task_dir), task_dir, h.attempt, h.nonce, status.pid)
+            self._unknown.add(self._id(task_dir))
         facts = Facts(
             attempt=h.attempt,
             nonce=h.nonce,
             status=status,
             received=True if mine else self._received(monitor, task_dir, h),
             status_unreadable=seen is not None and bool(seen.text) and status is None,
-            wrapper_alive=seen.alive if mine and seen is not None else None,
+            wrapper_alive=seen.alive if seen is not None else None,
             ack=Ack.CONFIRMED if h.confirmed else Ack.UNCONFIRMED,
             since_launch=now - self._first_seen.setdefault(key, now),
             collectable=not (mine and self._prefetch.pending(key)),
         )
-        return PollResult(state or PollState.STARTING, status, events=events, facts=facts)
+        return PollResult(state, status, events=events, facts=facts)
 
     def _received(self, monitor: HostMonitor, task_dir: str, h: JobHandle) -> bool | None:
         """Whether the task folder holds this attempt's launch record (None: not reported).
-        The record is "ATTEMPT NONCE"; a handle older than fencing has no nonce."""
+        The record is "ATTEMPT NONCE [PID]"; a handle older than fencing has no nonce."""
         record = monitor.launched.get(self._id(task_dir))
         if record is None:
             return None
-        attempt, _, nonce = record.strip().partition(" ")
+        attempt, nonce, *_ = [*record.split(), "", ""]
         return attempt == str(h.attempt) and (not h.nonce or nonce == h.nonce)
 
     def _unreachable(self, handles: Sequence[JobHandle], now: float) -> dict[JobHandle, PollResult]:
@@ -441,18 +446,27 @@ class SshSource(Source):
             h: PollResult(
                 PollState.UNKNOWN,
                 None,
+                Facts(attempt=h.attempt, nonce=h.nonce, host_answered=False, silent_for=silent),
                 detail,
-                facts=Facts(
-                    attempt=h.attempt, nonce=h.nonce, host_answered=False, silent_for=silent
-                ),
             )
             for h in handles
         }
 
     async def cancel(self, *, handles: Sequence[JobHandle]) -> None:
+        """Stop these attempts: the host gets the wrapper's pid (from the launch, or else the
+        last status the monitor saw, or else the host's launch record) and its task's process
+        group; it decides nothing from the status file itself."""
+        monitor = self._monitor
         args: list[str] = []
         for h in handles:
-            args += [self._abs(h.task_dir), str(h.attempt)]
+            task_dir = self._abs(h.task_dir)
+            seen = monitor.seen.get(self._id(task_dir)) if monitor is not None else None
+            status = parse_status(seen.text) if seen is not None else None
+            if status is None or not status.belongs_to(h.attempt, h.nonce):
+                status = None
+            pid = _pid(h.job_id) or (status.pid if status is not None else None)
+            pgid = status.pgid if status is not None else None
+            args += [task_dir, str(h.attempt), h.nonce, _text(pid), _text(pgid)]
         if args:
             result = await self.transport.run_script(scripts.CANCEL, args, name="hsm-cancel")
             result.check(f"{self._where()}: cancelling {len(handles)} task(s)")
@@ -488,7 +502,7 @@ class SshSource(Source):
         monitor = self._monitor
         seen = monitor.seen.get(self._id(key[0])) if monitor else None
         status = parse_status(seen.text) if seen else None
-        return classify_status(status, key[1]) is PollState.FINISHED
+        return summarize(status, key[1]) is PollState.FINISHED
 
     # -- the end -------------------------------------------------------------------------
     async def finish(self, *, ctx: SweepContext, all_completed: bool) -> None:
@@ -529,3 +543,12 @@ class SshSource(Source):
         await self._prefetch.close()
         await self._stop_helpers()
         await self.transport.close()
+
+
+def _pid(job_id: str | None) -> int | None:
+    """The wrapper's pid an SSH handle carries as its job id (None when it has none)."""
+    return int(job_id) if job_id is not None and job_id.isdigit() else None
+
+
+def _text(number: int | None) -> str:
+    return "" if number is None else str(number)

@@ -23,6 +23,9 @@ from hsm.sources.transport import ConnectionLost, RemoteError, SshTransport
 
 log = logging.getLogger(__name__)
 
+# The liveness field of an S event: the wrapper runs, is gone, or its pid is not known.
+_ALIVE: dict[bytes, bool | None] = {b"1": True, b"0": False, b"": None}
+
 # Fields per event, the type included.
 _EVENT_FIELDS = {b"S": 4, b"V": 3, b"R": 3, b"A": 3, b"E": 3, b"P": 2}
 
@@ -43,10 +46,11 @@ LaunchResult = int | BaseException | Unconfirmed
 
 @dataclass(frozen=True)
 class Seen:
-    """The last status text a watched folder showed, and whether its wrapper was alive."""
+    """The last status text a watched folder showed, and whether its wrapper was alive (None
+    when the host does not know the wrapper's pid)."""
 
     text: str
-    alive: bool
+    alive: bool | None
 
 
 class HostMonitor:
@@ -159,7 +163,9 @@ class HostMonitor:
         kind, ident = fields[0], int(fields[1])
         if kind == b"S":
             text = fields[2].decode(errors="replace").strip()
-            self.seen[ident] = Seen(text, fields[3] == b"1")
+            if fields[3] not in _ALIVE:
+                raise ValueError(f"not a liveness: {fields[3]!r}")
+            self.seen[ident] = Seen(text, _ALIVE[fields[3]])
             return True
         if kind == b"R":
             self.launched[ident] = fields[2].decode(errors="replace")
@@ -198,8 +204,11 @@ class HostMonitor:
         except (OSError, asyncssh.Error) as exc:
             raise ConnectionLost(f"writing to the host monitor: {exc}") from None
 
-    def watch(self, ident: int, task_dir: str, attempt: int) -> None:
-        self._send(("W", str(ident), task_dir, str(attempt)))
+    def watch(self, ident: int, task_dir: str, attempt: int, nonce: str, pid: int | None) -> None:
+        """Watch ``task_dir`` for this attempt, whose wrapper is ``pid`` (None when it is not
+        known: the host then takes it from the attempt's launch record, once there is one)."""
+        pid_field = "" if pid is None else str(pid)
+        self._send(("W", str(ident), task_dir, str(attempt), nonce, pid_field))
         self.watched[ident] = attempt
         self.seen.pop(ident, None)
         self.events.pop(ident, None)
@@ -223,12 +232,12 @@ class HostMonitor:
         self, items: Sequence[tuple[int, str, int, str, bytes]], timeout: float = 30.0
     ) -> list[LaunchResult]:
         """Start wrappers: (id, task dir, attempt, nonce, spec bytes) each. Before it starts a
-        wrapper, the host records ``ATTEMPT NONCE`` in ``TASK_DIR/.hsm/launch`` (`LAUNCH_FILE`):
-        after a reconnect, that file tells "the host never got this launch" from "it got it".
-        Returns, per item, the
-        pid of its wrapper, the error that kept it from starting (`ConnectionLost` when the
-        monitor ended first: it may have started), or `UNCONFIRMED` when the host had not
-        answered within ``timeout``."""
+        wrapper, the host records ``ATTEMPT NONCE`` in ``TASK_DIR/.hsm/launch`` (`LAUNCH_FILE`),
+        then ``ATTEMPT NONCE PID``: after a reconnect, that file tells "the host never got this
+        launch" from "it got it", and names the wrapper. Returns, per item, the pid of its
+        wrapper, the error that kept it from starting (`ConnectionLost` when the monitor ended
+        first: it may have started), or `UNCONFIRMED` when the host had not answered within
+        ``timeout``."""
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[int]] = []
         records = []

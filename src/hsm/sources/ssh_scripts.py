@@ -93,89 +93,82 @@ exit 0
 """
 )
 
-# look DIR: s = the status in the status file (the JSON, without its padding; "" if there is
-# none yet, or if it is not a whole status: the wrapper writes a status over the last one in
-# place, and a read may catch it half done), alive = 1 if its wrapper pid runs. A status that
-# says running with a dead pid is read again: the wrapper may just have written its final
-# status and exited. (Builtins only, and cheap: the monitor looks every few milliseconds.)
-_LOOK = r"""
-shopt -s extglob
-status_glob='{"version": +([0-9]), "attempt": +([0-9]), ?("nonce": "*([0-9a-f])", )'
-status_glob+='"status": "@(running|completed|failed|cancelled)", "cause": @(null|"+([a-z_])"), '
-status_glob+='"exit_code": @(null|?(-)+([0-9])), "pid": +([0-9]), "pgid": @(null|+([0-9])), '
-status_glob+='"host": "*([A-Za-z0-9._-])", "started": +([0-9.]), "finished": @(null|+([0-9.]))}'
-read_status() {
-  s=
-  [[ -f $1/status.json ]] && IFS= read -r -d '' s <"$1/status.json" 2>/dev/null
-  s=${s%%\}*}\}
-  [[ $s == $status_glob ]] || s=
-}
-look() {
-  local pid
-  alive=0
-  read_status "$1"
-  [[ -n $s ]] || return 0
-  pid=${s#*\"pid\": } pid=${pid%%,*}
-  if kill -0 "$pid" 2>/dev/null; then
-    alive=1
-  elif [[ $s == *'"status": "running"'* ]]; then
-    read_status "$1"
-  fi
-}
-"""
-
-# MONITOR WRAPPER: one per host and sweep, on one long-lived channel. It reads the watched
-# status files every 5 ms (with builtins only: that starts no process). Reads commands on
+# MONITOR WRAPPER: one per host and sweep, on one long-lived channel. It looks at the watched
+# task folders every 5 ms (with builtins only: that starts no process). Reads commands on
 # stdin and writes events on stdout, both as NUL-terminated fields:
-#   W ID DIR ATTEMPT        watch DIR for ATTEMPT
+#   W ID DIR ATTEMPT NONCE PID
+#                           watch DIR for ATTEMPT, whose job wrapper is PID ("" when it is
+#                           not known: then the pid in DIR/.hsm/launch, if that is ATTEMPT's)
 #   U ID                    stop watching
 #   L ID DIR ATTEMPT NONCE SPEC
 #                           write DIR/.hsm/launch ("ATTEMPT NONCE": the record that the
 #                           host got this launch) and DIR/.hsm/spec (printf %b escapes),
-#                           start the wrapper detached (its own session), watch it
+#                           start the wrapper detached (its own session), record its pid
+#                           in the launch record ("ATTEMPT NONCE PID"), watch it
 #   P ID                    answered with "P ID" after the next scan (a barrier)
-# Events: "S ID STATUS ALIVE" when a watched status changes (a final status of the watched
-# attempt ends the watch; a running one is reported once it ran about 50 ms, or at a barrier),
-# "V ID TEXT" when the events log of a running task has new event lines (TEXT: all of it),
-# "R ID LINE" while a watched folder has no status: its launch record ("ATTEMPT NONCE", or ""
-# when there is none), at the first scan and whenever it changes,
-# "A ID PID" launched, "E ID MESSAGE" not launched.
-# The monitor ends when its stdin closes; the tasks it started do not.
-MONITOR = (
-    _LOOK
-    + r"""
+# Events:
+#   S ID BYTES ALIVE        the status file changed: BYTES are its contents (the blanks
+#                           around them cut), ALIVE is 1 or 0 when the wrapper's pid is known
+#                           and runs or not, "" when it is not known
+#   V ID TEXT               the events log of a live wrapper has new event lines (all of it)
+#   R ID LINE               a watched folder has no status: its launch record ("" for none),
+#                           at the first scan and whenever it changes
+#   A ID PID                launched;  E ID MESSAGE  not launched
+#   P ID                    the barrier
+# The monitor never reads a status: hsm.jobscript parses it, in Python. The pid is checked
+# before the file is read, so a wrapper that is gone has written its last status whole. While
+# the wrapper lives, a change is reported once it is about 50 ms old (a short task only
+# reports its end), or at once at a barrier. Once the wrapper is gone and its last status is
+# reported, the folder is no longer watched. The monitor ends when its stdin closes; the
+# tasks it started do not.
+MONITOR = r"""
+shopt -s extglob
 w=$1
-dirs=() att=() last=() age=() evs=() rec=() cmd=() pongs=()
+dirs=() att=() non=() pid=() last=() age=() evs=() rec=() cmd=() pongs=()
 ev() { printf '%s\0' "$@"; }
+forget() {
+  unset 'dirs[$1]' 'att[$1]' 'non[$1]' 'pid[$1]' 'last[$1]' 'age[$1]' 'evs[$1]' 'rec[$1]'
+}
+record() { # f = the fields of the launch record of folder $1, l = the record ("" for none)
+  f=()
+  { read -r -a f <"${dirs[$1]}/.hsm/launch"; } 2>/dev/null
+  l=${f[*]}
+}
 scan() {
-  local i k run force=${#pongs[@]}
+  local i k d force=${#pongs[@]}
   for i in "${!dirs[@]}"; do
-    look "${dirs[i]}"
+    d=${dirs[i]} l=-
+    if [[ -z ${pid[i]} ]]; then # the pid from this attempt's launch record, once there
+      record "$i"
+      [[ ${f[0]-} == "${att[i]}" && ${f[1]-} == "${non[i]}" && ${f[2]-} == +([0-9]) ]] &&
+        pid[i]=${f[2]}
+    fi
+    alive=
+    if [[ -n ${pid[i]} ]]; then
+      alive=0
+      kill -0 "${pid[i]}" 2>/dev/null && alive=1
+    fi
+    s=
+    { IFS=$' \n' read -r -d '' s <"$d/status.json"; } 2>/dev/null
     if [[ -z $s ]]; then # no status yet: report the launch record when it changes
-      l=
-      { IFS= read -r l <"${dirs[i]}/.hsm/launch"; } 2>/dev/null
+      [[ $l != - ]] || record "$i"
       [[ ${rec[i]+set} && ${rec[i]} == "$l" ]] || { rec[i]=$l; ev R "$i" "$l"; }
       continue
     fi
-    run=0 k=$s
-    [[ $s == *'"status": "running"'* ]] && run=1 k=running$alive # a new pgid is no news
-    if ((run)); then # new event lines of a running task (the final ones come with it)
+    if [[ $alive != 0 ]]; then # new event lines of a live wrapper (the last ones come with its end)
       e=
-      { IFS= read -r -d '' e <"${dirs[i]}/.hsm/events.log"; } 2>/dev/null
+      { IFS= read -r -d '' e <"$d/.hsm/events.log"; } 2>/dev/null
       if [[ $e != "${evs[i]-}" && $e == *$'\n'[!#]* ]]; then
         evs[i]=$e
         ev V "$i" "$e"
       fi
     fi
+    k=$alive$s
     if [[ ${last[i]-} == "$k" ]]; then age[i]=0; continue; fi
-    # A running attempt is reported after 10 scans, about 50 ms (a short task only reports
-    # its end), or at once when a barrier asks for the state of everything.
-    ((run && !force && ++age[i] < 10)) && continue
+    [[ $alive != 0 ]] && ((!force && ++age[i] < 10)) && continue
     last[i]=$k age[i]=0
     ev S "$i" "$s" "$alive"
-    if [[ $s != *'"status": "running"'* && $s == *"\"attempt\": ${att[i]},"* ]]; then
-      unset 'dirs[i]' 'att[i]' 'last[i]' 'age[i]' 'evs[i]' 'rec[i]'
-    fi
+    [[ $alive == 0 ]] && forget "$i"
   done
   for k in "${pongs[@]}"; do ev P "$k"; done
   pongs=()
@@ -186,8 +179,9 @@ launch() {
     printf '%s %s\n' "$3" "$4" 2>/dev/null >"$2/.hsm/launch" &&
     printf '%b' "$5" 2>/dev/null >"$2/.hsm/spec"; then
     (cd / && exec setsid bash "$w" "$2" </dev/null >/dev/null 2>&1) &
-    dirs[$1]=$2 att[$1]=$3
-    unset 'last[$1]' 'evs[$1]' 'rec[$1]'
+    forget "$1"
+    dirs[$1]=$2 att[$1]=$3 non[$1]=$4 pid[$1]=$!
+    { printf '%s %s %s\n' "$3" "$4" "$!" >"$2/.hsm/launch"; } 2>/dev/null
     ev A "$1" "$!"
   else
     ev E "$1" "cannot write the task spec in $2 (disk full or not writable?)"
@@ -196,10 +190,11 @@ launch() {
 run() {
   case ${cmd[0]} in
     W)
-      dirs[cmd[1]]=${cmd[2]} att[cmd[1]]=${cmd[3]}
-      unset 'last[cmd[1]]' 'evs[cmd[1]]' 'rec[cmd[1]]'
+      forget "${cmd[1]}"
+      dirs[cmd[1]]=${cmd[2]} att[cmd[1]]=${cmd[3]} non[cmd[1]]=${cmd[4]}
+      [[ ${cmd[5]} == +([0-9]) ]] && pid[cmd[1]]=${cmd[5]} || pid[cmd[1]]=
       ;;
-    U) unset 'dirs[cmd[1]]' 'att[cmd[1]]' 'last[cmd[1]]' 'evs[cmd[1]]' 'rec[cmd[1]]' ;;
+    U) forget "${cmd[1]}" ;;
     L) launch "${cmd[1]}" "${cmd[2]}" "${cmd[3]}" "${cmd[4]}" "${cmd[5]}" ;;
     P) pongs+=("${cmd[1]}") ;;
   esac
@@ -212,7 +207,7 @@ while :; do
   if read -t 0; then
     IFS= read -r -d '' part || exit 0
     cmd+=("$part")
-    case ${cmd[0]} in W) n=4 ;; L) n=6 ;; U | P) n=2 ;; *) n=1 cmd=() ;; esac
+    case ${cmd[0]} in W | L) n=6 ;; U | P) n=2 ;; *) n=1 cmd=() ;; esac
     ((${#cmd[@]} < n)) && continue
     [[ ${cmd[1]} == +([0-9]) ]] && run
     cmd=()
@@ -222,28 +217,33 @@ while :; do
   read -r -t 0.005 -u "$nap" _
 done
 """
-)
 
-# CANCEL DIR ATTEMPT ...: SIGTERM to the wrapper of each running attempt (it stops its task's
-# process group and records "cancelled"), then wait for them to end; whatever still runs
-# after 6 s gets SIGKILL, process group and wrapper.
-CANCEL = (
-    _LOOK
-    + r"""
+# CANCEL [DIR ATTEMPT NONCE PID PGID]...: SIGTERM to the job wrapper of each attempt (it stops
+# its task's process group and records "cancelled"), then wait for them to end; whatever still
+# runs after 6 s gets SIGKILL, wrapper and process group (PGID, "" when not known). With PID
+# "", the pid in DIR/.hsm/launch, if that is this attempt's. A pid is signalled only while it
+# is the job wrapper of DIR (its last argument; checked where there is a /proc).
+CANCEL = r"""
+shopt -s extglob
+is_wrapper() {
+  local a=()
+  [[ -d /proc/self ]] || { kill -0 "$1" 2>/dev/null; return; }
+  { mapfile -d '' a <"/proc/$1/cmdline"; } 2>/dev/null || return 1
+  ((${#a[@]} >= 2)) && [[ ${a[-1]} == "$2" ]]
+}
 pids=() groups=()
-for ((i = 1; i < $#; i += 2)); do
-  d=${!i} j=$((i + 1)); a=${!j}
-  for _ in 1 2 3 4 5 6 7 8 9 10; do
-    look "$d"
-    [[ -z $s ]] || break
-    sleep 0.1
-  done
-  [[ $s == *"\"attempt\": $a,"* && $s == *'"status": "running"'* ]] || continue
-  [[ $s =~ \"pgid\":\ ([0-9]+) ]] && groups+=("${BASH_REMATCH[1]}")
-  if [[ $s =~ \"pid\":\ ([0-9]+) ]]; then
-    pids+=("${BASH_REMATCH[1]}")
-    kill -TERM "${BASH_REMATCH[1]}" 2>/dev/null
+while (($# >= 5)); do
+  d=$1 at=$2 n=$3 p=$4 g=$5
+  shift 5
+  if [[ -z $p ]]; then
+    f=()
+    { read -r -a f <"$d/.hsm/launch"; } 2>/dev/null
+    [[ ${f[0]-} == "$at" && ${f[1]-} == "$n" ]] && p=${f[2]-}
   fi
+  [[ $p == +([0-9]) ]] && is_wrapper "$p" "$d" || continue
+  pids+=("$p")
+  [[ $g == +([0-9]) ]] && groups+=("$g")
+  kill -TERM "$p" 2>/dev/null
 done
 for _ in $(seq 60); do
   left=0
@@ -255,7 +255,6 @@ for g in "${groups[@]}"; do kill -KILL -- "-$g" 2>/dev/null; done
 for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
 exit 0
 """
-)
 
 # CLEAN SWEEP_DIR SOURCE_DIR: remove this source's folder of the sweep, then the sweep
 # folder if nothing else (another source on a shared file system) is left in it.
