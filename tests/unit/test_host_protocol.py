@@ -130,6 +130,35 @@ def test_unacknowledged_launch_is_unconfirmed() -> None:
     assert asyncio.run(main()) == [4242, UNCONFIRMED]
 
 
+def test_a_late_answer_to_an_earlier_launch_does_not_answer_a_later_one() -> None:
+    async def main() -> list[Any]:
+        monitor = HostMonitor(None, "w", lambda ids: None)  # type: ignore[arg-type]
+        sent: list[bytes] = []
+
+        class Stdin:
+            def write(self, data: bytes) -> None:
+                sent.append(data)
+
+        class Proc:
+            stdin = Stdin()
+
+        monitor._proc = Proc()  # type: ignore[assignment]
+        first = await monitor.launch([(7, "/a", 1, "aa", b"spec")], timeout=0.05)
+        assert first == [UNCONFIRMED]
+        second = asyncio.ensure_future(monitor.launch([(7, "/a", 2, "bb", b"spec")], timeout=5))
+        while len(sent) < 2:
+            await asyncio.sleep(0)
+        seqs = [data.split(b"\0")[2] for data in sent]
+        assert seqs[0] != seqs[1]
+        monitor._event([b"A", seqs[0], b"111"])  # the host got the first one after all
+        await asyncio.sleep(0.01)
+        assert not second.done()
+        monitor._event([b"A", seqs[1], b"222"])
+        return await second
+
+    assert asyncio.run(main()) == [222]
+
+
 def test_launch_on_a_stopped_monitor_raises_connection_lost() -> None:
     async def main() -> None:
         monitor = HostMonitor(None, "w", lambda ids: None)  # type: ignore[arg-type]
@@ -152,11 +181,11 @@ def test_monitor_records_the_launch_before_the_wrapper(tmp_path: Path) -> None:
     assert proc.stdin is not None and proc.stdout is not None
     try:
         proc.stdin.write(
-            b"L\x002\0" + str(task).encode() + b"\x003\0beef\0sp\\x00ec\0" + b"P\x001\0"
+            b"L\x002\x0041\0" + str(task).encode() + b"\x003\0beef\0sp\\x00ec\0" + b"P\x001\0"
         )
         proc.stdin.flush()
         events = read_until_pong(proc.stdout, b"1")
-        assert events[:2] == [b"A", b"2"] and events[2].isdigit()
+        assert events[:2] == [b"A", b"41"] and events[2].isdigit()  # the request's number
         pid = events[2].decode()
         assert (task / ".hsm" / "launch").read_text() == f"3 beef {pid}\n"
         # The pid it reports is the wrapper's own (started detached, without a fork between).

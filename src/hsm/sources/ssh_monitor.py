@@ -178,7 +178,7 @@ class HostMonitor:
             if pong is not None and not pong.done():
                 pong.set_result(None)
             return False
-        ack = self._acks.pop(ident, None)
+        ack = self._acks.pop(ident, None)  # (for A and E, the id is the request's sequence)
         if ack is not None and not ack.done():
             if kind == b"A":
                 if not fields[2].isdigit():
@@ -240,12 +240,19 @@ class HostMonitor:
         ``timeout``."""
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[int]] = []
+        seqs: list[int] = []
         records = []
         for ident, task_dir, attempt, nonce, spec in items:
+            # Each request has a sequence number of its own, which its answer carries: a late
+            # answer to an earlier launch in the same folder never answers this one.
+            seq = next(self._tokens)
             future: asyncio.Future[int] = loop.create_future()
-            self._acks[ident] = future
+            self._acks[seq] = future
             futures.append(future)
-            records.append(("L", str(ident), task_dir, str(attempt), nonce, printf_escape(spec)))
+            seqs.append(seq)
+            records.append(
+                ("L", str(ident), str(seq), task_dir, str(attempt), nonce, printf_escape(spec))
+            )
             self.watched[ident] = attempt
             self.seen.pop(ident, None)
             self.events.pop(ident, None)
@@ -253,16 +260,15 @@ class HostMonitor:
         try:
             self._send(*records)
         except ConnectionLost:
-            for ident, *_ in items:
-                self._acks.pop(ident, None)
+            for seq in seqs:
+                self._acks.pop(seq, None)
             raise
         await asyncio.wait(futures, timeout=timeout)
         results: list[LaunchResult] = []
-        for (ident, *_), future in zip(items, futures, strict=True):
+        for seq, future in zip(seqs, futures, strict=True):
             if not future.done():
                 future.cancel()
-                if self._acks.get(ident) is future:
-                    del self._acks[ident]
+                self._acks.pop(seq, None)
                 results.append(UNCONFIRMED)
             else:
                 exc = future.exception()

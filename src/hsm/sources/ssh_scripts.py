@@ -100,7 +100,8 @@ exit 0
 #                           watch DIR for ATTEMPT, whose job wrapper is PID ("" when it is
 #                           not known: then the pid in DIR/.hsm/launch, if that is ATTEMPT's)
 #   U ID                    stop watching
-#   L ID DIR ATTEMPT NONCE SPEC
+#   L ID SEQ DIR ATTEMPT NONCE SPEC
+#                           launch request SEQ (answered by A or E with SEQ):
 #                           write DIR/.hsm/launch ("ATTEMPT NONCE": the record that the
 #                           host got this launch) and DIR/.hsm/spec (printf %b escapes),
 #                           start the wrapper detached (its own session), record its pid
@@ -113,7 +114,7 @@ exit 0
 #   V ID TEXT               the events log of a live wrapper has new event lines (all of it)
 #   R ID LINE               a watched folder has no status: its launch record ("" for none),
 #                           at the first scan and whenever it changes
-#   A ID PID                launched;  E ID MESSAGE  not launched
+#   A SEQ PID               launched;  E SEQ MESSAGE  not launched
 #   P ID                    the barrier
 # The monitor never reads a status: hsm.jobscript parses it, in Python. The pid is checked
 # before the file is read, so a wrapper that is gone has written its last status whole. While
@@ -173,18 +174,18 @@ scan() {
   for k in "${pongs[@]}"; do ev P "$k"; done
   pongs=()
 }
-launch() {
+launch() { # ID SEQ DIR ATTEMPT NONCE SPEC
   # (The temp folders too: one mkdir here saves the wrapper one.)
-  if mkdir -p -- "$2/.hsm" "$2/tmp" "$2/cuda_cache" 2>/dev/null &&
-    printf '%s %s\n' "$3" "$4" 2>/dev/null >"$2/.hsm/launch" &&
-    printf '%b' "$5" 2>/dev/null >"$2/.hsm/spec"; then
-    (cd / && exec setsid bash "$w" "$2" </dev/null >/dev/null 2>&1) &
+  if mkdir -p -- "$3/.hsm" "$3/tmp" "$3/cuda_cache" 2>/dev/null &&
+    printf '%s %s\n' "$4" "$5" 2>/dev/null >"$3/.hsm/launch" &&
+    printf '%b' "$6" 2>/dev/null >"$3/.hsm/spec"; then
+    (cd / && exec setsid bash "$w" "$3" </dev/null >/dev/null 2>&1) &
     forget "$1"
-    dirs[$1]=$2 att[$1]=$3 non[$1]=$4 pid[$1]=$!
-    { printf '%s %s %s\n' "$3" "$4" "$!" >"$2/.hsm/launch"; } 2>/dev/null
-    ev A "$1" "$!"
+    dirs[$1]=$3 att[$1]=$4 non[$1]=$5 pid[$1]=$!
+    { printf '%s %s %s\n' "$4" "$5" "$!" >"$3/.hsm/launch"; } 2>/dev/null
+    ev A "$2" "$!"
   else
-    ev E "$1" "cannot write the task spec in $2 (disk full or not writable?)"
+    ev E "$2" "cannot write the task spec in $3 (disk full or not writable?)"
   fi
 }
 run() {
@@ -195,7 +196,7 @@ run() {
       [[ ${cmd[5]} == +([0-9]) ]] && pid[cmd[1]]=${cmd[5]} || pid[cmd[1]]=
       ;;
     U) forget "${cmd[1]}" ;;
-    L) launch "${cmd[1]}" "${cmd[2]}" "${cmd[3]}" "${cmd[4]}" "${cmd[5]}" ;;
+    L) [[ ${cmd[2]} == +([0-9]) ]] && launch "${cmd[@]:1}" ;;
     P) pongs+=("${cmd[1]}") ;;
   esac
 }
@@ -207,7 +208,7 @@ while :; do
   if read -t 0; then
     IFS= read -r -d '' part || exit 0
     cmd+=("$part")
-    case ${cmd[0]} in W | L) n=6 ;; U | P) n=2 ;; *) n=1 cmd=() ;; esac
+    case ${cmd[0]} in L) n=7 ;; W) n=6 ;; U | P) n=2 ;; *) n=1 cmd=() ;; esac
     ((${#cmd[@]} < n)) && continue
     [[ ${cmd[1]} == +([0-9]) ]] && run
     cmd=()
