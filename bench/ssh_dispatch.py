@@ -1,6 +1,7 @@
 """SSH dispatch benchmark: hsm against GNU parallel on the same test-bed hosts, and failover.
 
     sudo .venv/bin/python bench/ssh_dispatch.py [--tasks 300] [--sleep 0.05] [--repeat 3]
+        [--rtt 0,10,40] [--failovers 3] [--json FILE]
 
 Brings up the SSH test bed (3 hosts, each its own network namespace and sshd), then runs
 TASKS tasks of ``sleep SLEEP`` with 2 slots per host:
@@ -10,7 +11,10 @@ TASKS tasks of ``sleep SLEEP`` with 2 slots per host:
 - ``parallel --sshloginfile`` with ``2/HOST`` lines and OpenSSH ControlMaster connections
   opened before the clock starts (GNU parallel's best case).
 
-The runs alternate; the table shows every run and the medians. Then it measures failover: three
+With ``--rtt``, each round trip (milliseconds) is measured in turn, both tools reaching the
+hosts through the same latency proxies (``tests/testbed/latency.py``: every chunk held for
+half the round trip each way); 0 is the direct network. The runs alternate; the table shows
+every run and the medians. Then it measures failover: three
 tasks on three hosts, the link of the first host is cut, and the time until its task runs on
 another host is taken (default settings: keepalive 1 s x 3). Needs root, GNU parallel and rsync.
 """
@@ -34,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.testbed import Host, TestBed, pick_free_subnet  # noqa: E402
+from tests.testbed.latency import LatencyProxies  # noqa: E402
 
 HSM = [sys.executable, "-m", "hsm.cli"]
 SMALL_HEALTH = {
@@ -44,7 +49,9 @@ SMALL_HEALTH = {
 }
 
 
-def write_project(root: Path, bed: TestBed, *, slots: int, disk_watch: bool) -> None:
+def write_project(
+    root: Path, bed: TestBed, *, slots: int, disk_watch: bool, ssh_config: Path
+) -> None:
     root.mkdir(parents=True, exist_ok=True)
     disk = {
         "project_min_free": "1MB",
@@ -58,7 +65,7 @@ def write_project(root: Path, bed: TestBed, *, slots: int, disk_watch: bool) -> 
         "health": SMALL_HEALTH,
         "distributed": {
             "include_local": False,
-            "ssh_config": str(bed.ssh_config_path),
+            "ssh_config": str(ssh_config),
             "remotes": {
                 f"h{h.index}": {
                     "host": h.name,
@@ -99,14 +106,13 @@ def run_hsm(root: Path, spec: str) -> float:
 class Parallel:
     """GNU parallel over OpenSSH with one ControlMaster per host, opened beforehand."""
 
-    def __init__(self, bed: TestBed, work: Path, slots: int) -> None:
+    def __init__(self, bed: TestBed, work: Path, slots: int, ssh_config: Path) -> None:
         self.bed = bed
-        self.control = work / "cm"
-        self.control.mkdir()
+        self.control = Path(tempfile.mkdtemp(prefix="cm", dir=work))
         self.ssh = [
             "ssh",
             "-F",
-            str(bed.ssh_config_path),
+            str(ssh_config),
             "-o",
             "ControlMaster=no",
             "-o",
@@ -119,7 +125,7 @@ class Parallel:
                 [
                     "ssh",
                     "-F",
-                    str(bed.ssh_config_path),
+                    str(ssh_config),
                     "-o",
                     "ControlMaster=yes",
                     "-o",
@@ -209,12 +215,34 @@ def failover(root: Path, bed: TestBed) -> float:
     return moved - cut
 
 
+def dispatch(
+    root: Path, bed: TestBed, work: Path, args: argparse.Namespace, ssh_config: Path
+) -> dict[str, list[float]]:
+    """Alternating runs of hsm and GNU parallel, both over ``ssh_config``."""
+    write_project(root, bed, slots=args.slots, disk_watch=args.disk_watch, ssh_config=ssh_config)
+    spec = sweep(root, "sweep.yaml", ["bash", "-c", f"sleep {args.sleep}", "task"], args.tasks)
+    gnu = Parallel(bed, work, args.slots, ssh_config)
+    times: dict[str, list[float]] = {"hsm": [], "parallel": []}
+    try:
+        for _ in range(args.repeat):
+            times["hsm"].append(run_hsm(root, spec))
+            times["parallel"].append(gnu.run(args.tasks, args.sleep))
+    finally:
+        gnu.close()
+    return times
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=300)
     parser.add_argument("--sleep", type=float, default=0.05)
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--rtt",
+        default="0",
+        help="round trips to emulate, in milliseconds, comma-separated (default 0: direct)",
+    )
     parser.add_argument("--failovers", type=int, default=3)
     parser.add_argument(
         "--no-disk-watch",
@@ -227,44 +255,59 @@ def main() -> int:
         "--json", type=Path, metavar="FILE", help="also write the figures as JSON to FILE"
     )
     args = parser.parse_args()
+    rtts = [float(r) for r in args.rtt.split(",")]
     if os.geteuid() != 0:
         raise SystemExit("needs root (the test bed uses network namespaces)")
     if shutil.which("parallel") is None:
         raise SystemExit("GNU parallel is missing: apt-get install -y parallel")
     bed = TestBed(prefix=f"hsmbn{os.getpid() % 100000}", subnet=pick_free_subnet())
     work = Path(tempfile.mkdtemp(prefix="hsm-bench-ssh-"))
+    by_rtt: dict[float, dict[str, list[float]]] = {}
     try:
         bed.up(3)
         root = work / "project"
-        write_project(root, bed, slots=args.slots, disk_watch=args.disk_watch)
-        spec = sweep(root, "sweep.yaml", ["bash", "-c", f"sleep {args.sleep}", "task"], args.tasks)
-        gnu = Parallel(bed, work, args.slots)
-        times: dict[str, list[float]] = {"hsm": [], "parallel": []}
-        try:
-            for _ in range(args.repeat):
-                times["hsm"].append(run_hsm(root, spec))
-                times["parallel"].append(gnu.run(args.tasks, args.sleep))
-        finally:
-            gnu.close()
+        for rtt in rtts:
+            if rtt == 0:
+                by_rtt[rtt] = dispatch(root, bed, work, args, bed.ssh_config_path)
+                continue
+            with LatencyProxies(bed, rtt / 1000) as proxies:
+                by_rtt[rtt] = dispatch(root, bed, work, args, proxies.ssh_config)
+        write_project(
+            root, bed, slots=args.slots, disk_watch=args.disk_watch, ssh_config=bed.ssh_config_path
+        )
         moves = [failover(root, bed) for _ in range(args.failovers)]
     finally:
         bed.down()
         shutil.rmtree(work, ignore_errors=True)
 
-    hsm_s, par_s = statistics.median(times["hsm"]), statistics.median(times["parallel"])
     slots = args.slots * 3
     print(
         f"{args.tasks} tasks of `sleep {args.sleep}` on 3 hosts x {args.slots} slots "
         f"({slots} at once); ideal {args.tasks / slots * args.sleep:.2f} s"
     )
-    print(f"{'':26}{'runs (s)':>28}{'median (s)':>12}")
-    for name, label in (("hsm", "hsm run"), ("parallel", "GNU parallel (ControlMaster)")):
-        runs = " ".join(f"{t:.2f}" for t in times[name])
-        print(f"{label:26}{runs:>28}{statistics.median(times[name]):>12.2f}")
-    print(f"{'ratio hsm / parallel':26}{'':>28}{hsm_s / par_s:>12.2f}")
+    print(f"{'':40}{'runs (s)':>28}{'median (s)':>12}")
+    figures = []
+    for rtt, times in by_rtt.items():
+        hsm_s, par_s = statistics.median(times["hsm"]), statistics.median(times["parallel"])
+        for name, label in (("hsm", "hsm run"), ("parallel", "GNU parallel (ControlMaster)")):
+            runs = " ".join(f"{t:.2f}" for t in times[name])
+            print(
+                f"{label + f' RTT {rtt:g} ms':40}{runs:>28}{statistics.median(times[name]):>12.2f}"
+            )
+        print(f"{f'ratio hsm / parallel, RTT {rtt:g} ms':40}{'':>28}{hsm_s / par_s:>12.2f}")
+        figures.append(
+            {
+                "rtt_ms": rtt,
+                "hsm_s": hsm_s,
+                "parallel_s": par_s,
+                "ratio": hsm_s / par_s,
+                "hsm_runs": times["hsm"],
+                "parallel_runs": times["parallel"],
+            }
+        )
     if moves:
         print(
-            f"{'failover (link cut)':26}{' '.join(f'{m:.1f}' for m in moves):>28}"
+            f"{'failover (link cut)':40}{' '.join(f'{m:.1f}' for m in moves):>28}"
             f"{statistics.median(moves):>12.1f}"
         )
     if args.json:
@@ -274,11 +317,8 @@ def main() -> int:
                     "tasks": args.tasks,
                     "sleep": args.sleep,
                     "slots": slots,
-                    "hsm_s": hsm_s,
-                    "parallel_s": par_s,
-                    "hsm_runs": times["hsm"],
-                    "parallel_runs": times["parallel"],
-                    "failover_s": statistics.median(moves),
+                    "by_rtt": figures,
+                    "failover_s": statistics.median(moves) if moves else None,
                     "failovers": moves,
                 }
             )

@@ -18,6 +18,7 @@ import pytest
 
 from tests.testbed import Host, SlurmCluster, TestBed, cleanup_stale, pick_free_subnet
 from tests.testbed._util import OWNER_ENV, mounts, pid_alive, pids_with_env
+from tests.testbed.latency import LatencyProxies
 
 pytestmark = [
     pytest.mark.root,
@@ -80,6 +81,37 @@ def test_asyncssh_reaches_every_host_with_known_hosts(testbed_hosts: list[Host])
         out = asyncio.run(_asyncssh_run(host, ["hostname", f"df -B1 {host.work_dir}"]))
         assert out[0].strip() == host.name
         assert host.work_dir in out[1]
+
+
+def test_latency_proxies_delay_each_round_trip_and_keep_the_bytes(
+    testbed: TestBed, testbed_hosts: list[Host]
+) -> None:
+    # Every host behind a proxy that holds each chunk for half of a 200 ms round trip: a
+    # command over OpenSSH takes several round trips (key exchange, auth, channel), so at
+    # least two of them (a lower bound: a busy machine only makes it slower); the bytes
+    # arrive whole, and the host key is still verified.
+    host = testbed_hosts[0]
+    blob = os.urandom(300_000).hex()
+    with LatencyProxies(testbed, 0.2) as proxies:
+        began = time.monotonic()
+        proc = subprocess.run(
+            ["ssh", "-F", str(proxies.ssh_config), host.name, "cat"],
+            input=blob,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        took = time.monotonic() - began
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == blob
+        assert took >= 0.4
+        proxies.known_hosts.write_text("")  # no known key: refused
+        refused = subprocess.run(
+            ["ssh", "-F", str(proxies.ssh_config), host.name, "true"],
+            capture_output=True,
+            timeout=60,
+        )
+        assert refused.returncode == 255
 
 
 def test_host_run_enters_the_namespaces(testbed_hosts: list[Host]) -> None:
