@@ -27,7 +27,15 @@ HOSTILE_WRAPPER = '/scratch/it\'s a "dir"\n$(touch /tmp/hsm-canary)/.hsm/wrapper
 TASKS = ["task_0001", "task_0007", "task_0042"]
 
 FULL = JobOptions.merge(
-    Resources(gpus=2, cpus=8, mem="16G", walltime="1-02:03:04", partition="gpu", gpu_type="a100"),
+    Resources(
+        gpus=2,
+        cpus=8,
+        mem="16G",
+        walltime="1-02:03:04",
+        partition="gpu",
+        gpu_type="a100",
+        signal="USR1@90",
+    ),
     ClusterSettings(
         qos="high",
         account="proj42",
@@ -37,7 +45,15 @@ FULL = JobOptions.merge(
     "distributed.remotes.c",
 )
 FULL_PBS = JobOptions.merge(
-    Resources(gpus=2, cpus=8, mem="16G", walltime="1-02:03:04", partition="gpuq", gpu_type="a100"),
+    Resources(
+        gpus=2,
+        cpus=8,
+        mem="16G",
+        walltime="1-02:03:04",
+        partition="gpuq",
+        gpu_type="a100",
+        signal="USR2@120",
+    ),
     ClusterSettings(account="proj42", modules=("cuda/12.1",), directives=("-l place=excl",)),
     "distributed.remotes.c",
 )
@@ -80,6 +96,7 @@ def test_slurm_header_maps_every_resource() -> None:
         "#SBATCH --output=/dev/null",
         "#SBATCH --no-requeue",
         "#SBATCH --time=1-02:03:04",
+        "#SBATCH --signal=B:USR1@90",
         "#SBATCH --cpus-per-task=8",
         "#SBATCH --mem=16384M",
         "#SBATCH --gres=gpu:a100:2",
@@ -101,6 +118,36 @@ def test_pbs_headers_map_every_resource() -> None:
     torque = Pbs("torque").header(FULL_PBS, ARRAY)
     assert "#PBS -l nodes=1:ppn=8:gpus=2:a100" in torque
     assert "#PBS -l mem=16384mb" in torque
+
+
+def test_pbs_sends_the_checkpoint_signal_itself(tmp_path: Path) -> None:
+    # PBS cannot signal before the walltime: the job script starts a timer that signals the
+    # wrapper (the job script becomes the wrapper) SECONDS before the walltime.
+    root, _, record = _fake_tree(tmp_path)
+    wrapper = Path(root) / "waits.sh"
+    wrapper.write_text(
+        f"trap 'printf USR2 > {_sh(record)}; exit 0' USR2\n"
+        "for _ in $(seq 100); do sleep 0.1; done; exit 1\n"
+    )
+    opts = JobOptions.merge(
+        Resources(walltime="00:00:03", signal="USR2@2"), ClusterSettings(), "distributed.remotes.c"
+    )
+    text = Pbs("pro").render(opts, ARRAY, root=root, wrapper=str(wrapper), tasks=TASKS)
+    assert "sleep 1 && kill -USR2 $$" in text
+    proc = subprocess.run(
+        ["bash", "-c", text],
+        env={**os.environ, "PBS_ARRAY_INDEX": "1"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert record.read_text() == "USR2"
+    # Without a walltime there is nothing to count from: refused before anything starts.
+    bare = JobOptions.merge(Resources(signal="USR1@60"), ClusterSettings(), "c")
+    with pytest.raises(ConfigError, match="resources.signal: USR1@60 needs resources.walltime"):
+        Pbs("pro").check_signal(bare)
+    Slurm().check_signal(bare)  # Slurm signals by itself
 
 
 def test_a_directive_of_another_scheduler_is_refused() -> None:

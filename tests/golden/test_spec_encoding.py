@@ -54,6 +54,7 @@ def hostile_spec() -> TaskSpec:
         argv=["python", "train.py", *(f"p{i}={v}" for i, v in enumerate(HOSTILE)), ""],
         info="Task: 7\nSweep: sweep_20240101_120000\nCommand: python train.py 'it'\"'\"'s'\n",
         nonce="0123456789abcdef0123456789abcdef",
+        signal="USR2",
     )
 
 
@@ -77,9 +78,10 @@ def test_golden_layout() -> None:
     spec = hostile_spec()
     f = fields(GOLDEN.read_bytes())
     assert f[0] == SPEC_MAGIC.encode()
-    assert f[1:9] == [
+    assert f[1:10] == [
         b"2",
         spec.nonce.encode(),
+        b"USR2",
         spec.project_dir.encode(),
         b"2000000000",
         b"1000000000",
@@ -87,10 +89,10 @@ def test_golden_layout() -> None:
         b"1000000000",
         b"200000000",
     ]
-    n_env = int(f[9])
+    n_env = int(f[10])
     assert n_env == len(spec.env)
-    assert f[10 : 10 + n_env] == [f"{k}={v}".encode() for k, v in spec.env.items()]
-    i = 10 + n_env
+    assert f[11 : 11 + n_env] == [f"{k}={v}".encode() for k, v in spec.env.items()]
+    i = 11 + n_env
     assert int(f[i]) == len(spec.setup)
     assert f[i + 1 : i + 1 + len(spec.setup)] == [s.encode() for s in spec.setup]
     i += 1 + len(spec.setup)

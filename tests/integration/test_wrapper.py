@@ -169,6 +169,7 @@ class Task:
         setup: Sequence[str] = (),
         attempt: int = 1,
         nonce: str = "",
+        signal: str = "",
     ) -> None:
         write_spec(
             self.dir,
@@ -181,6 +182,7 @@ class Task:
                 argv=list(argv),
                 info=INFO.format(attempt=attempt),
                 nonce=nonce,
+                signal=signal,
             ),
         )
 
@@ -719,3 +721,42 @@ def test_a_stop_before_the_task_starts_is_not_lost(task: Task, runner: Runner) -
     assert proc.returncode == (status.exit_code if status.exit_code is not None else 1)
     assert not effect.exists()
     runner.assert_nothing_left(proc)
+
+
+CHECKPOINTING = """
+import os, signal, sys, time
+def checkpoint(sig, frame):
+    open("checkpoint", "w").write(signal.Signals(sig).name)
+    sys.exit(0)
+signal.signal(signal.SIGUSR1, checkpoint)
+signal.signal(signal.SIGUSR2, checkpoint)
+open("ready", "w").close()
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("sig", ["USR1", "USR2"])
+def test_the_checkpoint_signal_reaches_the_task(task: Task, runner: Runner, sig: str) -> None:
+    # The scheduler signals the wrapper before the walltime; the wrapper passes it on to
+    # the task, which checkpoints and ends on its own. (The task runs in the project folder.)
+    task.write(py(CHECKPOINTING), guard=WATCHING, signal=sig)
+    proc = runner.start(task.dir)
+    wait_until(lambda: (task.project / "ready").exists(), 20, "the task")
+    proc.send_signal(getattr(signal, f"SIG{sig}"))
+    assert proc.wait(timeout=20) == 0
+    assert (task.project / "checkpoint").read_text() == f"SIG{sig}"
+    status = task.status()
+    assert status is not None and status.cause is Cause.COMPLETED
+    assert f"Signal {sig} passed to the task at " in task.info()
+
+
+def test_a_signal_the_task_did_not_ask_for_is_not_passed_on(task: Task, runner: Runner) -> None:
+    task.write(py(CHECKPOINTING), guard=WATCHING, signal="USR2")
+    proc = runner.start(task.dir)
+    wait_until(lambda: (task.project / "ready").exists(), 20, "the task")
+    proc.send_signal(signal.SIGUSR1)  # not the task's: ignored, and the wrapper lives on
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=20)
+    status = task.status()
+    assert status is not None and status.cause is Cause.CANCELLED
+    assert not (task.project / "checkpoint").exists()

@@ -285,7 +285,11 @@ def test_bad_nonces_are_rejected(nonce: Any) -> None:
 
 def test_nonce_follows_the_attempt() -> None:
     data = encode_spec(spec(attempt=3, nonce="9f" * 16))
-    assert data.split(b"\0")[:4] == [b"hsm-spec-2", b"3", b"9f" * 16, b"/p"]
+    assert data.split(b"\0")[:5] == [b"hsm-spec-3", b"3", b"9f" * 16, b"", b"/p"]
+    data = encode_spec(spec(attempt=3, nonce="ab", signal="USR1"))
+    assert data.split(b"\0")[:5] == [b"hsm-spec-3", b"3", b"ab", b"USR1", b"/p"]
+    with pytest.raises(ValueError, match="signal"):
+        encode_spec(spec(signal="TERM"))
     assert encode_spec(spec()).split(b"\0")[2] == b""
 
 

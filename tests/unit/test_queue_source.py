@@ -155,7 +155,7 @@ def test_a_big_batch_becomes_chained_chunks() -> None:
     assert login.calls[0] == ["<write>", str(3 + 5 + 5)]
     marker = login.files[f"{ROOT}/tasks/task_0004/.hsm/submit"]
     assert marker == "hsm-submit-1\nhsm-s1-13\n2\n2\n1\n"
-    assert login.files[f"{ROOT}/tasks/task_0005/.hsm/spec"].startswith("hsm-spec-2")
+    assert login.files[f"{ROOT}/tasks/task_0005/.hsm/spec"].startswith("hsm-spec-3")
 
 
 def test_a_chunk_refused_after_others_fails_only_its_own_requests() -> None:

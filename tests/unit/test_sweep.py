@@ -457,3 +457,25 @@ def test_missing_sweep_file(project: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_sweep(project / "nope.yaml", project)
     assert_clean_message(info.value.message, "nope.yaml", "not found")
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "seconds"), [("USR1@90", "USR1", 90), ("SIGUSR2@300", "USR2", 300)]
+)
+def test_a_checkpoint_signal(text: str, name: str, seconds: int) -> None:
+    s = sweep_from_data(
+        {"command": ["true"], "sweep": {"grid": {"a": [1]}}, "resources": {"signal": text}},
+        Path("sweep.yaml"),
+        None,
+    )
+    assert (s.resources.signal_name, s.resources.signal_seconds) == (name, seconds)
+
+
+@pytest.mark.parametrize("text", ["TERM@90", "USR1", "USR1@0", "USR1@-5", "KILL@10"])
+def test_a_bad_checkpoint_signal_names_the_key(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"resources\.signal"):
+        sweep_from_data(
+            {"command": ["true"], "sweep": {"grid": {"a": [1]}}, "resources": {"signal": text}},
+            Path("sweep.yaml"),
+            None,
+        )

@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 WRAPPER_PATH: Path = Path(__file__).with_name("wrapper.sh")
 
-SPEC_MAGIC = "hsm-spec-2"
+SPEC_MAGIC = "hsm-spec-3"
+SPEC_MAGICS = ("hsm-spec-2", SPEC_MAGIC)  # the ones a task folder may hold
 HSM_DIR = ".hsm"
 SPEC_FILE = f"{HSM_DIR}/spec"
 LAUNCH_FILE = f"{HSM_DIR}/launch"  # "ATTEMPT NONCE [PID]\n", by the SSH host monitor
@@ -42,6 +43,7 @@ STATUS_VERSION = 2
 
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NONCE = re.compile(r"[0-9a-f]{0,32}")
+CHECKPOINT_SIGNALS = ("", "USR1", "USR2")
 
 
 def wrapper_text() -> str:
@@ -72,6 +74,7 @@ class TaskSpec:
     argv: Sequence[str]
     info: str
     nonce: str = ""  # the attempt's launch nonce, written into every status.json
+    signal: str = ""  # "USR1" or "USR2": passed on to the task when the wrapper gets it
 
 
 def _field(name: str, value: str) -> bytes:
@@ -100,10 +103,13 @@ def encode_spec(spec: TaskSpec) -> bytes:
         raise ValueError(
             f"nonce must be 1 to 32 lower-case hex digits or empty, got {spec.nonce!r}"
         )
+    if spec.signal not in CHECKPOINT_SIGNALS:
+        raise ValueError(f"signal must be one of {CHECKPOINT_SIGNALS}, got {spec.signal!r}")
     out = [
         _field("magic", SPEC_MAGIC),
         _field("attempt", str(spec.attempt)),
         _field("nonce", spec.nonce),
+        _field("signal", spec.signal),
     ]
     out.append(_field("project_dir", spec.project_dir))
     out += [_field(name, str(number)) for name, number in list(numbers.items())[1:]]
@@ -139,6 +145,19 @@ def write_spec(task_dir: Path, spec: TaskSpec) -> None:
     spare = task_dir / STATUS_SPARE
     if not spare.exists():
         spare.write_bytes(b" " * (STATUS_SIZE - 1) + b"\n")
+
+
+def spec_nonce(task_dir: Path) -> str | None:
+    """The launch nonce in the task folder's spec (None: no spec, or not readable)."""
+    try:
+        with open(task_dir / SPEC_FILE, "rb") as f:
+            head = f.read(128)
+    except OSError:
+        return None
+    fields = head.split(b"\0")
+    if len(fields) < 3 or fields[0].decode("ascii", "replace") not in SPEC_MAGICS:
+        return None
+    return fields[2].decode("ascii", "replace")
 
 
 class WrapperState(enum.StrEnum):

@@ -14,4 +14,5 @@ hsm_dir=$hsm_root/${hsm_tasks[hsm_i - 1]}
 exec >>"$hsm_dir/.hsm/job.log" 2>&1 </dev/null
 printf 'hsm: %s element %s on %s\n' "@JOB_ID@" "$hsm_i" "${HOSTNAME:-unknown}"
 @MODULES@
+@TIMER@
 exec bash "$hsm_wrapper" "$hsm_dir"

@@ -47,8 +47,19 @@ hsm_kill_task() { # SIGTERM to the task's process group now, SIGKILL after the g
   hsm_killer=$!
   set +m
 }
+# shellcheck disable=SC2329 # a trap handler
+hsm_pass() { # trap handler: pass the checkpoint signal $1 on to the task's process group
+  [[ $BASHPID == "$$" ]] || return 0 # the task before its exec: it gets it once it runs
+  [[ $1 == "${hsm_signal-}" ]] && ((hsm_running)) && [[ -n $hsm_pgid ]] || return 0
+  kill -"$1" -- "-$hsm_pgid" 2>/dev/null
+  hsm_now_epoch
+  hsm_date "${hsm_t%.*}"
+  hsm_info_append "Signal $1 passed to the task at $hsm_d (a checkpoint before the walltime)"$'\n'
+}
 trap 'hsm_stop cancelled' TERM INT HUP
-trap 'hsm_stop disk_kill' USR1
+trap 'hsm_stop disk_kill' URG # from the disk watcher (USR1 and USR2 are the task's)
+trap 'hsm_pass USR1' USR1
+trap 'hsm_pass USR2' USR2
 
 (($# == 1)) && [[ -n $1 ]] || hsm_die "usage: bash wrapper.sh TASK_DIR"
 hsm_task_dir=$1
@@ -68,21 +79,23 @@ hsm_months=(Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec)
 mapfile -d '' -t hsm_f <"$hsm_meta/spec" || hsm_die "cannot read $hsm_meta/spec"
 hsm_uint='^[0-9]+$'
 hsm_bad_spec() { hsm_die "invalid task spec in $hsm_meta/spec: $1"; }
-[[ ${hsm_f[0]-} == hsm-spec-2 ]] || hsm_bad_spec "unknown format"
-((${#hsm_f[@]} >= 13)) || hsm_bad_spec "too few fields"
-for hsm_i in 1 4 5 6 7 8; do
+[[ ${hsm_f[0]-} == hsm-spec-3 ]] || hsm_bad_spec "unknown format"
+((${#hsm_f[@]} >= 14)) || hsm_bad_spec "too few fields"
+for hsm_i in 1 5 6 7 8 9; do
   [[ ${hsm_f[hsm_i]} =~ $hsm_uint ]] || hsm_bad_spec "field $hsm_i is not a number"
 done
 [[ ${hsm_f[2]} =~ ^[0-9a-f]{0,32}$ ]] || hsm_bad_spec "field 2 is not a nonce"
+[[ ${hsm_f[3]} =~ ^(USR1|USR2)?$ ]] || hsm_bad_spec "field 3 is not a signal"
 hsm_attempt=$((10#${hsm_f[1]}))
 hsm_nonce=${hsm_f[2]}
-hsm_project_dir=${hsm_f[3]}
-hsm_project_min=$((10#${hsm_f[4]}))
-hsm_task_min=$((10#${hsm_f[5]}))
-hsm_interval=$((10#${hsm_f[6]}))
-hsm_warn_below=$((10#${hsm_f[7]}))
-hsm_kill_below=$((10#${hsm_f[8]}))
-hsm_i=9
+hsm_signal=${hsm_f[3]}
+hsm_project_dir=${hsm_f[4]}
+hsm_project_min=$((10#${hsm_f[5]}))
+hsm_task_min=$((10#${hsm_f[6]}))
+hsm_interval=$((10#${hsm_f[7]}))
+hsm_warn_below=$((10#${hsm_f[8]}))
+hsm_kill_below=$((10#${hsm_f[9]}))
+hsm_i=10
 hsm_take() { # hsm_take NAME: the next counted group of fields into the array NAME
   local n=${hsm_f[hsm_i]-}
   [[ $n =~ $hsm_uint ]] || hsm_bad_spec "field $hsm_i is not a count"
@@ -331,7 +344,7 @@ hsm_write_status running null null null
 # The disk watcher: a background process group of its own, ended with the task.
 hsm_watch() {
   local low=0 a i tick=''
-  trap - TERM INT HUP USR1
+  trap - TERM INT HUP URG USR1 USR2
   # A pipe that never delivers anything: `read -t` on it sleeps without starting a process.
   { exec {tick}<> <(:); } 2>/dev/null || tick=''
   while :; do
@@ -366,7 +379,7 @@ hsm_watch() {
       hsm_line+=" (limit ${hsm_g}GB), terminating the task"$'\n'
       { printf '%s' "$hsm_line" >>"$hsm_events_file"; } 2>/dev/null
       hsm_info_append "$hsm_line"
-      kill -USR1 "$$"
+      kill -URG "$$"
       exit 0
     fi
   done

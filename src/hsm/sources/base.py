@@ -233,7 +233,13 @@ class Source(ABC):
             argv=argv,
             info=info,
             nonce=req.nonce,
+            signal=self.checkpoint_signal() or "",
         )
+
+    def checkpoint_signal(self) -> str | None:
+        """The signal the wrapper passes on to the task (sent before the walltime, on a
+        cluster that has one); None: none."""
+        return None
 
 
 def task_folder_name(number: int) -> str:

@@ -15,12 +15,12 @@ from pathlib import Path
 from hsm import clock
 from hsm.engine.lifecycle import Ack, Facts
 from hsm.jobscript import (
-    SPEC_FILE,
     STATUS_FILE,
     WRAPPER_PATH,
     WrapperStatus,
     read_events,
     read_status,
+    spec_nonce,
     write_spec,
 )
 from hsm.sources.base import (
@@ -238,19 +238,6 @@ class LocalSource(Source):
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(fd)
             os.close(fd)
-
-
-def spec_nonce(task_dir: Path) -> str | None:
-    """The launch nonce in the task folder's spec (None: no spec, or not readable)."""
-    try:
-        with open(task_dir / SPEC_FILE, "rb") as f:
-            head = f.read(128)
-    except OSError:
-        return None
-    fields = head.split(b"\0")
-    if len(fields) < 3 or fields[0] != b"hsm-spec-2":
-        return None
-    return fields[2].decode("ascii", "replace")
 
 
 def _own(status: WrapperStatus | None, handle: JobHandle) -> WrapperStatus | None:

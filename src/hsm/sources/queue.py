@@ -147,6 +147,7 @@ class QueueSource(Source):
                 )
             await sched.configure(self._run, self.name)
             self.options = JobOptions.merge(res, self.settings, self._where)
+            sched.check_signal(self.options)
             try:  # a line of another scheduler is an error before anything starts
                 sched.directives(self.options)
             except ConfigError as exc:
@@ -244,6 +245,9 @@ class QueueSource(Source):
             "source %s: submitted %d task(s) as %s", self.name, len(requests), ", ".join(submitted)
         )
         return handles
+
+    def checkpoint_signal(self) -> str | None:
+        return self.options.signal
 
     def preview_script(self, ctx: SweepContext, numbers: Sequence[int]) -> str:
         """The job script of the first array a launch of ``numbers`` would submit, rendered

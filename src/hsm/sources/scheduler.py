@@ -39,7 +39,7 @@ async def require_answer(
         )
 
 
-_PLACEHOLDER = re.compile(r"@(HEADER|NAME|ROOT|WRAPPER|TASKS|INDEX|JOB_ID|MODULES)@\n?")
+_PLACEHOLDER = re.compile(r"@(HEADER|NAME|ROOT|WRAPPER|TASKS|INDEX|JOB_ID|MODULES|TIMER)@\n?")
 
 
 _unknown_seen: set[tuple[str, str]] = set()
@@ -97,6 +97,8 @@ class JobOptions:
     account: str | None = None
     modules: tuple[str, ...] = ()
     directives: tuple[str, ...] = ()
+    signal: str | None = None  # sent to the job wrapper, which passes it to the task
+    signal_seconds: int | None = None  # ... this many seconds before the walltime
 
     @classmethod
     def merge(cls, res: Resources, cfg: ClusterSettings, where: str) -> JobOptions:
@@ -111,6 +113,8 @@ class JobOptions:
             account=res.account or cfg.account,
             modules=cfg.modules,
             directives=cfg.directives,
+            signal=res.signal_name,
+            signal_seconds=res.signal_seconds,
         )
         for key in ("gpu_type", "partition", "qos", "account"):
             value = getattr(opts, key)
@@ -233,6 +237,7 @@ class Scheduler(ABC):
             "INDEX": self.index_expr,
             "JOB_ID": self.job_id_expr,
             "MODULES": modules,
+            "TIMER": self.signal_timer(opts),
         }
 
         def fill(match: re.Match[str]) -> str:
@@ -242,6 +247,28 @@ class Scheduler(ABC):
 
         # One pass: a value (e.g. a folder named "@TASKS@") is never substituted again.
         return _PLACEHOLDER.sub(fill, template)
+
+    native_signal = False  # the scheduler signals the batch shell before the walltime itself
+
+    def check_signal(self, opts: JobOptions) -> None:
+        """A checkpoint signal this scheduler cannot send needs a walltime to count from."""
+        if opts.signal and not self.native_signal and not opts.walltime_seconds:
+            raise ConfigError(
+                f"resources.signal: {opts.signal}@{opts.signal_seconds} needs "
+                f"resources.walltime on {self.name} (hsm sends the signal itself, counted "
+                "from the start of the job)"
+            )
+
+    def signal_timer(self, opts: JobOptions) -> str:
+        """For a scheduler that cannot signal before the walltime: a timer in the job script
+        (the job script becomes the wrapper, so $$ is the wrapper's pid)."""
+        if self.native_signal or opts.signal is None or not opts.walltime_seconds:
+            return ""
+        delay = max(opts.walltime_seconds - (opts.signal_seconds or 0), 0)
+        return (
+            f"(sleep {delay} && kill -{opts.signal} $$) </dev/null >/dev/null 2>&1 &"
+            "  # the checkpoint signal"
+        )
 
     def directives(self, opts: JobOptions) -> list[str]:
         """The user's extra directives, with the scheduler's prefix."""

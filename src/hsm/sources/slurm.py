@@ -157,6 +157,7 @@ class Slurm(Scheduler):
     ping = "scontrol ping"
     probe_sections = (("nodes", "sinfo -h -o '%P|%a|%D|%T'"), ("queue", "squeue -h --me -o %T"))
     chain_chunks = True
+    native_signal = True  # --signal=B:SIG@SECONDS
     max_array_size = 1000  # Slurm's default MaxArraySize is 1001: indexes up to 1000
 
     def __init__(self) -> None:
@@ -187,6 +188,8 @@ class Slurm(Scheduler):
         ]
         if opts.walltime_seconds:
             lines.append(f"--time={slurm_time(opts.walltime_seconds)}")
+        if opts.signal:  # to the batch shell: the job wrapper, which passes it to the task
+            lines.append(f"--signal=B:{opts.signal}@{opts.signal_seconds}")
         if opts.cpus:
             lines.append(f"--cpus-per-task={opts.cpus}")
         if opts.mem_mb:

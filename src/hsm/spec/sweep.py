@@ -138,8 +138,25 @@ def _check_key(key: str) -> str:
     return key
 
 
+# Signals a task may ask for before its walltime: the job wrapper uses TERM, INT and HUP
+# to stop a task, so only these two.
+CHECKPOINT_SIGNALS = ("USR1", "USR2")
+_SIGNAL = re.compile(r"(?:SIG)?(USR1|USR2)@([1-9][0-9]*)")
+
+
+def _check_signal(text: str) -> str:
+    match = _SIGNAL.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(
+            f'{text!r} is not a checkpoint signal: write SIGNAL@SECONDS, e.g. "USR1@90" '
+            f"(SIGNAL is one of {', '.join(CHECKPOINT_SIGNALS)}; SECONDS before the walltime)"
+        )
+    return f"{match.group(1)}@{match.group(2)}"
+
+
 Walltime = Annotated[str, BeforeValidator(_minutes_as_text), AfterValidator(_check_walltime)]
 Mem = Annotated[str, BeforeValidator(_minutes_as_text), AfterValidator(_check_mem)]
+Signal = Annotated[str, AfterValidator(_check_signal)]
 Command = Annotated[list[str], BeforeValidator(_split_command), Field(min_length=1)]
 ArgKey = Annotated[str, AfterValidator(_check_key)]
 
@@ -159,6 +176,16 @@ class Resources(_Model):
     qos: str | None = None
     account: str | None = None
     gpu_type: str | None = None
+    # "USR1@90": the task gets SIGUSR1 90 s before its walltime (a checkpoint), on clusters
+    signal: Signal | None = None
+
+    @property
+    def signal_name(self) -> str | None:
+        return None if self.signal is None else self.signal.partition("@")[0]
+
+    @property
+    def signal_seconds(self) -> int | None:
+        return None if self.signal is None else int(self.signal.partition("@")[2])
 
     @property
     def walltime_seconds(self) -> int | None:

@@ -4,6 +4,7 @@
 #SBATCH --output=/dev/null
 #SBATCH --no-requeue
 #SBATCH --time=1-02:03:04
+#SBATCH --signal=B:USR1@90
 #SBATCH --cpus-per-task=8
 #SBATCH --mem=16384M
 #SBATCH --gres=gpu:a100:2
