@@ -319,3 +319,57 @@ def test_timeouts_rerun_with_a_longer_walltime_keep_their_numbers(
     assert status.returncode == 0, status
     assert "rerun " in status.stdout and "failed tasks (timeout)" in status.stdout
     assert "walltime=00:05:00" in status.stdout
+
+
+CHECKPOINT_TASK = """\
+import os, signal, sys, time
+folder = os.environ["HSM_TASK_DIR"]
+ckpt = os.path.join(folder, "checkpoint")
+if os.path.exists(ckpt):
+    print("resumed from", open(ckpt).read())
+    sys.exit(0)
+def save(sig, frame):
+    open(ckpt, "w").write(signal.Signals(sig).name)
+signal.signal(signal.SIGUSR1, save)
+time.sleep(300)  # until the walltime
+"""
+
+
+@pytest.mark.timeout(420)
+def test_a_checkpointed_task_resumes_in_its_folder_after_its_walltime(
+    slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    # Slurm sends USR1 before the walltime (resources.signal); the wrapper passes it on, the
+    # task checkpoints into its folder, and Slurm ends it at the walltime (TIMEOUT). The retry
+    # goes back to the same cluster and the same folder, and resumes from the checkpoint.
+    root = cluster_project(tmp_path / "p", local_cluster(), max_retries=1)
+    (root / "ckpt.py").write_text(CHECKPOINT_TASK)
+    (root / "sweep.yaml").write_text(
+        json.dumps(
+            {
+                "command": ["python3", "ckpt.py"],
+                "sweep": {"grid": {"x": [1]}},
+                "output_dir_arg": None,
+                "wandb_group_arg": None,
+                "resources": {"walltime": 1, "mem": "100M", "signal": "USR1@50"},
+            }
+        )
+    )
+    result = hsm(
+        "run", "sweep.yaml", "--source", "cluster", "--name", "ckpt", "--json",
+        cwd=root, env=slurm.env(), timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, outputs(root)
+    [task] = tasks_by_number(result).values()
+    assert (task["status"], task["attempts"]) == ("completed", 2)
+    assert [(a["state"], a["cause"]) for a in attempts(root, "ckpt")] == [
+        ("failed", "timeout"),
+        ("completed", "completed"),
+    ]
+    folder = Path(task["task_dir"])
+    assert (folder / "checkpoint").read_text() == "SIGUSR1"
+    assert (folder / "stdout.log").read_text().strip().endswith("resumed from SIGUSR1")
+    info = (folder / "task_info.txt").read_text()
+    assert "Signal USR1 passed to the task at " in info and "Attempt: 2" in info
+    [script, *_] = run_dir(root, "ckpt").joinpath(".hsm", "jobs").iterdir()
+    assert "#SBATCH --signal=B:USR1@50" in script.read_text()

@@ -1,4 +1,4 @@
-from hsm.engine.policy import judge_attempt
+from hsm.engine.policy import home_source, homes, judge_attempt
 from hsm.engine.strategy import LeastLoaded, RoundRobin, SlotView, prefer
 from hsm.states import AttemptState, Cause, TaskStatus
 
@@ -69,3 +69,18 @@ def test_prefer_avoids_failed_sources_when_possible() -> None:
     c = [SlotView("a", 1, 0), SlotView("b", 1, 0)]
     assert [v.name for v in prefer(c, {"a"})] == ["b"]
     assert [v.name for v in prefer(c, {"a", "b"})] == ["a", "b"]
+
+
+def test_a_retry_after_a_walltime_or_preemption_goes_home() -> None:
+    recorded = [
+        (1, 1, "c1", "timeout"),
+        (2, 1, "c1", "preempted"),
+        (2, 2, "c2", "node_fail"),  # its last attempt: no checkpoint to go back to
+        (3, 1, "c2", "preempted"),
+        (4, 1, "c1", None),  # running
+        (5, 2, "c2", "timeout"),
+        (5, 1, "c1", "task_failed"),  # listed out of order
+    ]
+    assert homes(recorded) == {1: "c1", 3: "c2", 5: "c2"}
+    assert home_source(Cause.TIMEOUT, "c1") == "c1"
+    assert home_source(Cause.LOST, "c1") is None

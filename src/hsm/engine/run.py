@@ -22,7 +22,7 @@ from hsm.engine.lifecycle import Next, Verdict
 from hsm.engine.messages import event_level, failed_task_message
 from hsm.engine.monitor import SourceMonitor
 from hsm.engine.pacing import poll_pacer
-from hsm.engine.policy import judge_attempt
+from hsm.engine.policy import home_source, homes, judge_attempt
 from hsm.engine.strategy import make_strategy, views
 from hsm.engine.summary import failed_message
 from hsm.errors import ConfigError, ExitCode
@@ -107,6 +107,7 @@ class Engine:
         self.strategy = make_strategy(options.strategy)
         self.pending: deque[int] = deque()
         self.avoid: dict[int, set[str]] = {}
+        self.home: dict[int, str] = {}  # a retry after a walltime or preemption goes back here
         self.running: dict[str, dict[int, Running]] = {n: {} for n in self.sources}
         self.free_slots: dict[str, list[int]] = {}
         self.counts: dict[TaskStatus, int] = {}
@@ -217,6 +218,9 @@ class Engine:
         # Placement memory comes from the recorded attempts, so it survives any restart;
         # tasks that already failed or were lost somewhere go first.
         self.avoid = self.store.failed_placements(self.sweep_id)
+        self.home = homes(
+            (a.number, a.attempt, a.source, a.cause) for a in self.store.attempts(self.sweep_id)
+        )
         numbers = self.store.pending_numbers(self.sweep_id)
         self.pending.extend(n for n in numbers if n in self.avoid)
         self.pending.extend(n for n in numbers if n not in self.avoid)
@@ -418,7 +422,15 @@ class Engine:
             if not candidates:
                 break
             number = self.pending.popleft()
-            avoid = self.avoid.get(number, set())
+            home = self.home.get(number)
+            if home is not None and self._open_to_work(home):
+                # Its checkpoint is in its folder there: it waits for a slot on that source.
+                at_home = [c for c in candidates if c.name == home]
+                if not at_home:
+                    held.append(number)
+                    continue
+                candidates = at_home
+            avoid = self.avoid.get(number, set()) - {home}
             fresh = [c for c in candidates if c.name not in avoid]
             if (
                 avoid
@@ -451,6 +463,8 @@ class Engine:
         source = self.sources[name]
         if not source.capabilities.remote:  # it runs in the task folder: give it a clean one
             for req in requests:
+                if self.home.get(req.number) == name:
+                    continue  # a retry that may resume from the checkpoint in its folder
                 try:
                     fence.set_aside(Path(source.task_dir(self.ctx, req.number)))
                 except OSError as exc:
@@ -741,6 +755,11 @@ class Engine:
         self._count(TaskStatus.RUNNING, task_status)
         if verdict.attempt_state in (AttemptState.FAILED, AttemptState.LOST):
             self.avoid.setdefault(attempt.number, set()).add(name)
+        home = home_source(cause, name)
+        if home is not None:
+            self.home[attempt.number] = home
+        else:
+            self.home.pop(attempt.number, None)
         if verdict.retry and not (self._interrupted or self._cancelled or self._aborted):
             self.pending.appendleft(attempt.number)  # retried work goes first
             log.warning(
