@@ -164,10 +164,6 @@ class SourceMonitor:
             return slots
         return verdict.capacity(slots)
 
-    def reachable_or_unknown(self, name: str) -> bool:
-        st = self.state[name]
-        return st.verdict is None or st.verdict.disk_status is not None
-
     def refresh(self) -> None:
         """Pick up enable/disable done by ``hsm distributed`` from another process."""
         now = clock.monotonic()

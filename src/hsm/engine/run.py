@@ -23,7 +23,7 @@ from hsm.engine.messages import event_level, failed_task_message
 from hsm.engine.monitor import SourceMonitor
 from hsm.engine.pacing import poll_pacer
 from hsm.engine.policy import judge_attempt
-from hsm.engine.strategy import make_strategy, views
+from hsm.engine.strategy import make_strategy, prefer, views
 from hsm.engine.summary import failed_message
 from hsm.errors import ConfigError, ExitCode
 from hsm.jobscript import read_events, read_status
@@ -419,15 +419,13 @@ class Engine:
                 break
             number = self.pending.popleft()
             avoid = self.avoid.get(number, set())
-            fresh = [c for c in candidates if c.name not in avoid]
-            if (
-                avoid
-                and not fresh
-                and any(n not in avoid and self._open_to_work(n) for n in self.sources)
+            eligible = prefer(candidates, avoid)
+            if eligible[0].name in avoid and any(
+                n not in avoid and self._open_to_work(n) for n in self.sources
             ):
                 held.append(number)  # a source it has not failed on will free a slot
                 continue
-            choice = self.strategy.pick(fresh or candidates, self.order)
+            choice = self.strategy.pick(eligible, self.order)
             slot = self.free_slots[choice.name].pop()
             attempt = self.store.begin_attempt(self.sweep_id, number, source=choice.name, slot=slot)
             self.running[choice.name][attempt.id] = Running(attempt)

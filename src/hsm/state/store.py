@@ -943,14 +943,6 @@ class Store:
         out.reverse()
         return out
 
-    def add_event(self, source: str, kind: str, message: str, sweep_id: str | None = None) -> None:
-        with self.transaction() as tx:
-            tx.execute(
-                "INSERT INTO source_events (time, source, kind, message, sweep_id)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (clock.time(), source, kind, message, sweep_id),
-            )
-
     def last_event_time(self, source: str, kind: str) -> float | None:
         row = self._one(
             "SELECT max(time) FROM source_events WHERE source = ? AND kind = ?", (source, kind)
