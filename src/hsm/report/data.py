@@ -21,7 +21,7 @@ from hsm.report.files import failure_key, json_safe, read_tail, task_metrics
 from hsm.sources.base import task_folder_name
 from hsm.spec.config import HealthConfig
 from hsm.state import AttemptRow, EventRow, HealthRow, Store, SweepRow, TaskRow
-from hsm.states import AttemptState, SweepState, TaskStatus
+from hsm.states import ACTIVE_ATTEMPT, SweepState, TaskStatus
 
 REPORT_VERSION = 1
 SPEC_FILE = "sweep.yaml"  # the copy of the sweep file kept in the sweep folder
@@ -337,7 +337,7 @@ def spec_text(sweep: SweepRow) -> str:
 
 
 def outcome(attempt: AttemptRow) -> str:
-    if attempt.state in (AttemptState.LAUNCHING, AttemptState.RUNNING):
+    if attempt.state in ACTIVE_ATTEMPT:
         return "running"
     return attempt.state.value
 

@@ -7,7 +7,7 @@ import errno
 import json
 import secrets
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +16,24 @@ from typing import Any
 from hsm import clock
 from hsm.errors import StateError, UnknownSweepError
 from hsm.state.schema import migrate
-from hsm.states import TRIED_ATTEMPT, AttemptState, Cause, SweepState, TaskStatus
+from hsm.states import (
+    ACTIVE_ATTEMPT,
+    DISK_CAUSES,
+    TRIED_ATTEMPT,
+    AttemptState,
+    Cause,
+    SourceEventKind,
+    SweepState,
+    TaskStatus,
+)
 
 DB_NAME = "hsm.db"
+ACTIVE = [s.value for s in sorted(ACTIVE_ATTEMPT)]  # bind parameters of ``state IN (...)``
+
+
+def marks(values: Collection[object]) -> str:
+    """The bind-parameter marks of an ``IN (...)`` list of these values."""
+    return ",".join("?" * len(values))
 
 
 @dataclass(frozen=True)
@@ -427,7 +442,7 @@ class Store:
             where += " OR (status = ?"
             args.append(TaskStatus.FAILED.value)
             if cause_list is not None:
-                where += f" AND cause IN ({','.join('?' * len(cause_list))})"
+                where += f" AND cause IN ({marks(cause_list)})"
                 args += cause_list
             where += ")"
         with self.transaction() as tx:
@@ -671,10 +686,9 @@ class Store:
 
     def tries(self, sweep_id: str, number: int) -> int:
         """How many of the task's attempts used a try (see ``TRIED_ATTEMPT``)."""
-        marks = ",".join("?" * len(TRIED_ATTEMPT))
         row = self._one(
             f"SELECT count(*) FROM attempts WHERE sweep_id = ? AND number = ?"
-            f" AND state IN ({marks})",
+            f" AND state IN ({marks(TRIED_ATTEMPT)})",
             (sweep_id, number, *sorted(TRIED_ATTEMPT)),
         )
         return row[0] if row else 0
@@ -705,9 +719,11 @@ class Store:
 
     def attempts(self, sweep_id: str, *, active_only: bool = False) -> list[AttemptRow]:
         sql = "SELECT * FROM attempts WHERE sweep_id = ?"
+        args: list[Any] = [sweep_id]
         if active_only:
-            sql += " AND state IN ('launching', 'running')"
-        rows = self._conn.execute(sql + " ORDER BY id", (sweep_id,))
+            sql += f" AND state IN ({marks(ACTIVE)})"
+            args += ACTIVE
+        rows = self._conn.execute(sql + " ORDER BY id", args)
         return [_attempt(r) for r in rows]
 
     def task_attempts(self, sweep_id: str, number: int) -> list[AttemptRow]:
@@ -719,8 +735,8 @@ class Store:
 
     def running_attempts(self, source: str) -> int:
         row = self._one(
-            "SELECT count(*) FROM attempts WHERE source = ? AND state IN ('launching', 'running')",
-            (source,),
+            f"SELECT count(*) FROM attempts WHERE source = ? AND state IN ({marks(ACTIVE)})",
+            (source, *ACTIVE),
         )
         return row[0] if row else 0
 
@@ -729,11 +745,10 @@ class Store:
     ) -> list[str]:
         """The sources on which the task failed with one of these causes."""
         values = list(causes)
-        marks = ",".join("?" * len(values))
         rows = self._conn.execute(
             f"SELECT DISTINCT source FROM attempts WHERE sweep_id = ? AND number = ?"
-            f" AND state = 'failed' AND cause IN ({marks})",
-            (sweep_id, number, *values),
+            f" AND state = ? AND cause IN ({marks(values)})",
+            (sweep_id, number, AttemptState.FAILED.value, *values),
         )
         return [r[0] for r in rows]
 
@@ -741,11 +756,12 @@ class Store:
         self, source: str, *, sweep_id: str | None = None, since: float | None = None
     ) -> SourceCounts:
         """Attempt counts of one source. Only failures judged against it count as failed."""
+        unfinished = [*ACTIVE, AttemptState.NOT_STARTED.value]
         sql = (
             "SELECT state, cause, counted, count(*) FROM attempts WHERE source = ?"
-            " AND state NOT IN ('launching', 'running', 'not_started')"
+            f" AND state NOT IN ({marks(unfinished)})"
         )
-        args: list[Any] = [source]
+        args: list[Any] = [source, *unfinished]
         if sweep_id is not None:
             sql += " AND sweep_id = ?"
             args.append(sweep_id)
@@ -763,16 +779,16 @@ class Store:
             elif state in (AttemptState.FAILED.value, AttemptState.LOST.value):
                 key = cause or state
                 by_cause[key] = by_cause.get(key, 0) + n
-                if key in (Cause.DISK_KILL.value, Cause.DISK_PRECHECK.value):
+                if key in DISK_CAUSES:
                     disk += n
                 if counted == 1:
                     failed += n
                 elif counted is None:
                     unjudged += n
         active = self._one(
-            "SELECT count(*) FROM attempts WHERE source = ? AND state IN ('launching', 'running')"
+            f"SELECT count(*) FROM attempts WHERE source = ? AND state IN ({marks(ACTIVE)})"
             + (" AND sweep_id = ?" if sweep_id is not None else ""),
-            [source] + ([sweep_id] if sweep_id is not None else []),
+            [source, *ACTIVE] + ([sweep_id] if sweep_id is not None else []),
         )
         submitted += active[0] if active else 0
         return SourceCounts(submitted, completed, failed, by_cause, unjudged, disk)
@@ -788,12 +804,11 @@ class Store:
     ) -> int:
         """Settle whether earlier failures of a task count against their sources."""
         values = list(causes)
-        marks = ",".join("?" * len(values))
         sql = (
             f"UPDATE attempts SET counted = ? WHERE sweep_id = ? AND number = ?"
-            f" AND state = 'failed' AND counted IS NULL AND cause IN ({marks})"
+            f" AND state = ? AND counted IS NULL AND cause IN ({marks(values)})"
         )
-        args: list[Any] = [int(counted), sweep_id, number, *values]
+        args: list[Any] = [int(counted), sweep_id, number, AttemptState.FAILED.value, *values]
         if other_than is not None:
             sql += " AND source != ?"
             args.append(other_than)
@@ -803,24 +818,23 @@ class Store:
     def sweep_failure_facts(self, sweep_id: str, causes: Iterable[str]) -> tuple[int, int, int]:
         """(completed attempts, attempts failed with these causes, sources they failed on)."""
         values = list(causes)
-        marks = ",".join("?" * len(values))
+        completed, failed = AttemptState.COMPLETED.value, AttemptState.FAILED.value
         row = self._one(
-            f"SELECT sum(state = 'completed'),"
-            f" sum(state = 'failed' AND cause IN ({marks})),"
-            f" count(DISTINCT CASE WHEN state = 'failed' AND cause IN ({marks}) THEN source END)"
+            f"SELECT sum(state = ?),"
+            f" sum(state = ? AND cause IN ({marks(values)})),"
+            f" count(DISTINCT CASE WHEN state = ? AND cause IN ({marks(values)}) THEN source END)"
             f" FROM attempts WHERE sweep_id = ?",
-            [*values, *values, sweep_id],
+            [completed, failed, *values, failed, *values, sweep_id],
         )
         assert row is not None
         return (row[0] or 0, row[1] or 0, row[2] or 0)
 
     def first_failed_attempt(self, sweep_id: str, causes: Iterable[str]) -> AttemptRow | None:
         values = list(causes)
-        marks = ",".join("?" * len(values))
         row = self._one(
-            f"SELECT * FROM attempts WHERE sweep_id = ? AND state = 'failed'"
-            f" AND cause IN ({marks}) ORDER BY finished, id LIMIT 1",
-            [sweep_id, *values],
+            f"SELECT * FROM attempts WHERE sweep_id = ? AND state = ?"
+            f" AND cause IN ({marks(values)}) ORDER BY finished, id LIMIT 1",
+            [sweep_id, AttemptState.FAILED.value, *values],
         )
         return _attempt(row) if row else None
 
@@ -862,12 +876,12 @@ class Store:
                     name,
                 ),
             )
-            kind = "enabled" if enabled else "disabled"
-            message = reason or kind
+            kind = SourceEventKind.ENABLED if enabled else SourceEventKind.DISABLED
+            message = reason or kind.value
             tx.execute(
                 "INSERT INTO source_events (time, source, kind, message, sweep_id)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (now, name, kind, message, sweep_id),
+                (now, name, kind.value, message, sweep_id),
             )
 
     def record_health(
@@ -943,9 +957,10 @@ class Store:
         out.reverse()
         return out
 
-    def last_event_time(self, source: str, kind: str) -> float | None:
+    def last_event_time(self, source: str, kind: SourceEventKind) -> float | None:
         row = self._one(
-            "SELECT max(time) FROM source_events WHERE source = ? AND kind = ?", (source, kind)
+            "SELECT max(time) FROM source_events WHERE source = ? AND kind = ?",
+            (source, kind.value),
         )
         return row[0] if row else None
 
