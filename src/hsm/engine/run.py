@@ -26,7 +26,7 @@ from hsm.engine.policy import judge_attempt
 from hsm.engine.strategy import make_strategy, prefer, views
 from hsm.engine.summary import failed_message
 from hsm.errors import ConfigError, ExitCode
-from hsm.jobscript import read_events, read_status
+from hsm.jobscript import TASK_INFO, read_events, read_status
 from hsm.sources.base import (
     JobHandle,
     LaunchRequest,
@@ -771,7 +771,7 @@ class Engine:
     def _disk_full_message(self, name: str, number: int) -> str:
         """One clear message for a task refused by the disk pre-check where no other source
         can take it: what is free, what is needed, and the keys."""
-        info = Path(self.ctx.sweep_dir, "tasks", task_folder_name(number), "task_info.txt")
+        info = Path(self.ctx.sweep_dir, "tasks", task_folder_name(number), TASK_INFO)
         seen = ""
         with contextlib.suppress(OSError):
             checks = re.findall(

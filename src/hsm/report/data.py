@@ -28,8 +28,6 @@ SPEC_FILE = "sweep.yaml"  # the copy of the sweep file kept in the sweep folder
 SPEC_MAX_CHARS = 200_000
 MAX_HEALTH_POINTS = 1500  # per source; longer series keep the lowest disk per time bucket
 MAX_EVENTS = 100_000
-# Outcomes of an attempt, as coloured on the timeline.
-OUTCOMES = ("completed", "failed", "lost", "cancelled", "running")
 # Tasks whose error-log tail is read: those that did not (yet) complete.
 TAIL_STATUSES = frozenset(
     {TaskStatus.FAILED, TaskStatus.RUNNING, TaskStatus.CANCELLED, TaskStatus.PENDING}
@@ -73,7 +71,7 @@ class Bar:
     lane: int
     start: float
     end: float | None  # None while running
-    outcome: str  # one of OUTCOMES
+    outcome: str  # an attempt state, launching counted as running (see ``outcome``)
     host: str | None
     exit_code: int | None
     cause: str | None

@@ -63,7 +63,7 @@ def wrapper_alive(pid: int, task_dir: str) -> bool:
 
 
 class LocalSource(Source):
-    capabilities = Capabilities(detached=True, remote=False, queue=False)
+    capabilities = Capabilities(remote=False, queue=False)
 
     def __init__(
         self,
