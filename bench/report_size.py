@@ -22,7 +22,6 @@ import shutil
 import sys
 import tempfile
 import time
-import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import hsm.state.store as store_module  # noqa: E402
+from hsm import clock as hsm_clock  # noqa: E402
 from hsm.report.data import build_report  # noqa: E402
 from hsm.report.render import render_html  # noqa: E402
 from hsm.spec.config import HealthConfig  # noqa: E402
@@ -58,9 +57,7 @@ ERRORS = [
 def clock(start: float) -> Iterator[Callable[[float], None]]:
     """Make the store's timestamps come from a settable clock (the synthetic week)."""
     now = [start]
-    names = vars(store_module)  # the store reads time.time() through its module global
-    original = names["time"]
-    names["time"] = types.SimpleNamespace(time=lambda: now[0])
+    hsm_clock.install(lambda: now[0], time.monotonic)  # the store reads hsm.clock.time()
 
     def set_time(t: float) -> None:
         now[0] = t
@@ -68,7 +65,7 @@ def clock(start: float) -> Iterator[Callable[[float], None]]:
     try:
         yield set_time
     finally:
-        names["time"] = original
+        hsm_clock.reset()
 
 
 def synthesize(root: Path, n_tasks: int, seed: int = 7) -> tuple[Store, str]:

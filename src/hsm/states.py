@@ -74,6 +74,13 @@ INFRASTRUCTURE_CAUSES = frozenset(
 DISK_CAUSES = frozenset({Cause.DISK_PRECHECK, Cause.DISK_KILL})
 
 
+class SourceEventKind(StrEnum):
+    """What happened to a source, as its recorded events say."""
+
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+
+
 class ElementState(StrEnum):
     """The state of one element of a batch scheduler's job array, as hsm understands it
     (each scheduler module maps its own state strings onto these)."""

@@ -47,7 +47,7 @@ class SimRemoteError(Exception):
 
 
 class SimSource(Source):
-    capabilities = Capabilities(detached=True, remote=True, queue=False)
+    capabilities = Capabilities(remote=True, queue=False)
     lost_after = LOST_AFTER
 
     def __init__(self, world: World, host: Host, *, slots: int, generation: int) -> None:

@@ -5,7 +5,7 @@ import pytest
 
 from hsm.errors import StateError, UnknownSweepError
 from hsm.state import Store
-from hsm.states import AttemptState, Cause, SweepState, TaskStatus
+from hsm.states import AttemptState, Cause, SourceEventKind, SweepState, TaskStatus
 
 
 def make(tmp_path: Path, n: int = 3) -> Store:
@@ -270,6 +270,33 @@ def test_source_enable_disable_events(tmp_path: Path) -> None:
     store.set_source_enabled("h", True, reason="fixed")
     assert store.source("h").enabled and store.source("h").disabled_reason is None
     assert [e.kind for e in store.events(source="h")] == ["disabled", "enabled"]
+    enabled_at = store.last_event_time("h", SourceEventKind.ENABLED)
+    assert enabled_at == store.events(source="h")[-1].time
+    assert store.last_event_time("other", SourceEventKind.ENABLED) is None
+
+
+def test_active_attempts_are_the_launching_and_running_ones(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    launching = store.begin_attempt("s1", 1, source="local", slot=0)
+    running = store.begin_attempt("s1", 2, source="local", slot=1)
+    store.attempt_launched(running.id, {"task_dir": "x"})
+    done = store.begin_attempt("s1", 3, source="local", slot=2)
+    store.finish_attempt(
+        done,
+        state=AttemptState.COMPLETED,
+        cause=Cause.COMPLETED,
+        exit_code=0,
+        task_status=TaskStatus.COMPLETED,
+    )
+    active = store.attempts("s1", active_only=True)
+    assert [(a.id, a.state) for a in active] == [
+        (launching.id, AttemptState.LAUNCHING),
+        (running.id, AttemptState.RUNNING),
+    ]
+    assert len(store.attempts("s1")) == 3
+    assert store.running_attempts("local") == 2
+    assert store.running_attempts("other") == 0
+    assert store.source_counts("local").submitted == 3
 
 
 def test_concurrent_first_opens_migrate_once(tmp_path: Path) -> None:
@@ -365,3 +392,19 @@ def test_the_code_version_is_stored_with_the_sweep(tmp_path: Path) -> None:
         code_version={"git": "ab", "dirty": True},
     )
     assert store.sweep("s2").code_version == {"git": "ab", "dirty": True}
+
+
+def test_source_counts_count_the_disk_guard_failures(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    for number, cause in ((1, Cause.DISK_KILL), (2, Cause.DISK_PRECHECK), (3, Cause.TASK_FAILED)):
+        attempt = store.begin_attempt("s1", number, source="local", slot=0)
+        store.finish_attempt(
+            attempt,
+            state=AttemptState.FAILED,
+            cause=cause,
+            exit_code=1,
+            task_status=TaskStatus.FAILED,
+        )
+    counts = store.source_counts("local")
+    assert (counts.submitted, counts.disk_failures, counts.unjudged) == (3, 2, 3)
+    assert counts.failed_by_cause == {"disk_kill": 1, "disk_precheck": 1, "task_failed": 1}

@@ -30,7 +30,7 @@ from hsm.engine.health import (
 from hsm.sources.base import HealthSample, Source
 from hsm.spec.config import HealthConfig
 from hsm.state import SourceCounts, Store
-from hsm.states import Cause
+from hsm.states import AttemptState, Cause, SourceEventKind
 
 log = logging.getLogger("hsm.sweep")
 
@@ -74,7 +74,7 @@ def recent_counts(
     store: Store, name: str, *, sweep_id: str | None = None, since: float | None = None
 ) -> SourceCounts:
     """Counts since the source was last (re-)enabled, so a re-enable starts afresh."""
-    enabled_at = store.last_event_time(name, "enabled")
+    enabled_at = store.last_event_time(name, SourceEventKind.ENABLED)
     floor = max(x for x in (since, enabled_at, 0.0) if x is not None)
     return store.source_counts(name, sweep_id=sweep_id, since=floor or None)
 
@@ -164,10 +164,6 @@ class SourceMonitor:
             return slots
         return verdict.capacity(slots)
 
-    def reachable_or_unknown(self, name: str) -> bool:
-        st = self.state[name]
-        return st.verdict is None or st.verdict.disk_status is not None
-
     def refresh(self) -> None:
         """Pick up enable/disable done by ``hsm distributed`` from another process."""
         now = clock.monotonic()
@@ -214,7 +210,7 @@ class SourceMonitor:
                 if (
                     row.source != name
                     and row.counted is None
-                    and row.state == "failed"
+                    and row.state is AttemptState.FAILED
                     and row.cause in TASK_LEVEL
                 ):
                     touched.add(row.source)

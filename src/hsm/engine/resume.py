@@ -133,7 +133,6 @@ def resume_run(
     *,
     rerun: Rerun | None = None,
     on_progress: ProgressFn | None = None,
-    on_created: Any = None,
 ) -> RunOutcome:
     """Continue a sweep: reattach what runs, run what is left (and, as asked, the failed
     tasks again, with changed resources or on other sources). A sweep that has finished
@@ -163,8 +162,6 @@ def resume_run(
             )
             store.set_cancel_requested(sweep.id, False)
             store.set_sweep_state(sweep.id, SweepState.RUNNING, controller_pid=os.getpid())
-        if on_created is not None:
-            on_created(sweep)
         return _drive(
             project,
             store,

@@ -23,10 +23,10 @@ from hsm.engine.messages import event_level, failed_task_message
 from hsm.engine.monitor import SourceMonitor
 from hsm.engine.pacing import poll_pacer
 from hsm.engine.policy import home_source, homes, judge_attempt
-from hsm.engine.strategy import make_strategy, views
+from hsm.engine.strategy import make_strategy, prefer, views
 from hsm.engine.summary import failed_message
 from hsm.errors import ConfigError, ExitCode
-from hsm.jobscript import read_events, read_status
+from hsm.jobscript import TASK_INFO, read_events, read_status
 from hsm.sources.base import (
     JobHandle,
     LaunchRequest,
@@ -431,15 +431,13 @@ class Engine:
                     continue
                 candidates = at_home
             avoid = self.avoid.get(number, set()) - {home}
-            fresh = [c for c in candidates if c.name not in avoid]
-            if (
-                avoid
-                and not fresh
-                and any(n not in avoid and self._open_to_work(n) for n in self.sources)
+            eligible = prefer(candidates, avoid)
+            if eligible[0].name in avoid and any(
+                n not in avoid and self._open_to_work(n) for n in self.sources
             ):
                 held.append(number)  # a source it has not failed on will free a slot
                 continue
-            choice = self.strategy.pick(fresh or candidates, self.order)
+            choice = self.strategy.pick(eligible, self.order)
             slot = self.free_slots[choice.name].pop()
             attempt = self.store.begin_attempt(self.sweep_id, number, source=choice.name, slot=slot)
             self.running[choice.name][attempt.id] = Running(attempt)
@@ -792,7 +790,7 @@ class Engine:
     def _disk_full_message(self, name: str, number: int) -> str:
         """One clear message for a task refused by the disk pre-check where no other source
         can take it: what is free, what is needed, and the keys."""
-        info = Path(self.ctx.sweep_dir, "tasks", task_folder_name(number), "task_info.txt")
+        info = Path(self.ctx.sweep_dir, "tasks", task_folder_name(number), TASK_INFO)
         seen = ""
         with contextlib.suppress(OSError):
             checks = re.findall(

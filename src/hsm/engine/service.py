@@ -283,7 +283,6 @@ def start_run(
     name: str | None,
     command_line: str,
     on_progress: ProgressFn | None = None,
-    on_created: Any = None,
 ) -> RunOutcome:
     """Create the sweep (state rows + folder) and run it to its end."""
     sweep_id = name or new_sweep_id()
@@ -300,8 +299,6 @@ def start_run(
         sources = preflight_sources(project, sources, runner, explicit_alone=plan.explicit_alone)
         plan = replace(plan, sources=list(sources))
         store, sweep = create_sweep(project, plan, sweep_id=sweep_id, command_line=command_line)
-        if on_created is not None:
-            on_created(sweep)
         return _drive(
             project,
             store,

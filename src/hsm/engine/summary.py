@@ -9,7 +9,7 @@ from typing import Any
 
 from hsm.sources.base import task_folder_name
 from hsm.state import RerunRow, Store, SweepRow
-from hsm.states import Cause, TaskStatus
+from hsm.states import Cause
 
 JSON_COUNT_KEYS = ("completed", "failed", "pending", "running", "cancelled")
 
@@ -132,10 +132,3 @@ def failed_message(store: Store, sweep_id: str, failed: int) -> str:
             f" --walltime HH:MM:SS"
         )
     return message
-
-
-def is_done(counts: dict[str, int]) -> bool:
-    return (
-        counts.get(TaskStatus.PENDING.value, 0) == 0
-        and counts.get(TaskStatus.RUNNING.value, 0) == 0
-    )

@@ -39,7 +39,6 @@ STDERR_LOG = "stderr.log"
 TMP_DIR = "tmp"
 CUDA_CACHE_DIR = "cuda_cache"
 STATUS_SIZE = 1024  # every status.json the wrapper writes has exactly this size
-STATUS_VERSION = 2
 
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NONCE = re.compile(r"[0-9a-f]{0,32}")
@@ -223,9 +222,7 @@ def parse_status(text: str) -> WrapperStatus | None:
         if not isinstance(data, dict) or not isinstance(data.get("host"), str):
             return None
         cause = data["cause"]
-        nonce = data.get("nonce", "")  # version 1 statuses have none
-        if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce):
-            return None
+        nonce = _nonce(data.get("nonce", ""))  # version 1 statuses have none
         return WrapperStatus(
             version=_int(data["version"]),
             attempt=_int(data["attempt"]),

@@ -21,15 +21,13 @@ from hsm.report.files import failure_key, json_safe, read_tail, task_metrics
 from hsm.sources.base import task_folder_name
 from hsm.spec.config import HealthConfig
 from hsm.state import AttemptRow, EventRow, HealthRow, Store, SweepRow, TaskRow
-from hsm.states import AttemptState, SweepState, TaskStatus
+from hsm.states import ACTIVE_ATTEMPT, SweepState, TaskStatus
 
 REPORT_VERSION = 1
 SPEC_FILE = "sweep.yaml"  # the copy of the sweep file kept in the sweep folder
 SPEC_MAX_CHARS = 200_000
 MAX_HEALTH_POINTS = 1500  # per source; longer series keep the lowest disk per time bucket
 MAX_EVENTS = 100_000
-# Outcomes of an attempt, as coloured on the timeline.
-OUTCOMES = ("completed", "failed", "lost", "cancelled", "running")
 # Tasks whose error-log tail is read: those that did not (yet) complete.
 TAIL_STATUSES = frozenset(
     {TaskStatus.FAILED, TaskStatus.RUNNING, TaskStatus.CANCELLED, TaskStatus.PENDING}
@@ -73,7 +71,7 @@ class Bar:
     lane: int
     start: float
     end: float | None  # None while running
-    outcome: str  # one of OUTCOMES
+    outcome: str  # an attempt state, launching counted as running (see ``outcome``)
     host: str | None
     exit_code: int | None
     cause: str | None
@@ -337,7 +335,7 @@ def spec_text(sweep: SweepRow) -> str:
 
 
 def outcome(attempt: AttemptRow) -> str:
-    if attempt.state in (AttemptState.LAUNCHING, AttemptState.RUNNING):
+    if attempt.state in ACTIVE_ATTEMPT:
         return "running"
     return attempt.state.value
 

@@ -18,7 +18,6 @@ from hsm.spec.sweep import Resources
 
 @dataclass(frozen=True)
 class Capabilities:
-    detached: bool = True  # tasks outlive the controller and can be reattached
     remote: bool = False  # results live elsewhere and must be collected
     queue: bool = False  # a batch scheduler decides when tasks start
 

@@ -63,7 +63,7 @@ def wrapper_alive(pid: int, task_dir: str) -> bool:
 
 
 class LocalSource(Source):
-    capabilities = Capabilities(detached=True, remote=False, queue=False)
+    capabilities = Capabilities(remote=False, queue=False)
 
     def __init__(
         self,
@@ -80,7 +80,6 @@ class LocalSource(Source):
         # pidfd -> (task folder, wrapper process), for the wrappers started here
         self._exit_fds: dict[int, tuple[str, subprocess.Popen[bytes]]] = {}
         self._disk_path = disk_path or os.getcwd()
-        self.own_running = 0  # tasks of this sweep running here (for the load judgement)
 
     def host_label(self) -> str:
         return os.uname().nodename
@@ -219,7 +218,6 @@ class LocalSource(Source):
             load1=load1,
             cores=cores,
             memory_percent=memory_percent(),
-            extra={"own_running": self.own_running},
         )
 
     async def close(self) -> None:

@@ -96,7 +96,7 @@ class QueueSource(Source):
         self.login = login
         self.settings = settings
         self.transport = login.transport  # the health monitor reads its timeouts
-        self.capabilities = Capabilities(detached=True, remote=login.remote, queue=True)
+        self.capabilities = Capabilities(remote=login.remote, queue=True)
         self.options = JobOptions()
         self._where = f"distributed.remotes.{name}"
         self._grace: dict[tuple[str, int], float] = {}

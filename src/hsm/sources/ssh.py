@@ -59,7 +59,7 @@ PULL_EXCLUDE = ("tmp", "cuda_cache", ".hsm/spec", ".hsm/status.spare")
 
 
 class SshSource(Source):
-    capabilities = Capabilities(detached=True, remote=True, queue=False)
+    capabilities = Capabilities(remote=True, queue=False)
 
     def __init__(
         self,
