@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import shlex
 import tarfile
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -190,7 +189,7 @@ class SshLogin(Login):
     async def run(
         self, argv: Sequence[str], *, input: bytes | None = None, timeout: float = 60.0
     ) -> CommandResult:
-        result = await self.helper.transport.run(shlex.join(argv), input=input, timeout=timeout)
+        result = await self.helper.transport.run(argv, input=input, timeout=timeout)
         return CommandResult(tuple(argv), result.exit_status, result.stdout, result.stderr)
 
     async def preflight(self) -> None:

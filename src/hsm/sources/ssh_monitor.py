@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -80,10 +79,10 @@ class HostMonitor:
         await ready
 
     async def _run(self, ready: asyncio.Future[None]) -> None:
-        command = shlex.join(["bash", "-c", MONITOR, "hsm-monitor", self.wrapper])
+        argv = ["bash", "-c", MONITOR, "hsm-monitor", self.wrapper]
         try:
             async with self.transport.channel() as conn:
-                proc = await self.transport.open_process(conn, command)
+                proc = await self.transport.open_process(conn, argv)
                 self._proc = proc
                 ready.set_result(None)
                 await self._read(proc)

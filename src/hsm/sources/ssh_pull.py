@@ -9,7 +9,6 @@ import asyncio
 import collections
 import contextlib
 import posixpath
-import shlex
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -47,10 +46,10 @@ class HostPuller:
         await ready
 
     async def _run(self, ready: asyncio.Future[None]) -> None:
-        command = shlex.join(["bash", "-c", PULLER, "hsm-puller"])
+        argv = ["bash", "-c", PULLER, "hsm-puller"]
         try:
             async with self.transport.channel() as conn:
-                proc = await self.transport.open_process(conn, command)
+                proc = await self.transport.open_process(conn, argv)
                 self._proc = proc
                 ready.set_result(None)
                 while line := await proc.stderr.readline():  # tar's messages, kept for errors
