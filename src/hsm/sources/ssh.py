@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import posixpath
 import sys
@@ -30,7 +29,7 @@ from hsm.backoff import Backoff, Sleep
 from hsm.engine import fence
 from hsm.engine.lifecycle import Ack, Facts
 from hsm.errors import HsmError
-from hsm.jobscript import encode_spec, parse_events, parse_status, wrapper_text
+from hsm.jobscript import encode_spec, parse_events, parse_status, wrapper_name
 from hsm.sources import ssh_host
 from hsm.sources import ssh_scripts as scripts
 from hsm.sources.base import (
@@ -129,11 +128,7 @@ class SshSource(Source):
         return f"{self.sweep_root(ctx)}/{task_folder_name(number)}"
 
     def wrapper_path(self, ctx: SweepContext) -> str:
-        return f"{self._root or self.remote_root}/.hsm/{self.wrapper_name()}"
-
-    @staticmethod
-    def wrapper_name() -> str:
-        return f"wrapper-{hashlib.sha256(wrapper_text().encode()).hexdigest()[:12]}.sh"
+        return f"{self._root or self.remote_root}/.hsm/{wrapper_name()}"
 
     def host_label(self) -> str:
         return self.transport.target.host
@@ -180,7 +175,7 @@ class SshSource(Source):
                 project_name=ctx.project_name,
                 sweep_id=ctx.sweep_id,
                 source=self.name,
-                wrapper_name=self.wrapper_name(),
+                wrapper_name=wrapper_name(),
             )
             if not self._pushed:
                 await ssh_host.push_snapshot(
