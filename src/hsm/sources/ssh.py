@@ -44,6 +44,7 @@ from hsm.sources.base import (
     summarize,
     task_folder_name,
 )
+from hsm.sources.hostpath import expand_root
 from hsm.sources.probe import PROBE_SCRIPT, parse_probe
 from hsm.sources.ssh_monitor import HostMonitor, LaunchResult, Unconfirmed
 from hsm.sources.ssh_pull import HostPuller, Key, Prefetch
@@ -108,9 +109,7 @@ class SshSource(Source):
 
     # -- paths ---------------------------------------------------------------------------
     def _abs(self, path: str) -> str:
-        if self._home and (path == "~" or path.startswith("~/")):
-            return self._home + path[1:]
-        return path
+        return expand_root(path, self._home) if self._home else path
 
     def base(self, ctx: SweepContext) -> str:
         return f"{self._root or self.remote_root}/{ctx.project_name}"
