@@ -187,8 +187,7 @@ class SshLogin(Login):
     async def run(
         self, argv: Sequence[str], *, input: bytes | None = None, timeout: float = 60.0
     ) -> CommandResult:
-        result = await self.helper.transport.run(argv, input=input, timeout=timeout)
-        return CommandResult(tuple(argv), result.exit_status, result.stdout, result.stderr)
+        return await self.helper.transport.run(argv, input=input, timeout=timeout)
 
     async def preflight(self) -> None:
         await self.helper.preflight()

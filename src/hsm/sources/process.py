@@ -22,12 +22,16 @@ class CommandResult:
     stdout: str
     stderr: str
 
+    def stderr_tail(self, lines: int = 5) -> str:
+        """The last lines of stderr, for messages."""
+        return "\n".join(self.stderr.strip().splitlines()[-lines:])
+
 
 class CommandError(HsmError):
     """A command failed: carries the command, its exit status and the tail of its stderr."""
 
     def __init__(self, result: CommandResult, what: str) -> None:
-        tail = "\n".join(result.stderr.strip().splitlines()[-5:])
+        tail = result.stderr_tail()
         super().__init__(
             f"{what} failed (exit {result.returncode}): {' '.join(result.argv)}"
             + (f"\n{tail}" if tail else "")

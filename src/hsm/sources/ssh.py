@@ -48,7 +48,13 @@ from hsm.sources.hostpath import expand_root
 from hsm.sources.probe import PROBE_SCRIPT, parse_probe
 from hsm.sources.ssh_monitor import HostMonitor, LaunchResult, Unconfirmed
 from hsm.sources.ssh_pull import HostPuller, Key, Prefetch
-from hsm.sources.transport import ConnectError, ConnectionLost, RemoteError, SshTransport
+from hsm.sources.transport import (
+    ConnectError,
+    ConnectionLost,
+    RemoteError,
+    SshTransport,
+    check_remote,
+)
 
 log = logging.getLogger(__name__)
 
@@ -463,7 +469,7 @@ class SshSource(Source):
             args += [task_dir, str(h.attempt), h.nonce, _text(pid), _text(pgid)]
         if args:
             result = await self.transport.run_script(scripts.CANCEL, args, name="hsm-cancel")
-            result.check(f"{self._where()}: cancelling {len(handles)} task(s)")
+            check_remote(result, f"{self._where()}: cancelling {len(handles)} task(s)")
 
     async def collect(self, *, ctx: SweepContext, handle: JobHandle) -> None:
         key = (self._abs(handle.task_dir), handle.attempt)
@@ -512,7 +518,7 @@ class SshSource(Source):
         result = await self.transport.run_script(
             scripts.CLEAN, [sweep, self.sweep_root(ctx)], name="hsm-clean"
         )
-        result.check(f"{self._where()}: removing {self.sweep_root(ctx)}")
+        check_remote(result, f"{self._where()}: removing {self.sweep_root(ctx)}")
 
     async def probe(self) -> HealthSample:
         if self._ctx is not None and not self.reachable:

@@ -93,20 +93,15 @@ class ConnectError(SourceUnavailableError):
         self.unreachable = unreachable
 
 
-@dataclass(frozen=True)
-class RemoteResult:
-    argv: tuple[str, ...]
-    exit_status: int
-    stdout: str
-    stderr: str
-
-    def check(self, what: str) -> RemoteResult:
-        if self.exit_status != 0:
-            tail = "\n".join(self.stderr.strip().splitlines()[-5:])
-            raise RemoteError(
-                f"{what} failed (exit {self.exit_status})" + (f": {tail}" if tail else "")
-            )
-        return self
+def check_remote(result: CommandResult, what: str) -> CommandResult:
+    """``result`` of a remote command, or RemoteError when it failed (its exit status and
+    the tail of its stderr)."""
+    if result.returncode != 0:
+        tail = result.stderr_tail()
+        raise RemoteError(
+            f"{what} failed (exit {result.returncode})" + (f": {tail}" if tail else "")
+        )
+    return result
 
 
 class _Client(asyncssh.SSHClient):
@@ -388,7 +383,7 @@ class SshTransport:
 
     async def run(
         self, argv: Sequence[str], *, input: bytes | None = None, timeout: float | None = 60.0
-    ) -> RemoteResult:
+    ) -> CommandResult:
         """Run one command (an argv list, quoted here), whatever the remote user's login
         shell (see `remote_stdin`)."""
         for attempt in range(CHANNEL_RETRIES):
@@ -418,7 +413,7 @@ class SshTransport:
                         f"source {self.target.source!r}: connection lost: {exc}"
                     ) from None
             status = proc.exit_status if proc.exit_status is not None else -1
-            return RemoteResult(tuple(argv), status, _text(proc.stdout), _text(proc.stderr))
+            return CommandResult(tuple(argv), status, _text(proc.stdout), _text(proc.stderr))
         raise AssertionError("unreachable")
 
     async def run_script(
@@ -429,7 +424,7 @@ class SshTransport:
         name: str,
         input: bytes | None = None,
         timeout: float | None = 60.0,
-    ) -> RemoteResult:
+    ) -> CommandResult:
         """``bash -c SCRIPT NAME ARGS...``: user values only ever arrive as arguments."""
         return await self.run(["bash", "-c", script, name, *args], input=input, timeout=timeout)
 
