@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from hsm.sources.transport import MAX_CHANNELS, SshTarget, SshTransport
 from tests.testbed import Host
 
 pytestmark = [pytest.mark.root, pytest.mark.testbed]
+
+SSHD = "'( sport = :22 )'"  # the connections to sshd, for ss
 
 
 def target(host: Host, **kwargs: object) -> SshTarget:
@@ -38,7 +41,7 @@ def test_one_connection_and_bounded_channels(testbed_hosts: list[Host]) -> None:
             )
             elapsed = time.monotonic() - start
             peers = (
-                await transport.run("ss -tnH state established '( sport = :22 )' | wc -l")
+                await transport.run(["sh", "-c", f"ss -tnH state established {SSHD} | wc -l"])
             ).stdout
         finally:
             await transport.close()
@@ -103,9 +106,9 @@ def test_probe_reads_disk_load_cores_memory_in_one_round_trip(testbed_hosts: lis
     calls = []
     run = transport.run
 
-    async def counting_run(command: str, **kwargs: object) -> object:
-        calls.append(command)
-        return await run(command, **kwargs)  # type: ignore[arg-type]
+    async def counting_run(argv: Sequence[str], **kwargs: object) -> object:
+        calls.append(argv)
+        return await run(argv, **kwargs)  # type: ignore[arg-type]
 
     transport.run = counting_run  # type: ignore[method-assign,assignment]
 

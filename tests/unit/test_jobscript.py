@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from hsm.jobscript import (
     parse_status,
     read_events,
     read_status,
+    wrapper_name,
     wrapper_text,
     write_spec,
 )
@@ -220,6 +222,12 @@ def test_wrapper_is_shipped() -> None:
     text = wrapper_text()
     assert text == WRAPPER_PATH.read_text(encoding="utf-8")
     assert text.startswith("#!/usr/bin/env bash\n")
+
+
+def test_the_wrapper_file_name_names_the_version_installed() -> None:
+    """Hosts and sweep folders keep the wrapper as a copy of WRAPPER_PATH, named by its hash."""
+    digest = hashlib.sha256(WRAPPER_PATH.read_bytes()).hexdigest()[:12]
+    assert wrapper_name() == f"wrapper-{digest}.sh"
 
 
 GUARD = GuardSettings(

@@ -14,8 +14,8 @@ import pytest
 
 from hsm.sources.base import HealthSample
 from hsm.sources.pbs import Pbs, canonical, parse_qstat_json, parse_qstat_text, parse_qstat_xml
+from hsm.sources.probe import parse_queue_probe
 from hsm.sources.process import CommandResult
-from hsm.sources.queue import parse_probe
 from hsm.sources.slurm import (
     Slurm,
     parse_config,
@@ -124,7 +124,7 @@ def test_slurm_probe_output() -> None:
         "Slurmctld(primary) at vm is UP\n--nodes\ndebug*|up|1|idle\n"
         "--queue\nPENDING\nPENDING\nRUNNING\nCOMPLETING\n"
     )
-    sample = parse_probe(Slurm(), text, "/work")
+    sample = parse_queue_probe(Slurm(), text, "/work")
     assert sample.reachable and (sample.free_bytes, sample.total_bytes) == (60000, 100000)
     assert sample.extra["controller"] == "up"
     assert sample.extra["queue"] == {"pending": 2, "running": 2}
@@ -133,7 +133,7 @@ def test_slurm_probe_output() -> None:
 
 def test_slurm_probe_with_the_controller_down() -> None:
     text = "--df\n/dev/sda1 100000 40000 60000 40% /\n--ping 1\nSlurmctld(primary) at vm is DOWN\n"
-    sample = parse_probe(Slurm(), text, "/work")
+    sample = parse_queue_probe(Slurm(), text, "/work")
     assert isinstance(sample, HealthSample)
     assert not sample.reachable
     assert sample.extra["controller"] == "down"
@@ -259,6 +259,6 @@ def test_pbs_probe_queue_counts() -> None:
         "4101[].pbs01 alice workq hsm-x -- 1 4 16gb 04:00 B 00:01\n"
         "4103.pbs01 alice workq hsm-y -- 1 4 16gb 04:00 Q --\n"
     )
-    sample = parse_probe(Pbs("pro"), text, "~/hsm")
+    sample = parse_queue_probe(Pbs("pro"), text, "~/hsm")
     assert sample.reachable
     assert sample.extra["queue"] == {"pending": 1, "running": 1}

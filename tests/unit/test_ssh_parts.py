@@ -9,6 +9,7 @@ import io
 import os
 import signal
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -17,7 +18,13 @@ import pytest
 
 from hsm.sources.ssh_pull import _read_archive, _size
 from hsm.sources.ssh_scripts import CANCEL, MONITOR, printf_escape
-from hsm.sources.transport import NOTHING_TRUSTED, SshTarget, SshTransport
+from hsm.sources.transport import (
+    NOTHING_TRUSTED,
+    REMOTE_COMMAND,
+    SshTarget,
+    SshTransport,
+    remote_stdin,
+)
 
 
 def options(tmp_path: Path, config: str, **target: object) -> dict[str, object]:
@@ -100,6 +107,27 @@ def test_printf_escape_round_trips_through_bash(data: bytes) -> None:
         check=True,
     ).stdout
     assert out == data
+
+
+def test_a_remote_argv_reaches_bash_whole_and_its_input_follows() -> None:
+    """What sshd runs for every remote command, fed what `SshTransport.run` sends: the
+    arguments arrive as they are (the quoting is the transport's), then the input."""
+    argv = ["printf", "[%s]", "a b", "it's", "$(x) `y`", "new\nline", "", "*"]
+    script = "import sys; sys.stdout.buffer.write(sys.stdin.buffer.read())"
+    out = subprocess.run(
+        REMOTE_COMMAND.split(),
+        input=remote_stdin(argv, None),
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert out == b"[a b][it's][$(x) `y`][new\nline][][*]"
+    piped = subprocess.run(
+        REMOTE_COMMAND.split(),
+        input=remote_stdin([sys.executable, "-c", script], b"rest\0of\nit"),
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert piped == b"rest\0of\nit"
 
 
 class Stream:

@@ -14,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from hsm.sources.process import run_local_sync
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +29,10 @@ _GIT_TIMEOUT = 30.0
 
 def _git(root: Path, *args: str) -> str | None:
     try:
-        proc = subprocess.run(
-            ["git", "-C", str(root), *args],
-            capture_output=True,
-            text=True,
-            timeout=_GIT_TIMEOUT,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        result = run_local_sync(["git", "-C", str(root), *args], timeout=_GIT_TIMEOUT)
+    except (OSError, TimeoutError):
         return None
-    return proc.stdout if proc.returncode == 0 else None
+    return result.stdout if result.returncode == 0 else None
 
 
 def _inside(path: Path, root: Path) -> str | None:

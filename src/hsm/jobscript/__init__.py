@@ -8,6 +8,7 @@ The controller writes a task spec into the task folder (`write_spec`), runs
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import logging
 import math
@@ -48,6 +49,12 @@ CHECKPOINT_SIGNALS = ("", "USR1", "USR2")
 def wrapper_text() -> str:
     """The wrapper script, as shipped in the package."""
     return resources.files(__package__).joinpath("wrapper.sh").read_text(encoding="utf-8")
+
+
+def wrapper_name() -> str:
+    """The file name of this version of the wrapper where a host or a sweep folder keeps it
+    (``wrapper-<hash>.sh``, from its text): versions side by side never overwrite each other."""
+    return f"wrapper-{hashlib.sha256(wrapper_text().encode()).hexdigest()[:12]}.sh"
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
+
+from hsm.sources.process import CommandError, run_local_sync
 
 NVIDIA_SMI_QUERY = ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"]
 
@@ -16,9 +17,7 @@ def detect_local_gpus() -> list[int]:
     if shutil.which("nvidia-smi") is None:
         return []
     try:
-        out = subprocess.run(
-            NVIDIA_SMI_QUERY, capture_output=True, text=True, timeout=10, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
+        out = run_local_sync(NVIDIA_SMI_QUERY, timeout=10, check=True, what="nvidia-smi").stdout
+    except (OSError, TimeoutError, CommandError):
         return []
     return parse_gpu_indices(out)

@@ -33,6 +33,7 @@ from hsm.sources.base import (
     SweepContext,
     summarize,
 )
+from hsm.sources.process import spawn_detached
 
 log = logging.getLogger(__name__)
 
@@ -273,16 +274,8 @@ def _finishing(task_dir: str) -> bool:
 
 
 def spawn_wrapper(task_dir: str) -> subprocess.Popen[bytes]:
-    """Start the job wrapper for one task, detached: a session of its own, no terminal, so
-    that it outlives the controller (and Ctrl-C in the terminal reaches only hsm)."""
-    return subprocess.Popen(
-        ["bash", str(WRAPPER_PATH), task_dir],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        close_fds=True,
-    )
+    """Start the job wrapper for one task, detached (it outlives the controller)."""
+    return spawn_detached(["bash", str(WRAPPER_PATH), task_dir])
 
 
 def memory_percent(meminfo: str = "/proc/meminfo") -> float | None:

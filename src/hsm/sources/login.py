@@ -8,16 +8,14 @@ task folders are the local sweep folder's, so nothing has to be copied back.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
-import shlex
 import tarfile
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from hsm.jobscript import WRAPPER_PATH, wrapper_text
+from hsm.jobscript import WRAPPER_PATH, wrapper_name
 from hsm.sources.base import JobHandle, SweepContext, task_folder_name
 from hsm.sources.process import CommandResult, run_local
 from hsm.sources.ssh import SshSource
@@ -148,8 +146,7 @@ class LocalLogin(Login):
 
     def wrapper_path(self, ctx: SweepContext) -> str:
         # A copy in the sweep folder: compute nodes see it wherever they see the sweep.
-        digest = hashlib.sha256(wrapper_text().encode()).hexdigest()[:12]
-        return f"{ctx.sweep_dir}/.hsm/wrapper-{digest}.sh"
+        return f"{ctx.sweep_dir}/.hsm/{wrapper_name()}"
 
     async def write(self, root: str, files: Mapping[str, bytes]) -> None:
         for rel, data in files.items():
@@ -190,8 +187,7 @@ class SshLogin(Login):
     async def run(
         self, argv: Sequence[str], *, input: bytes | None = None, timeout: float = 60.0
     ) -> CommandResult:
-        result = await self.helper.transport.run(shlex.join(argv), input=input, timeout=timeout)
-        return CommandResult(tuple(argv), result.exit_status, result.stdout, result.stderr)
+        return await self.helper.transport.run(argv, input=input, timeout=timeout)
 
     async def preflight(self) -> None:
         await self.helper.preflight()

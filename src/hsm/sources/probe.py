@@ -1,34 +1,72 @@
-"""One round trip that reads disk, load, cores and memory of a host, and its parser."""
+"""The health probes: one round trip that reads an SSH host's disk, load, cores and memory,
+one that reads a cluster's disk and its scheduler's state, and their parsers.
+
+A probe prints sections, each headed by a line ``--NAME`` (or ``--NAME VALUE``, the value
+being the section's first line); both begin with `DISK`.
+"""
 
 from __future__ import annotations
 
-from hsm.sources.base import HealthSample
-from hsm.sources.local import parse_meminfo
+import contextlib
+import re
+from collections.abc import Mapping
+from typing import Any
 
-# One round trip: expands "~", walks up from the root to the nearest existing folder (the
-# root may not exist yet), then prints four sections. Builtins except df and nproc.
-PROBE_SCRIPT = r"""
-case $1 in '~') p=$HOME ;; '~/'*) p=$HOME/${1#'~/'} ;; /*) p=$1 ;; *) p=$HOME/$1 ;; esac
-while [[ ! -e $p && $p == /?* ]]; do p=${p%/*}; p=${p:-/}; done
-printf '%s\n' '--df'; df -P -B1 -- "$p" | { read -r _; read -r line; printf '%s\n' "$line"; }
+from hsm.sources.base import HealthSample
+from hsm.sources.hostpath import EXPAND_ROOT
+from hsm.sources.local import parse_meminfo
+from hsm.sources.scheduler import Scheduler
+
+# The "--df" section: the disk of the root folder ($1, as configured), found from the nearest
+# folder that exists (the root may not exist yet). Builtins except df.
+DISK = (
+    EXPAND_ROOT
+    + r"""
+while [[ ! -e $r && $r == /?* ]]; do r=${r%/*}; r=${r:-/}; done
+printf '%s\n' '--df'; df -P -B1 -- "$r" | { read -r _; read -r line; printf '%s\n' "$line"; }
+"""
+)
+
+# An SSH host: DISK, then load, cores and memory. Builtins except df and nproc.
+PROBE_SCRIPT = (
+    DISK
+    + r"""
 printf '%s\n' '--load'; read -r load </proc/loadavg; printf '%s\n' "$load"
 printf '%s\n' '--cores'; nproc
 printf '%s\n' '--mem'; mapfile -t mem </proc/meminfo; printf '%s\n' "${mem[@]}"
 """
+)
+
+_HEADER = re.compile(r"--([a-z_]+)(?: (.*))?")
+
+
+def probe_sections(text: str) -> dict[str, list[str]]:
+    """The sections of a probe's output, by name (lines before the first header are left)."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        header = _HEADER.fullmatch(line)
+        if header is not None:
+            current = sections[header[1]] = [] if header[2] is None else [header[2]]
+        elif current is not None:
+            current.append(line)
+    return sections
+
+
+def disk_bytes(sections: Mapping[str, list[str]]) -> tuple[int, int]:
+    """(total, free) bytes from the ``df`` section; ValueError when it has none."""
+    try:
+        df = sections["df"][0].split()
+        return int(df[1]), int(df[3])
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"no disk usage in the df section ({exc!r})") from None
 
 
 def parse_probe(text: str, root: str) -> HealthSample:
-    sections: dict[str, list[str]] = {}
-    current = ""
-    for line in text.splitlines():
-        if line.startswith("--"):
-            current = line[2:]
-            sections[current] = []
-        elif current:
-            sections[current].append(line)
+    """The health of an SSH host, from the output of `PROBE_SCRIPT`."""
+    sections = probe_sections(text)
     try:
-        df = sections["df"][0].split()
-        total, free = int(df[1]), int(df[3])
+        total, free = disk_bytes(sections)
         load1 = float(sections["load"][0].split()[0])
         cores = int(sections["cores"][0].strip())
     except (KeyError, IndexError, ValueError) as exc:
@@ -43,4 +81,47 @@ def parse_probe(text: str, root: str) -> HealthSample:
         load1=load1,
         cores=cores,
         memory_percent=parse_meminfo("\n".join(sections.get("mem", []))),
+    )
+
+
+def queue_probe_script(sched: Scheduler) -> str:
+    """A cluster: DISK, the controller's answer, then (only if it answers) the scheduler's
+    own sections. Every scheduler command is bounded by ``timeout``."""
+    lines = [
+        DISK,
+        f"out=$(timeout 10 {sched.ping} 2>&1); rc=$?",
+        'printf -- \'--ping %s\\n%s\\n\' "$rc" "$out"',
+        'if [ "$rc" = 0 ]; then',
+    ]
+    for name, command in sched.probe_sections:
+        lines.append(f"  printf -- '--{name}\\n'; timeout 10 {command} 2>/dev/null")
+    lines += ["fi", "true"]
+    return "\n".join(lines) + "\n"
+
+
+def parse_queue_probe(sched: Scheduler, text: str, root: str) -> HealthSample:
+    """The health of a cluster, from the output of `queue_probe_script`."""
+    sections = probe_sections(text)
+    free = total = None
+    with contextlib.suppress(ValueError):
+        total, free = disk_bytes(sections)
+    code, *answer_lines = sections.get("ping") or [""]
+    ping_rc = int(code) if code.strip().isdigit() else None
+    answer = " ".join(s.strip() for s in answer_lines if s.strip())
+    extra: dict[str, Any] = {"scheduler": sched.name}
+    if ping_rc != 0:
+        extra["controller"] = "down"
+        return HealthSample(
+            reachable=False,
+            disk_path=root,
+            free_bytes=free,
+            total_bytes=total,
+            error=f"the {sched.name} controller does not answer "
+            f"({sched.ping}: {answer or 'no answer'})",
+            extra=extra,
+        )
+    extra["controller"] = "up"
+    extra.update(sched.health_extra(sections))
+    return HealthSample(
+        reachable=True, disk_path=root, free_bytes=free, total_bytes=total, extra=extra
     )

@@ -19,7 +19,7 @@ import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from hsm import clock
 from hsm.backoff import Backoff, Sleep, retry
@@ -37,6 +37,7 @@ from hsm.sources.base import (
     summarize,
 )
 from hsm.sources.login import Login
+from hsm.sources.probe import parse_queue_probe, queue_probe_script
 from hsm.sources.process import CommandResult
 from hsm.sources.scheduler import (
     ArraySpec,
@@ -522,7 +523,7 @@ class QueueSource(Source):
 
     # -- health --------------------------------------------------------------------------
     async def probe(self) -> HealthSample:
-        script = probe_script(self.scheduler)
+        script = queue_probe_script(self.scheduler)
         try:
             result = await self._run(
                 ["bash", "-c", script, "hsm-probe", self.login.work_root], timeout=30
@@ -530,7 +531,7 @@ class QueueSource(Source):
         except (HsmError, OSError, TimeoutError) as exc:
             sample = HealthSample(reachable=False, error=str(exc) or type(exc).__name__)
         else:
-            sample = parse_probe(self.scheduler, result.stdout, self.login.work_root)
+            sample = parse_queue_probe(self.scheduler, result.stdout, self.login.work_root)
         self.reachable = sample.reachable  # new tasks only while the controller answers
         return sample
 
@@ -546,67 +547,3 @@ def _needs_status(element: Element | None) -> bool:
 def _tail(result: CommandResult) -> str:
     text = (result.stderr.strip() or result.stdout.strip()).splitlines()
     return " / ".join(line.strip() for line in text[-3:]) or "no message"
-
-
-PROBE_HEAD = r"""
-root=$1
-case $root in "~") root=$HOME ;; "~/"*) root=$HOME/${root#"~/"} ;; esac
-while [ ! -e "$root" ] && [ "$root" != / ]; do root=$(dirname -- "$root"); done
-printf -- '--df\n'; df -P -B1 -- "$root" | tail -n 1
-"""
-
-
-def probe_script(sched: Scheduler) -> str:
-    """One round trip: the work folder's disk, the controller's answer, then (only if it
-    answers) the scheduler's own sections. Every command is bounded by ``timeout``."""
-    lines = [
-        PROBE_HEAD,
-        f"out=$(timeout 10 {sched.ping} 2>&1); rc=$?",
-        'printf -- \'--ping %s\\n%s\\n\' "$rc" "$out"',
-        'if [ "$rc" = 0 ]; then',
-    ]
-    for name, command in sched.probe_sections:
-        lines.append(f"  printf -- '--{name}\\n'; timeout 10 {command} 2>/dev/null")
-    lines += ["fi", "true"]
-    return "\n".join(lines) + "\n"
-
-
-def parse_probe(sched: Scheduler, text: str, root: str) -> HealthSample:
-    sections: dict[str, list[str]] = {}
-    current = ""
-    ping_rc: int | None = None
-    for line in text.splitlines():
-        if line.startswith("--ping "):
-            current = "ping"
-            sections[current] = []
-            code = line[len("--ping ") :].strip()
-            ping_rc = int(code) if code.isdigit() else None
-        elif line.startswith("--") and " " not in line:
-            current = line[2:]
-            sections[current] = []
-        elif current:
-            sections[current].append(line)
-    free = total = None
-    try:
-        df = sections["df"][0].split()
-        total, free = int(df[1]), int(df[3])
-    except (KeyError, IndexError, ValueError):
-        pass
-    answer = " ".join(s.strip() for s in sections.get("ping", []) if s.strip())
-    extra: dict[str, Any] = {"scheduler": sched.name}
-    if ping_rc != 0:
-        extra["controller"] = "down"
-        return HealthSample(
-            reachable=False,
-            disk_path=root,
-            free_bytes=free,
-            total_bytes=total,
-            error=f"the {sched.name} controller does not answer "
-            f"({sched.ping}: {answer or 'no answer'})",
-            extra=extra,
-        )
-    extra["controller"] = "up"
-    extra.update(sched.health_extra(sections))
-    return HealthSample(
-        reachable=True, disk_path=root, free_bytes=free, total_bytes=total, extra=extra
-    )

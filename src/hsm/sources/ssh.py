@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import posixpath
 import sys
@@ -30,7 +29,7 @@ from hsm.backoff import Backoff, Sleep
 from hsm.engine import fence
 from hsm.engine.lifecycle import Ack, Facts
 from hsm.errors import HsmError
-from hsm.jobscript import encode_spec, parse_events, parse_status, wrapper_text
+from hsm.jobscript import encode_spec, parse_events, parse_status, wrapper_name
 from hsm.sources import ssh_host
 from hsm.sources import ssh_scripts as scripts
 from hsm.sources.base import (
@@ -45,10 +44,17 @@ from hsm.sources.base import (
     summarize,
     task_folder_name,
 )
+from hsm.sources.hostpath import expand_root
 from hsm.sources.probe import PROBE_SCRIPT, parse_probe
 from hsm.sources.ssh_monitor import HostMonitor, LaunchResult, Unconfirmed
 from hsm.sources.ssh_pull import HostPuller, Key, Prefetch
-from hsm.sources.transport import ConnectError, ConnectionLost, RemoteError, SshTransport
+from hsm.sources.transport import (
+    ConnectError,
+    ConnectionLost,
+    RemoteError,
+    SshTransport,
+    check_remote,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +115,7 @@ class SshSource(Source):
 
     # -- paths ---------------------------------------------------------------------------
     def _abs(self, path: str) -> str:
-        if self._home and (path == "~" or path.startswith("~/")):
-            return self._home + path[1:]
-        return path
+        return expand_root(path, self._home) if self._home else path
 
     def base(self, ctx: SweepContext) -> str:
         return f"{self._root or self.remote_root}/{ctx.project_name}"
@@ -129,11 +133,7 @@ class SshSource(Source):
         return f"{self.sweep_root(ctx)}/{task_folder_name(number)}"
 
     def wrapper_path(self, ctx: SweepContext) -> str:
-        return f"{self._root or self.remote_root}/.hsm/{self.wrapper_name()}"
-
-    @staticmethod
-    def wrapper_name() -> str:
-        return f"wrapper-{hashlib.sha256(wrapper_text().encode()).hexdigest()[:12]}.sh"
+        return f"{self._root or self.remote_root}/.hsm/{wrapper_name()}"
 
     def host_label(self) -> str:
         return self.transport.target.host
@@ -180,7 +180,7 @@ class SshSource(Source):
                 project_name=ctx.project_name,
                 sweep_id=ctx.sweep_id,
                 source=self.name,
-                wrapper_name=self.wrapper_name(),
+                wrapper_name=wrapper_name(),
             )
             if not self._pushed:
                 await ssh_host.push_snapshot(
@@ -469,7 +469,7 @@ class SshSource(Source):
             args += [task_dir, str(h.attempt), h.nonce, _text(pid), _text(pgid)]
         if args:
             result = await self.transport.run_script(scripts.CANCEL, args, name="hsm-cancel")
-            result.check(f"{self._where()}: cancelling {len(handles)} task(s)")
+            check_remote(result, f"{self._where()}: cancelling {len(handles)} task(s)")
 
     async def collect(self, *, ctx: SweepContext, handle: JobHandle) -> None:
         key = (self._abs(handle.task_dir), handle.attempt)
@@ -518,7 +518,7 @@ class SshSource(Source):
         result = await self.transport.run_script(
             scripts.CLEAN, [sweep, self.sweep_root(ctx)], name="hsm-clean"
         )
-        result.check(f"{self._where()}: removing {self.sweep_root(ctx)}")
+        check_remote(result, f"{self._where()}: removing {self.sweep_root(ctx)}")
 
     async def probe(self) -> HealthSample:
         if self._ctx is not None and not self.reachable:

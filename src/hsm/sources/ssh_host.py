@@ -15,7 +15,7 @@ from hsm.jobscript import wrapper_text
 from hsm.sources import ssh_scripts as scripts
 from hsm.sources.gpus import parse_gpu_indices
 from hsm.sources.process import CommandError
-from hsm.sources.transport import ConnectError, RemoteError, SshTransport
+from hsm.sources.transport import ConnectError, RemoteError, SshTransport, check_remote
 
 # Always excluded from the code push (the project's own state and output folders are added).
 PUSH_EXCLUDE = (".git/", "__pycache__/", "*.pyc", "/.hsm/")
@@ -53,15 +53,15 @@ async def preflight(
     except RemoteError as exc:
         raise SourceUnavailableError(f"{where}: {exc.message}") from None
     err = result.stderr.strip()
-    if result.exit_status == 11:
+    if result.returncode == 11:
         raise SourceUnavailableError(f"{where}: remote_root {remote_root!r} is not writable: {err}")
-    if result.exit_status == 12:
+    if result.returncode == 12:
         raise SourceUnavailableError(
             f"{where}: "
             + CHECK_ERRORS[12].format(python=python, name=name)
             + (f" ({err})" if err else "")
         )
-    result.check(f"{where}: checking the host")
+    check_remote(result, f"{where}: checking the host")
 
 
 async def setup(
@@ -82,11 +82,11 @@ async def setup(
         name="hsm-setup",
         input=wrapper_text().encode(),
     )
-    if result.exit_status == 11:
+    if result.returncode == 11:
         raise SourceUnavailableError(
             f"{where}: remote_root {remote_root!r} is not writable: {result.stderr.strip()}"
         )
-    result.check(f"{where}: preparing {remote_root}")
+    check_remote(result, f"{where}: preparing {remote_root}")
     home, root = result.stdout.split("\0")[:2]
     return home, root
 
@@ -118,7 +118,7 @@ async def push_snapshot(
     ``--link-dest`` against the project's latest snapshot (``latest``, a symlink), so files
     that did not change are hard links and cost no space. Returns whether it pushed."""
     state = await transport.run_script(SNAPSHOT_STATE, [code_dir, latest], name="hsm-snapshot")
-    if state.exit_status == 0:
+    if state.returncode == 0:
         return False
     previous = state.stdout.strip()
     await push_code(
@@ -129,7 +129,7 @@ async def push_snapshot(
         link_dest=previous or None,
     )
     done = await transport.run_script(SNAPSHOT_DONE, [code_dir, latest], name="hsm-snapshot")
-    done.check(f"recording the code snapshot {code_dir}")
+    check_remote(done, f"recording the code snapshot {code_dir}")
     return True
 
 
@@ -181,7 +181,7 @@ async def check(
         [code_dir, python, cmd, script, str(int(probe_gpus)), *setup],
         name="hsm-check",
     )
-    template = CHECK_ERRORS.get(result.exit_status)
+    template = CHECK_ERRORS.get(result.returncode)
     if template is not None:
         err = result.stderr.strip() or "no output"
         raise SourceUnavailableError(
@@ -190,5 +190,5 @@ async def check(
                 code=code_dir, python=python, name=name, cmd=cmd, script=script, err=err
             )
         )
-    result.check(f"{where}: checking the host")
+    check_remote(result, f"{where}: checking the host")
     return parse_gpu_indices(result.stdout) if probe_gpus else []

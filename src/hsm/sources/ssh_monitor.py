@@ -12,12 +12,12 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import asyncssh
 
+from hsm.sources.ssh_channel import ChannelProgram
 from hsm.sources.ssh_scripts import MONITOR, printf_escape
 from hsm.sources.transport import ConnectionLost, RemoteError, SshTransport
 
@@ -53,11 +53,13 @@ class Seen:
     alive: bool | None
 
 
-class HostMonitor:
+class HostMonitor(ChannelProgram):
+    what = "the host monitor"
+
     def __init__(
         self, transport: SshTransport, wrapper: str, on_change: Callable[[Sequence[int]], None]
     ) -> None:
-        self.transport = transport
+        super().__init__(transport)
         self.wrapper = wrapper
         self.on_change = on_change
         self.seen: dict[int, Seen] = {}
@@ -65,47 +67,20 @@ class HostMonitor:
         self.watched: dict[int, int] = {}  # id -> attempt
         # id -> the launch record ("ATTEMPT NONCE", "" for none) of a folder without a status
         self.launched: dict[int, str] = {}
-        self.done = asyncio.Event()
-        self.error = ""
-        self._proc: asyncssh.SSHClientProcess[bytes] | None = None
-        self._task: asyncio.Task[None] | None = None
         self._acks: dict[int, asyncio.Future[int]] = {}
         self._pongs: dict[int, asyncio.Future[None]] = {}
         self._tokens = itertools.count(1)
 
     # -- life ----------------------------------------------------------------------------
-    async def start(self) -> None:
-        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._run(ready))
-        await ready
+    def argv(self) -> list[str]:
+        return ["bash", "-c", MONITOR, "hsm-monitor", self.wrapper]
 
-    async def _run(self, ready: asyncio.Future[None]) -> None:
-        command = shlex.join(["bash", "-c", MONITOR, "hsm-monitor", self.wrapper])
-        try:
-            async with self.transport.channel() as conn:
-                proc = await self.transport.open_process(conn, command)
-                self._proc = proc
-                ready.set_result(None)
-                await self._read(proc)
-                status = proc.exit_status
-                self.error = f"the host monitor ended (exit {status})"
-        except Exception as exc:  # whatever ends the reader ends the monitor, cleanly
-            if not isinstance(exc, OSError | asyncssh.Error | RemoteError):
-                log.warning("host monitor: reader failed: %r", exc)
-            self.error = str(exc) or type(exc).__name__
-            if not ready.done():
-                ready.set_exception(
-                    exc
-                    if isinstance(exc, RemoteError)
-                    else ConnectionLost(f"starting the host monitor: {exc}")
-                )
-        finally:
-            if not ready.done():
-                ready.set_exception(ConnectionLost("the host monitor did not start"))
-            self._end()
+    async def _serve(self, proc: asyncssh.SSHClientProcess[bytes]) -> None:
+        await self._read(proc)
+        self.error = f"the host monitor ended (exit {proc.exit_status})"
 
     def _end(self) -> None:
-        self.done.set()
+        super()._end()
         lost = ConnectionLost(self.error or "the host monitor stopped")
         futures: list[asyncio.Future[int] | asyncio.Future[None]] = [
             *self._acks.values(),
@@ -129,10 +104,6 @@ class HostMonitor:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-    @property
-    def alive(self) -> bool:
-        return self._proc is not None and not self.done.is_set()
 
     # -- events --------------------------------------------------------------------------
     async def _read(self, proc: asyncssh.SSHClientProcess[bytes]) -> None:

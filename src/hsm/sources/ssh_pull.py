@@ -9,7 +9,6 @@ import asyncio
 import collections
 import contextlib
 import posixpath
-import shlex
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import IO
 
 import asyncssh
 
+from hsm.sources.ssh_channel import ChannelProgram
 from hsm.sources.ssh_scripts import PULLER
 from hsm.sources.transport import (
     SPOOL_IN_MEMORY,
@@ -32,45 +32,21 @@ STALL_TIMEOUT = 60.0  # no byte for this long: the puller is stuck, start a new 
 _NO_DATA = frozenset(b"123456")  # links, devices, folders, fifos: a header and no data
 
 
-class HostPuller:
+class HostPuller(ChannelProgram):
+    what = "the puller"
+
     def __init__(self, transport: SshTransport) -> None:
-        self.transport = transport
-        self.done = asyncio.Event()
-        self._proc: asyncssh.SSHClientProcess[bytes] | None = None
-        self._task: asyncio.Task[None] | None = None
+        super().__init__(transport)
         self._lock = asyncio.Lock()
         self._errors: collections.deque[str] = collections.deque(maxlen=5)
 
-    async def start(self) -> None:
-        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._run(ready))
-        await ready
+    def argv(self) -> list[str]:
+        return ["bash", "-c", PULLER, "hsm-puller"]
 
-    async def _run(self, ready: asyncio.Future[None]) -> None:
-        command = shlex.join(["bash", "-c", PULLER, "hsm-puller"])
-        try:
-            async with self.transport.channel() as conn:
-                proc = await self.transport.open_process(conn, command)
-                self._proc = proc
-                ready.set_result(None)
-                while line := await proc.stderr.readline():  # tar's messages, kept for errors
-                    self._errors.append(line.decode(errors="replace").strip())
-                await proc.wait_closed()
-        except (OSError, asyncssh.Error, RemoteError) as exc:
-            if not ready.done():
-                ready.set_exception(
-                    exc
-                    if isinstance(exc, RemoteError)
-                    else ConnectionLost(f"starting the puller: {exc}")
-                )
-        finally:
-            if not ready.done():
-                ready.set_exception(ConnectionLost("the puller did not start"))
-            self.done.set()
-
-    @property
-    def alive(self) -> bool:
-        return self._proc is not None and not self.done.is_set()
+    async def _serve(self, proc: asyncssh.SSHClientProcess[bytes]) -> None:
+        while line := await proc.stderr.readline():  # tar's messages, kept for errors
+            self._errors.append(line.decode(errors="replace").strip())
+        await proc.wait_closed()
 
     async def close(self) -> None:
         proc, task = self._proc, self._task

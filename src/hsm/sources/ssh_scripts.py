@@ -7,16 +7,7 @@ script text. They need bash >= 4.4 and coreutils, like the job wrapper.
 
 from __future__ import annotations
 
-# Sets r to the absolute remote root ($1 as configured: "~", "~/x", "/x" or "x").
-_ROOT = r"""
-case $1 in
-  '~') r=$HOME ;;
-  '~/'*) r=$HOME/${1#'~/'} ;;
-  /*) r=$1 ;;
-  *) r=$HOME/$1 ;;
-esac
-while [[ $r == ?*/ ]]; do r=${r%/}; done
-"""
+from hsm.sources.hostpath import EXPAND_ROOT
 
 # Exit 11: the folder cannot be created or written. $1 is the folder.
 _WRITABLE = r"""
@@ -41,7 +32,7 @@ done
 # PREFLIGHT ROOT PROJECT PYTHON SETUP...: is the root writable, is python there?
 # (Before the code is pushed; setup lines that fail here are only reported.)
 PREFLIGHT = (
-    _ROOT
+    EXPAND_ROOT
     + _WRITABLE
     + r"""
 writable "$r"
@@ -58,7 +49,7 @@ exit 0
 # SETUP_HOST ROOT PROJECT SWEEP SOURCE WRAPPER_NAME < wrapper text
 # Creates the folders, installs the wrapper once; prints "$HOME\0ROOT\0".
 SETUP_HOST = (
-    _ROOT
+    EXPAND_ROOT
     + _WRITABLE
     + r"""
 b=$r/$2

@@ -93,20 +93,15 @@ class ConnectError(SourceUnavailableError):
         self.unreachable = unreachable
 
 
-@dataclass(frozen=True)
-class RemoteResult:
-    command: str
-    exit_status: int
-    stdout: str
-    stderr: str
-
-    def check(self, what: str) -> RemoteResult:
-        if self.exit_status != 0:
-            tail = "\n".join(self.stderr.strip().splitlines()[-5:])
-            raise RemoteError(
-                f"{what} failed (exit {self.exit_status})" + (f": {tail}" if tail else "")
-            )
-        return self
+def check_remote(result: CommandResult, what: str) -> CommandResult:
+    """``result`` of a remote command, or RemoteError when it failed (its exit status and
+    the tail of its stderr)."""
+    if result.returncode != 0:
+        tail = result.stderr_tail()
+        raise RemoteError(
+            f"{what} failed (exit {result.returncode})" + (f": {tail}" if tail else "")
+        )
+    return result
 
 
 class _Client(asyncssh.SSHClient):
@@ -122,11 +117,12 @@ class _Client(asyncssh.SSHClient):
 REMOTE_COMMAND = "bash -s"
 
 
-def remote_stdin(command: str, input: bytes | None) -> bytes:
-    """The stdin of `REMOTE_COMMAND` for one command line (bash syntax, from shlex): one
-    ``exec COMMAND`` line, which bash parses whole before it runs it, then the command's own
-    input (bash reads a pipe byte by byte, so the command gets every byte after that line)."""
-    return b"exec " + command.encode("utf-8", "surrogateescape") + b"\n" + (input or b"")
+def remote_stdin(argv: Sequence[str], input: bytes | None) -> bytes:
+    """The stdin of `REMOTE_COMMAND` for one command: one ``exec ARGV`` line, quoted here
+    (``shlex.join``), which bash parses whole before it runs it, then the command's own input
+    (bash reads a pipe byte by byte, so the command gets every byte after that line)."""
+    line = shlex.join(argv).encode("utf-8", "surrogateescape")
+    return b"exec " + line + b"\n" + (input or b"")
 
 
 class SshTransport:
@@ -386,16 +382,16 @@ class SshTransport:
             yield await self.connect()
 
     async def run(
-        self, command: str, *, input: bytes | None = None, timeout: float | None = 60.0
-    ) -> RemoteResult:
-        """Run one simple command line (an argv joined with shlex by the caller), whatever
-        the remote user's login shell (see `remote_stdin`)."""
+        self, argv: Sequence[str], *, input: bytes | None = None, timeout: float | None = 60.0
+    ) -> CommandResult:
+        """Run one command (an argv list, quoted here), whatever the remote user's login
+        shell (see `remote_stdin`)."""
         for attempt in range(CHANNEL_RETRIES):
             async with self.channel() as conn:
                 try:
                     proc = await conn.run(
                         REMOTE_COMMAND,
-                        input=remote_stdin(command, input),
+                        input=remote_stdin(argv, input),
                         timeout=timeout,
                         check=False,
                         encoding=None,
@@ -417,7 +413,7 @@ class SshTransport:
                         f"source {self.target.source!r}: connection lost: {exc}"
                     ) from None
             status = proc.exit_status if proc.exit_status is not None else -1
-            return RemoteResult(command, status, _text(proc.stdout), _text(proc.stderr))
+            return CommandResult(tuple(argv), status, _text(proc.stdout), _text(proc.stderr))
         raise AssertionError("unreachable")
 
     async def run_script(
@@ -428,23 +424,21 @@ class SshTransport:
         name: str,
         input: bytes | None = None,
         timeout: float | None = 60.0,
-    ) -> RemoteResult:
+    ) -> CommandResult:
         """``bash -c SCRIPT NAME ARGS...``: user values only ever arrive as arguments."""
-        return await self.run(
-            shlex.join(["bash", "-c", script, name, *args]), input=input, timeout=timeout
-        )
+        return await self.run(["bash", "-c", script, name, *args], input=input, timeout=timeout)
 
     async def open_process(
-        self, conn: asyncssh.SSHClientConnection, command: str
+        self, conn: asyncssh.SSHClientConnection, argv: Sequence[str]
     ) -> asyncssh.SSHClientProcess[bytes]:
         """Start a remote process on a channel the caller holds (see ``channel``): like
-        `run`, ``command`` reaches bash on stdin, and what the caller writes follows it."""
+        `run`, ``argv`` reaches bash on stdin, and what the caller writes follows it."""
         for attempt in range(CHANNEL_RETRIES):
             try:
                 proc: asyncssh.SSHClientProcess[bytes] = await conn.create_process(
                     REMOTE_COMMAND, encoding=None
                 )
-                proc.stdin.write(remote_stdin(command, None))
+                proc.stdin.write(remote_stdin(argv, None))
                 return proc
             except asyncssh.ChannelOpenError as exc:
                 if attempt == CHANNEL_RETRIES - 1:
@@ -467,7 +461,7 @@ class SshTransport:
         argv += ["--", *names]
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
             async with self.channel() as conn:
-                proc = await self.open_process(conn, shlex.join(argv))
+                proc = await self.open_process(conn, argv)
                 try:
                     while data := await proc.stdout.read(1 << 16):
                         spool.write(data)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +25,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from hsm.sources.process import run_local_sync
 from hsm.spec.config import find_config
 from hydra_plugins.hsm_launcher.callback import RETURN_FILE
 
@@ -125,14 +124,7 @@ class HsmLauncher(Launcher):
         )
         log.info("hsm: launching %d job(s) as an hsm sweep (%s)", len(job_overrides), sweep_file)
         # hsm's progress and log lines go to the terminal; its JSON result comes back here.
-        proc = subprocess.run(
-            self.hsm_argv(sweep_file),
-            stdout=subprocess.PIPE,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            check=False,
-            env=dict(os.environ),
-        )
+        proc = run_local_sync(self.hsm_argv(sweep_file), stderr=False)
         try:
             data = json.loads(proc.stdout)
         except ValueError:
