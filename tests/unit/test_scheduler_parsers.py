@@ -262,3 +262,9 @@ def test_pbs_probe_queue_counts() -> None:
     sample = parse_queue_probe(Pbs("pro"), text, "~/hsm")
     assert sample.reachable
     assert sample.extra["queue"] == {"pending": 1, "running": 1}
+
+
+def test_every_pbs_flavour_asks_only_for_the_sweep_s_own_jobs() -> None:
+    for flavor in ("pro", "torque", "generic"):
+        argv = Pbs(flavor).status_argv(["12[].s", "13[].s"])
+        assert argv[0] == "qstat" and argv[-2:] == ["12[].s", "13[].s"], (flavor, argv)

@@ -270,7 +270,7 @@ class Pbs(Scheduler):
             return ["qstat", "-f", "-F", "json", "-x", "-t", *array_ids]
         if self.flavor == "torque":
             return ["qstat", "-x", "-t", *array_ids]
-        return ["qstat", "-f"]
+        return ["qstat", "-f", *array_ids]  # only the sweep's own jobs
 
     def status_failed(self, result: CommandResult) -> bool:
         return result.returncode not in (0, UNKNOWN_JOB) and not result.stdout.strip()
