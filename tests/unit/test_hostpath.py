@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from hsm.sources.hostpath import EXPAND_ROOT, expand_root
+from hsm.sources.hostpath import expand_root
+from hsm.sources.remote import script
 
 HOME = "/home/it's me"
 CASES = [
@@ -36,7 +37,7 @@ def test_python_rule(configured: str, absolute: str) -> None:
 @pytest.mark.parametrize(("configured", "absolute"), CASES)
 def test_bash_rule_is_the_same(configured: str, absolute: str) -> None:
     out = subprocess.run(
-        ["bash", "-c", EXPAND_ROOT + 'printf %s "$r"', "hsm-test", configured],
+        ["bash", "-c", script("lib/expand_root.sh") + 'printf %s "$r"', "hsm-test", configured],
         capture_output=True,
         check=True,
         env={**os.environ, "HOME": HOME},

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from hsm import clock
 from hsm.engine.lifecycle import Next, Verdict, decide
 from hsm.errors import SubmissionError
 from hsm.jobscript import GuardSettings
@@ -279,3 +280,33 @@ def test_cancel_stops_running_wrappers_gently_and_pending_elements_first() -> No
         ["scancel", "--batch", "--signal=TERM", "101_1"],
         ["scancel", "101_1"],
     ]
+
+
+def test_a_sweep_asks_for_the_scheduler_s_health_sections_only_every_ten_minutes() -> None:
+    # The sections (nodes, your own queue) are shown, not judged: in a sweep they cost
+    # scheduler queries every few minutes at most, and the last answer is shown meanwhile.
+    def handler(argv: list[str], _: bytes | None) -> CommandResult:
+        if argv[:2] != ["bash", "-c"] or "--ping" not in argv[2]:
+            return ok(argv)  # the checks before a sweep
+        script = argv[2]
+        out = "--disk\n1000 500\n--ping 0\nok\n"
+        if "--nodes" in script:
+            out += "--nodes\nbatch|up|4|idle\n--queue\nRUNNING\n"
+        return ok(argv, out)
+
+    now = [1000.0]
+    clock.install(lambda: now[0], lambda: now[0])
+    try:
+        login = ScriptedLogin(handler)
+        src = source(login)
+        asyncio.run(src.prepare(ctx=context()))
+        seen = []
+        for step in (0, 60, 60, 600):
+            now[0] += step
+            sample = asyncio.run(src.probe())
+            seen.append(("--nodes" in login.calls[-1][2], sample.extra.get("queue")))
+            assert sample.reachable
+        assert [asked for asked, _ in seen] == [True, False, False, True]
+        assert all(queue == {"pending": 0, "running": 1} for _, queue in seen), seen
+    finally:
+        clock.reset()

@@ -2,23 +2,11 @@
 
 A root folder as configured (an SSH host's ``remote_root``, a cluster's work folder) is
 ``~`` (the home folder), ``~/x`` (below it), ``/x`` (itself) or ``x`` (below the home folder
-too: where an SSH login starts); trailing slashes are cut. `EXPAND_ROOT` states the rule for
-the bash programs hsm runs on a host, `expand_root` the same rule for Python.
+too: where an SSH login starts); trailing slashes are cut. ``remote/lib/expand_root.sh`` states
+the rule for the bash programs hsm runs on a host, `expand_root` the same rule for Python.
 """
 
 from __future__ import annotations
-
-# Sets r to the absolute root, from $1 as configured (see the module docstring).
-EXPAND_ROOT = r"""
-# shellcheck disable=SC2088 # '~/' is meant literally: the root as configured
-case $1 in
-  '~') r=$HOME ;;
-  '~/'*) r=$HOME/${1#'~/'} ;;
-  /*) r=$1 ;;
-  *) r=$HOME/$1 ;;
-esac
-while [[ $r == ?*/ ]]; do r=${r%/}; done
-"""
 
 
 def expand_root(path: str, home: str) -> str:

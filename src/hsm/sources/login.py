@@ -18,20 +18,12 @@ from pathlib import Path
 from hsm.jobscript import WRAPPER_PATH, wrapper_name
 from hsm.sources.base import JobHandle, SweepContext, task_folder_name
 from hsm.sources.process import CommandResult, run_local
+from hsm.sources.remote import script
 from hsm.sources.ssh import SshSource
 from hsm.sources.transport import SshTransport
 
-# Prints "<path>\0<content>\0" for every path (empty content for a missing file).
-READ_SCRIPT = r"""
-for f in "$@"; do
-  s=""; [ -f "$f" ] && s=$(<"$f")
-  printf '%s\0%s\0' "$f" "$s"
-done
-"""
-MISSING_SCRIPT = r"""
-for c in "$@"; do command -v "$c" >/dev/null 2>&1 || printf '%s\n' "$c"; done
-true
-"""
+READ_SCRIPT = script("read_files.sh")  # "<path>\0<content>\0" for every path
+MISSING_SCRIPT = script("missing_commands.sh")  # the commands that are not on the PATH
 
 
 class Login(ABC):

@@ -13,29 +13,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from hsm.sources.base import HealthSample
-from hsm.sources.hostpath import EXPAND_ROOT
 from hsm.sources.local import parse_meminfo
+from hsm.sources.remote import script
 from hsm.sources.scheduler import Scheduler
 
-# The "--df" section: the disk of the root folder ($1, as configured), found from the nearest
-# folder that exists (the root may not exist yet). Builtins except df.
-DISK = (
-    EXPAND_ROOT
-    + r"""
-while [[ ! -e $r && $r == /?* ]]; do r=${r%/*}; r=${r:-/}; done
-printf '%s\n' '--df'; df -P -B1 -- "$r" | { read -r _; read -r line; printf '%s\n' "$line"; }
-"""
-)
-
-# An SSH host: DISK, then load, cores and memory. Builtins except df and nproc.
-PROBE_SCRIPT = (
-    DISK
-    + r"""
-printf '%s\n' '--load'; read -r load </proc/loadavg; printf '%s\n' "$load"
-printf '%s\n' '--cores'; nproc
-printf '%s\n' '--mem'; mapfile -t mem </proc/meminfo; printf '%s\n' "${mem[@]}"
-"""
-)
+# The "--df" section of both probes (lib/disk.sh), and an SSH host's whole probe: the disk,
+# then load, cores and memory (probe.sh).
+DISK = script("lib/disk.sh")
+PROBE_SCRIPT = script("probe.sh")
 
 _HEADER = re.compile(r"--([a-z_]+)(?: (.*))?")
 
@@ -84,16 +69,17 @@ def parse_probe(text: str, root: str) -> HealthSample:
     )
 
 
-def queue_probe_script(sched: Scheduler) -> str:
-    """A cluster: DISK, the controller's answer, then (only if it answers) the scheduler's
-    own sections. Every scheduler command is bounded by ``timeout``."""
+def queue_probe_script(sched: Scheduler, *, sections: bool = True) -> str:
+    """A cluster: DISK, the controller's answer, then (only if it answers, and with
+    ``sections``) the scheduler's own sections. Every scheduler command is bounded by
+    ``timeout``."""
     lines = [
         DISK,
         f"out=$(timeout 10 {sched.ping} 2>&1); rc=$?",
         'printf -- \'--ping %s\\n%s\\n\' "$rc" "$out"',
         'if [ "$rc" = 0 ]; then',
     ]
-    for name, command in sched.probe_sections:
+    for name, command in sched.probe_sections if sections else ():
         lines.append(f"  printf -- '--{name}\\n'; timeout 10 {command} 2>/dev/null")
     lines += ["fi", "true"]
     return "\n".join(lines) + "\n"

@@ -18,8 +18,8 @@ import re
 import shlex
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from hsm import clock
 from hsm.backoff import Backoff, Sleep, retry
@@ -65,6 +65,9 @@ def chunks(items: Sequence[T], size: int) -> list[list[T]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
+SECTIONS_EVERY = 600.0  # seconds between two asks for the scheduler's health sections
+
+
 def job_name(sweep_id: str, attempt_id: int) -> str:
     """The job name of a submission: unique per sweep and first attempt; found again by it."""
     return f"hsm-{re.sub(r'[^A-Za-z0-9_.-]', '_', sweep_id)}-{attempt_id}"
@@ -105,6 +108,11 @@ class QueueSource(Source):
         self._cancelled: set[tuple[str, int]] = set()
         self._query_failed = False
         self.sleep: Sleep = asyncio.sleep  # the waits between retries (tests drive them)
+        # During a sweep, the scheduler's own health sections (nodes, your queue: shown, not
+        # judged) are asked for at most every SECTIONS_EVERY seconds; in between, the last
+        # answer is shown again. The controller's answer is asked for at every check.
+        self._in_sweep = False
+        self._sections: tuple[float, dict[str, Any]] | None = None
 
     # -- paths ---------------------------------------------------------------------------
     def sweep_root(self, ctx: SweepContext) -> str:
@@ -134,6 +142,7 @@ class QueueSource(Source):
     async def prepare(self, *, ctx: SweepContext) -> None:
         await self._check(ctx.resources)
         await self.login.prepare(ctx)
+        self._in_sweep = True
 
     async def _check(self, res: Resources) -> None:
         sched = self.scheduler
@@ -523,7 +532,10 @@ class QueueSource(Source):
 
     # -- health --------------------------------------------------------------------------
     async def probe(self) -> HealthSample:
-        script = queue_probe_script(self.scheduler)
+        now = clock.monotonic()
+        last = self._sections
+        sections = not self._in_sweep or last is None or now - last[0] >= SECTIONS_EVERY
+        script = queue_probe_script(self.scheduler, sections=sections)
         try:
             result = await self._run(
                 ["bash", "-c", script, "hsm-probe", self.login.work_root], timeout=30
@@ -532,6 +544,10 @@ class QueueSource(Source):
             sample = HealthSample(reachable=False, error=str(exc) or type(exc).__name__)
         else:
             sample = parse_queue_probe(self.scheduler, result.stdout, self.login.work_root)
+            if sample.reachable and sections:
+                self._sections = (now, dict(sample.extra))
+            elif sample.reachable and last is not None:
+                sample = replace(sample, extra={**sample.extra, **last[1]})
         self.reachable = sample.reachable  # new tasks only while the controller answers
         return sample
 

@@ -15,6 +15,7 @@ from hsm.jobscript import wrapper_text
 from hsm.sources import ssh_scripts as scripts
 from hsm.sources.gpus import parse_gpu_indices
 from hsm.sources.process import CommandError
+from hsm.sources.remote import script
 from hsm.sources.transport import ConnectError, RemoteError, SshTransport, check_remote
 
 # Always excluded from the code push (the project's own state and output folders are added).
@@ -91,18 +92,8 @@ async def setup(
     return home, root
 
 
-# SNAPSHOT_STATE CODE LATEST: exit 0 if the sweep's snapshot CODE is complete (pushed by an
-# earlier run of the sweep); else print the folder LATEST points to, if it is one.
-SNAPSHOT_STATE = r"""
-[[ -e "$1.done" ]] && exit 0
-[[ -d "$2/" ]] && printf '%s' "$(readlink -f -- "$2")"
-exit 1
-"""
-
-# SNAPSHOT_DONE CODE LATEST: mark the snapshot complete; LATEST (a symlink) points to it.
-SNAPSHOT_DONE = r"""
-: > "$1.done" && ln -sfn -- "$1" "$2.new.$$" && mv -fT -- "$2.new.$$" "$2"
-"""
+SNAPSHOT_STATE = script("snapshot_state.sh")  # is the sweep's code snapshot complete?
+SNAPSHOT_DONE = script("snapshot_done.sh")  # mark it complete, point "latest" to it
 
 
 async def push_snapshot(
