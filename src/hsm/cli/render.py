@@ -241,12 +241,12 @@ def summary_table(summary: SweepSummary) -> Table:
     c = summary.counts
     timeouts = summary.timeouts
     cells = {
-        "completed": c.get("completed", 0),
-        "failed": c.get("failed", 0) - timeouts,
+        "completed": c.get(TaskStatus.COMPLETED, 0),
+        "failed": c.get(TaskStatus.FAILED, 0) - timeouts,
         "timed out": timeouts,
-        "running": c.get("running", 0),
-        "pending": c.get("pending", 0),
-        "cancelled": c.get("cancelled", 0),
+        "running": c.get(TaskStatus.RUNNING, 0),
+        "pending": c.get(TaskStatus.PENDING, 0),
+        "cancelled": c.get(TaskStatus.CANCELLED, 0),
     }
     if not timeouts:
         del cells["timed out"]
