@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from hsm.cli.common import config_option, json_option, project_from
-from hsm.cli.render import dumps, out_console, print_json
+from hsm.cli.render import out_console, print_json, write_json_line
 from hsm.engine.health import DiskStatus, HealthStatus, percent_free
 from hsm.engine.listing import list_sources
 from hsm.errors import UnknownSourceError
@@ -171,10 +171,7 @@ def health(
         if as_json:
             while True:
                 rows = check_health(project, chosen)
-                sys.stdout.write(
-                    dumps({"time": time.time(), "sources": [r.to_json() for r in rows]}) + "\n"
-                )
-                sys.stdout.flush()
+                write_json_line({"time": time.time(), "sources": [r.to_json() for r in rows]})
                 time.sleep(refresh)
         with Live(
             health_table(check_health(project, chosen)),

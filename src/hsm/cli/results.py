@@ -13,7 +13,7 @@ import click
 from rich.table import Table
 
 from hsm.cli.common import config_option, project_from
-from hsm.cli.render import dumps, out_console
+from hsm.cli.render import dumps, json_text, out_console
 from hsm.cli.report import write_atomically
 from hsm.engine.results import ResultTable, latest_sweep_id, read_results
 from hsm.errors import ConfigError, StateError
@@ -145,12 +145,8 @@ def _csv_cell(value: Any) -> str:
 
 
 def to_json(table: ResultTable) -> str:
-    return (
-        dumps(
-            {"sweep_id": table.sweep_id, "columns": table.columns, "rows": table.records()},
-            indent=2,
-        )
-        + "\n"
+    return json_text(
+        {"sweep_id": table.sweep_id, "columns": table.columns, "rows": table.records()}
     )
 
 
