@@ -3,6 +3,7 @@ the config and a real state file."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,8 +17,10 @@ from hsm.engine.listing import (
     list_sources,
     list_sweeps,
     source_listing,
+    sweep_or_latest,
 )
 from hsm.engine.service import Project, open_project
+from hsm.errors import ExitCode, StateError
 from hsm.sources.base import HealthSample
 from hsm.states import SweepState, TaskStatus
 from tests.hsmcli import TEST_CONFIG, make_project
@@ -53,16 +56,19 @@ def test_sources_without_state_are_as_the_config_says(project: Project) -> None:
 
 
 def test_the_disabled_set_comes_before_the_config(project: Project) -> None:
+    before = time.time()
     store = project.open_store(create=True)
     store.set_source_enabled("gpu-box", False, reason="disk swap")
     store.set_source_enabled("retired", False, reason="broken fan")
     store.set_source_enabled("cluster", False, reason="maintenance")
     store.set_source_enabled("cluster", True, reason="back")
     store.close()
+    after = time.time()
     rows = {r.name: r for r in list_sources(project)}
     for name, reason in (("gpu-box", "disk swap"), ("retired", "broken fan")):
-        assert (rows[name].enabled, rows[name].disabled_reason) == (False, reason)
-        assert rows[name].disabled_at is not None and rows[name].disabled_at > 0
+        row = rows[name]
+        assert (row.enabled, row.disabled_reason) == (False, reason)
+        assert row.disabled_at is not None and before <= row.disabled_at <= after
     assert rows["cluster"] == SourceListing("cluster", "slurm", True, None, None)
     assert rows["local"].enabled
     assert rows["gpu-box"].to_json() == {
@@ -105,10 +111,10 @@ def test_health_rows_carry_the_same_listing(project: Project) -> None:
     assert gone.unhealthy and gone.to_json()["status"] == "unhealthy"
 
 
-def test_sweeps_newest_first_with_every_status_counted(project: Project) -> None:
-    assert list_sweeps(project) == []
+def record(project: Project, *sweeps: tuple[str, int]) -> None:
+    """Record sweeps (ID, number of tasks) in the state, oldest first."""
     store = project.open_store(create=True)
-    for sweep_id, tasks in (("old", 2), ("new", 3)):
+    for sweep_id, tasks in sweeps:
         store.create_sweep(
             sweep_id=sweep_id,
             spec_path="s.yaml",
@@ -120,6 +126,13 @@ def test_sweeps_newest_first_with_every_status_counted(project: Project) -> None
             command_line="hsm run",
             params=[{"a": i} for i in range(tasks)],
         )
+    store.close()
+
+
+def test_sweeps_newest_first_with_every_status_counted(project: Project) -> None:
+    assert list_sweeps(project) == []
+    record(project, ("old", 2), ("new", 3))
+    store = project.open_store()
     store.set_sweep_state("old", SweepState.COMPLETED)
     store.close()
     rows = list_sweeps(project)
@@ -137,3 +150,16 @@ def test_sweeps_newest_first_with_every_status_counted(project: Project) -> None
     }
     assert list(data["counts"]) == [s.value for s in TaskStatus]
     assert [r.sweep.id for r in list_sweeps(project, limit=1)] == ["new"]
+
+
+def test_the_sweep_a_command_is_about(project: Project) -> None:
+    for sweep_id, words in ((None, "start one with: hsm run"), ("nope", "unknown sweep ID 'nope'")):
+        with pytest.raises(StateError, match=words) as raised:
+            sweep_or_latest(project, sweep_id)
+        assert raised.value.exit_code == ExitCode.BAD_INPUT
+    project.open_store(create=True).close()  # a state file without sweeps
+    with pytest.raises(StateError, match="no sweep has run"):
+        sweep_or_latest(project, None)
+    record(project, ("old", 1), ("new", 1))
+    assert sweep_or_latest(project, None) == "new"
+    assert sweep_or_latest(project, "old") == "old"

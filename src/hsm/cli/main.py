@@ -18,7 +18,6 @@ from hsm.cli.common import (
     config_option,
     json_option,
     project_from,
-    sweep_or_latest,
 )
 from hsm.cli.distributed import distributed
 from hsm.cli.render import (
@@ -36,7 +35,7 @@ from hsm.cli.render import (
 from hsm.cli.report import report
 from hsm.cli.results import results
 from hsm.engine.codeversion import describe as describe_code
-from hsm.engine.listing import list_sweeps
+from hsm.engine.listing import list_sweeps, sweep_or_latest
 from hsm.engine.preview import job_scripts
 from hsm.engine.resume import Rerun, resume_run
 from hsm.engine.run import RunOutcome

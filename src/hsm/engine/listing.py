@@ -1,13 +1,16 @@
 """What ``hsm list`` and ``hsm distributed list`` show: typed rows, read from the config and
-the state. The CLI renders them; it decides nothing."""
+the state. The CLI renders them; it decides nothing. Also which sweep a command that takes
+an optional sweep ID is about."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
 from hsm.engine.service import Project
+from hsm.errors import StateError
 from hsm.sources.registry import LOCAL, known_sources
 from hsm.state import SourceRow, SweepRow
 from hsm.states import TaskStatus
@@ -53,11 +56,8 @@ def list_sources(project: Project) -> list[SourceListing]:
     """Every source of the config, in its order (this machine first)."""
     states: Mapping[str, SourceRow] = {}
     if project.has_state():
-        store = project.open_store(create=True)
-        try:
+        with closing(project.open_store(create=True)) as store:
             states = store.enabled_states()
-        finally:
-            store.close()
     return [source_listing(project, n, states.get(n)) for n in known_sources(project.loaded)]
 
 
@@ -87,8 +87,22 @@ def list_sweeps(project: Project, limit: int = SWEEPS_LISTED) -> list[SweepListi
     """The latest sweeps, newest first (none before the first sweep has run)."""
     if not project.has_state():
         return []
-    store = project.open_store()
-    try:
+    with closing(project.open_store()) as store:
         return [SweepListing(s, store.task_counts(s.id)) for s in store.sweeps(limit=limit)]
-    finally:
-        store.close()
+
+
+def sweep_or_latest(project: Project, sweep_id: str | None) -> str:
+    """The sweep a command is about: the one named, else the latest one."""
+    if not project.has_state():
+        if sweep_id:
+            raise StateError(
+                f"unknown sweep ID {sweep_id!r}: no sweep has run in {project.root} yet"
+            )
+        raise StateError(f"no sweep has run in {project.root} yet; start one with: hsm run")
+    if sweep_id is not None:
+        return sweep_id
+    with closing(project.open_store()) as store:
+        latest = store.latest_sweep()
+    if latest is None:
+        raise StateError(f"no sweep has run in {project.root} yet; start one with: hsm run")
+    return latest.id
