@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hsm.engine.results import ResultRow, ResultTable, latest_sweep_id, read_results
+from hsm.engine.listing import sweep_or_latest
+from hsm.engine.results import ResultRow, ResultTable, read_results
 from hsm.engine.service import Project, open_project, plan_run, start_run
 from hsm.engine.summary import summarize
 from hsm.errors import StateError
@@ -83,11 +84,9 @@ def results_table(
 ) -> ResultTable:
     """The results of a sweep (the latest if no ID) as rows of :class:`ResultRow`."""
     project = _project(config, cwd)
-    if not project.has_state():
-        raise StateError(f"no sweep has run in {project.root} yet; start one with: hsm run")
+    chosen = sweep_or_latest(project, sweep_id)
     store = project.open_store()
     try:
-        chosen = sweep_id or latest_sweep_id(store, project.root)
         return read_results(
             store,
             chosen,

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import signal
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.timeout(90)
 REPO = Path(__file__).resolve().parents[2]
 
 RESULT_KEYS = {
+    "hsm_json",
     "sweep_id",
     "sweep_dir",
     "state",
@@ -51,7 +53,7 @@ def sweep_file(project: Path, text: str, name: str = "sweep.yaml") -> Path:
 
 def check_result_json(data: dict[str, Any]) -> None:
     """The JSON object of run, status ID and resume: exactly the keys of the contract."""
-    assert set(data) == RESULT_KEYS
+    assert set(data) == RESULT_KEYS and data["hsm_json"] == 1
     assert set(data["counts"]) == COUNT_KEYS
     assert data["state"] in {"running", "completed", "failed", "aborted", "cancelled"}
     assert data["total"] == sum(data["counts"].values()) == len(data["tasks"])
@@ -106,6 +108,7 @@ def test_dry_run_prints_the_exact_argv_of_every_task(project: Path) -> None:
     result = hsm("run", "sweeps/sweep.yaml", "--dry-run", "--json", "--name", "demo", cwd=project)
     assert result.returncode == 0, result
     data = result.json()
+    assert data["hsm_json"] == 1
     assert data["total"] == 4 and data["sources"] == ["local"]
     assert data["argv"] == [
         [
@@ -198,7 +201,7 @@ def test_count_only(project: Path) -> None:
     result = hsm("run", "sweeps/sweep.yaml", "--count-only", cwd=project)
     assert (result.returncode, result.stdout) == (0, "10\n"), result
     as_json = hsm("run", "sweeps/sweep.yaml", "--count-only", "--json", cwd=project)
-    assert as_json.json() == {"total": 10}
+    assert as_json.json() == {"hsm_json": 1, "total": 10}
     assert not (project / "runs").exists() and not (project / ".hsm").exists()
 
 
@@ -287,6 +290,7 @@ def test_run_json_status_and_list(project: Path) -> None:
 
     listed = hsm("list", "--json", cwd=project)
     assert listed.returncode == 0, listed
+    assert listed.json()["hsm_json"] == 1
     (row,) = listed.json()["sweeps"]
     assert row["sweep_id"] == "s1" and row["state"] == "completed" and row["total"] == 4
     assert row["counts"]["completed"] == 4
@@ -295,7 +299,7 @@ def test_run_json_status_and_list(project: Path) -> None:
 
 def test_list_and_status_with_no_sweeps(project: Path) -> None:
     listed = hsm("list", "--json", cwd=project)
-    assert (listed.returncode, listed.json()) == (0, {"sweeps": []}), listed
+    assert (listed.returncode, listed.json()) == (0, {"hsm_json": 1, "sweeps": []}), listed
     assert hsm("list", cwd=project).stdout.strip() == "no sweeps yet"
     status = hsm("status", cwd=project)
     assert status.returncode == 2 and "no sweep has run" in status.stderr
@@ -518,6 +522,7 @@ def test_distributed_list_enable_disable(project: Path) -> None:
     def rows() -> dict[str, dict[str, Any]]:
         result = hsm("distributed", "list", "--json", cwd=project)
         assert result.returncode == 0, result
+        assert result.json()["hsm_json"] == 1
         return {r["name"]: r for r in result.json()["sources"]}
 
     listed = rows()
@@ -553,6 +558,34 @@ def test_distributed_list_enable_disable(project: Path) -> None:
     assert not (project / "runs").exists()
     assert hsm("distributed", "enable", "local", cwd=project).returncode == 0
     assert hsm("run", "sweeps/sweep.yaml", cwd=project).returncode == 0
+
+
+def test_distributed_health_json_once_and_watched(project: Path) -> None:
+    once = hsm("distributed", "health", "--json", cwd=project)
+    assert once.returncode == 0, once
+    data = once.json()
+    assert data["hsm_json"] == 1 and [r["name"] for r in data["sources"]] == ["local"]
+    assert data["sources"][0]["status"] in {"healthy", "degraded"}
+
+    # --watch --json: one whole JSON object per line, each with its version and time.
+    args = ("distributed", "health", "--watch", "--refresh", "0.2", "--json")
+    with hsm_background(*args, cwd=project) as proc:
+
+        def lines() -> list[str] | None:
+            text = outputs(project)[0]
+            done = text.splitlines()[:-1] if not text.endswith("\n") else text.splitlines()
+            return done if len(done) >= 3 else None
+
+        got = wait_for(lines, what="three health objects", on_timeout=lambda: str(outputs(project)))
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, outputs(project)
+    objects = [json.loads(line) for line in outputs(project)[0].splitlines()]
+    assert len(objects) >= len(got)
+    for obj in objects:
+        assert obj["hsm_json"] == 1 and set(obj) == {"hsm_json", "time", "sources"}
+        assert [r["name"] for r in obj["sources"]] == ["local"]
+    times = [obj["time"] for obj in objects]
+    assert times == sorted(times)
 
 
 def test_an_internal_error_has_its_own_exit_code(

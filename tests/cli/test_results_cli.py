@@ -74,7 +74,7 @@ def test_csv_json_and_table_of_the_latest_sweep(finished: Path) -> None:
     js = hsm("results", "m", "--format", "json", "--sort", "-loss", "--where", "a>=2", cwd=finished)
     assert js.returncode == 0, js
     data = json.loads(js.stdout)
-    assert data["sweep_id"] == "m"
+    assert data["hsm_json"] == 1 and data["sweep_id"] == "m"
     assert [r["number"] for r in data["rows"]] == [3, 2]
     assert data["rows"][0]["a"] == 3 and data["rows"][0]["loss"] == 7
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from hsm.engine.service import Project, open_project
-from hsm.errors import StateError
 
 log = logging.getLogger("hsm.cli")
 
@@ -27,26 +26,6 @@ def project_from(config_path: Path | None, *, quiet: bool = False) -> Project:
     if not quiet:
         announce_defaults(project)
     return project
-
-
-def sweep_or_latest(project: Project, sweep_id: str | None) -> str:
-    """The sweep a command is about: the one named, else the latest one."""
-    if not project.has_state():
-        if sweep_id:
-            raise StateError(
-                f"unknown sweep ID {sweep_id!r}: no sweep has run in {project.root} yet"
-            )
-        raise StateError(f"no sweep has run in {project.root} yet; start one with: hsm run")
-    if sweep_id is not None:
-        return sweep_id
-    store = project.open_store()
-    try:
-        latest = store.latest_sweep()
-    finally:
-        store.close()
-    if latest is None:
-        raise StateError(f"no sweep has run in {project.root} yet; start one with: hsm run")
-    return latest.id
 
 
 def announce_defaults(project: Project) -> None:

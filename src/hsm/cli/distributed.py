@@ -13,8 +13,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from hsm.cli.common import config_option, json_option, project_from
-from hsm.cli.render import dumps, out_console, print_json
-from hsm.engine.health import percent_free
+from hsm.cli.render import out_console, print_json, write_json_line
+from hsm.engine.health import DiskStatus, HealthStatus, percent_free
+from hsm.engine.listing import list_sources
 from hsm.errors import UnknownSourceError
 from hsm.sources.registry import known_sources
 
@@ -38,39 +39,15 @@ def _check_names(known: list[str], names: tuple[str, ...]) -> None:
 @distributed.command("list")
 @json_option
 @config_option
-def list_sources(as_json: bool, config_path: Path | None) -> None:
+def list_(as_json: bool, config_path: Path | None) -> None:
     """Every source, enabled or disabled, and why."""
-    project = project_from(config_path, quiet=True)
-    names = known_sources(project.loaded)
-    store = project.open_store(create=True) if project.has_state() else None
-    rows = []
-    for name in names:
-        row = store.source(name) if store else None
-        configured = (
-            True if name == "local" else project.loaded.config.distributed.remotes[name].enabled
-        )
-        enabled = configured and (row.enabled if row else True)
-        reason = (
-            row.disabled_reason
-            if row and not row.enabled
-            else (None if configured else "enabled: false in the config")
-        )
-        kind = "local" if name == "local" else project.loaded.config.distributed.remotes[name].type
-        rows.append(
-            {
-                "name": name,
-                "type": kind,
-                "enabled": enabled,
-                "disabled_reason": reason,
-                "disabled_at": row.disabled_at if row and not row.enabled else None,
-            }
-        )
+    rows = list_sources(project_from(config_path, quiet=True))
     if as_json:
-        print_json({"sources": rows})
+        print_json({"sources": [r.to_json() for r in rows]})
         return
     for r in rows:
-        state = "enabled" if r["enabled"] else f"disabled: {r['disabled_reason']}"
-        out_console.print(f"{r['name']:<16} {r['type']:<6} {state}", markup=False)
+        state = "enabled" if r.enabled else f"disabled: {r.disabled_reason}"
+        out_console.print(f"{r.name:<16} {r.kind:<6} {state}", markup=False)
 
 
 @distributed.command()
@@ -99,8 +76,12 @@ def disable(name: str, reason: str, config_path: Path | None) -> None:
 
 
 SPARKS = "▁▂▃▄▅▆▇█"
-STATUS_STYLE = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}
-DISK_STYLE = {"healthy": "green", "warning": "yellow", "critical": "red"}
+STATUS_STYLE = {
+    HealthStatus.HEALTHY: "green",
+    HealthStatus.DEGRADED: "yellow",
+    HealthStatus.UNHEALTHY: "red",
+}
+DISK_STYLE = {DiskStatus.HEALTHY: "green", DiskStatus.WARNING: "yellow", DiskStatus.CRITICAL: "red"}
 
 
 def sparkline(values: list[int]) -> str:
@@ -119,14 +100,14 @@ def health_table(rows: list[SourceHealth]) -> Table:
         table.add_column(col)
     for r in rows:
         s, v = r.sample, r.verdict
-        status = f"[{STATUS_STYLE[v.status.value]}]{v.status.value}[/]"
-        if not r.enabled:
+        status = f"[{STATUS_STYLE[v.status]}]{v.status.value}[/]"
+        if not r.source.enabled:
             status += "\n[red]disabled[/]"
         if s.free_bytes is not None and s.total_bytes is not None and v.disk_status:
             disk = (
                 f"{s.free_bytes / 1e9:.1f} GB free "
                 f"({percent_free(s.free_bytes, s.total_bytes):.0f}%)\n"
-                f"[{DISK_STYLE[v.disk_status.value]}]{v.disk_status.value}[/]"
+                f"[{DISK_STYLE[v.disk_status]}]{v.disk_status.value}[/]"
             )
         else:
             disk = "-"
@@ -137,8 +118,8 @@ def health_table(rows: list[SourceHealth]) -> Table:
                 system += f"\nmemory {s.memory_percent:.0f}%"
         rate = f"{r.failure_rate:.0%} ({r.failed}/{r.finished})" if r.finished else "-"
         notes = [escape(x) for x in v.reasons]
-        if not r.enabled and r.disabled_reason:
-            notes.append(escape(f"disabled: {r.disabled_reason}"))
+        if not r.source.enabled and r.source.disabled_reason:
+            notes.append(escape(f"disabled: {r.source.disabled_reason}"))
         if r.consecutive_failures:
             notes.append(f"{r.consecutive_failures} failed check(s) in a row")
         if r.running:
@@ -179,34 +160,27 @@ def health(
     _check_names(known, names)
     chosen = list(dict.fromkeys(names)) if names and not all_sources else known
 
-    def render(rows: list[SourceHealth]) -> Table:
-        return health_table(rows)
-
     if not watch:
         rows = check_health(project, chosen)
         if as_json:
             print_json({"sources": [r.to_json() for r in rows]})
         else:
-            out_console.print(render(rows))
-        unhealthy = any(r.verdict.status.value == "unhealthy" for r in rows)
-        sys.exit(1 if unhealthy else 0)
+            out_console.print(health_table(rows))
+        sys.exit(1 if any(r.unhealthy for r in rows) else 0)
     try:
         if as_json:
             while True:
                 rows = check_health(project, chosen)
-                sys.stdout.write(
-                    dumps({"time": time.time(), "sources": [r.to_json() for r in rows]}) + "\n"
-                )
-                sys.stdout.flush()
+                write_json_line({"time": time.time(), "sources": [r.to_json() for r in rows]})
                 time.sleep(refresh)
         with Live(
-            render(check_health(project, chosen)),
+            health_table(check_health(project, chosen)),
             console=out_console,
             auto_refresh=False,
             screen=False,
         ) as live:
             while True:
                 time.sleep(refresh)
-                live.update(render(check_health(project, chosen)), refresh=True)
+                live.update(health_table(check_health(project, chosen)), refresh=True)
     except KeyboardInterrupt:
         sys.exit(0)

@@ -18,7 +18,6 @@ from hsm.cli.common import (
     config_option,
     json_option,
     project_from,
-    sweep_or_latest,
 )
 from hsm.cli.distributed import distributed
 from hsm.cli.render import (
@@ -36,6 +35,7 @@ from hsm.cli.render import (
 from hsm.cli.report import report
 from hsm.cli.results import results
 from hsm.engine.codeversion import describe as describe_code
+from hsm.engine.listing import list_sweeps, sweep_or_latest
 from hsm.engine.preview import job_scripts
 from hsm.engine.resume import Rerun, resume_run
 from hsm.engine.run import RunOutcome
@@ -51,7 +51,7 @@ from hsm.engine.service import (
 from hsm.engine.summary import summarize
 from hsm.errors import ConfigError, ExitCode, HsmError, StateError
 from hsm.spec.overrides import parse_causes
-from hsm.states import SweepState
+from hsm.states import SweepState, TaskStatus
 
 log = logging.getLogger("hsm.cli")
 
@@ -241,38 +241,18 @@ def status(sweep_id: str | None, as_json: bool, config_path: Path | None) -> Non
 @config_option
 def list_(as_json: bool, config_path: Path | None) -> None:
     """List recent sweeps."""
-    project = project_from(config_path, quiet=True)
-    rows = []
-    if project.has_state():
-        store = project.open_store()
-        for sweep in store.sweeps(limit=50):
-            counts = {k.value: v for k, v in store.task_counts(sweep.id).items()}
-            rows.append((sweep, counts))
+    rows = list_sweeps(project_from(config_path, quiet=True))
     if as_json:
-        print_json(
-            {
-                "sweeps": [
-                    {
-                        "sweep_id": s.id,
-                        "state": s.state.value,
-                        "created": s.created,
-                        "total": sum(c.values()),
-                        "counts": c,
-                        "sweep_dir": s.sweep_dir,
-                    }
-                    for s, c in rows
-                ]
-            }
-        )
+        print_json({"sweeps": [r.to_json() for r in rows]})
         return
     if not rows:
         click.echo("no sweeps yet")
         return
-    for sweep, counts in rows:
+    for r in rows:
         click.echo(
-            f"{sweep.id}  {sweep.state.value:<9}  {fmt_time(sweep.created)}  "
-            f"{counts['completed']}/{sum(counts.values())} completed, "
-            f"{counts['failed']} failed"
+            f"{r.sweep.id}  {r.sweep.state.value:<9}  {fmt_time(r.sweep.created)}  "
+            f"{r.counts[TaskStatus.COMPLETED]}/{r.total} completed, "
+            f"{r.counts[TaskStatus.FAILED]} failed"
         )
 
 

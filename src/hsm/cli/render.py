@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, TextIO
@@ -211,27 +212,81 @@ def dumps(obj: Any, **kwargs: Any) -> str:
     return json.dumps(strict(obj), ensure_ascii=False, allow_nan=False, **kwargs)
 
 
-def print_json(obj: Any) -> None:
-    sys.stdout.write(dumps(obj, indent=2) + "\n")
+# The version of the JSON objects hsm prints, in each of them as its first key. A key added
+# keeps the version; a key removed, renamed or changed in meaning raises it by one.
+JSON_VERSION_KEY = "hsm_json"
+JSON_VERSION = 1
+
+
+def envelope(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """``obj`` as hsm prints it: with the version of its JSON objects."""
+    return {JSON_VERSION_KEY: JSON_VERSION, **obj}
+
+
+def json_text(obj: Mapping[str, Any]) -> str:
+    """The text of one JSON object as hsm prints it: indented, with its version."""
+    return dumps(envelope(obj), indent=2) + "\n"
+
+
+def print_json(obj: Mapping[str, Any]) -> None:
+    sys.stdout.write(json_text(obj))
     sys.stdout.flush()
 
 
+def write_json_line(obj: Mapping[str, Any]) -> None:
+    """One JSON object on one line, with its version (a stream of them, one per line)."""
+    sys.stdout.write(dumps(envelope(obj)) + "\n")
+    sys.stdout.flush()
+
+
+class _Items(list[Any]):
+    """A JSON array whose items are made as the encoder reaches them, so that they are
+    never all in memory. ``JSONEncoder.iterencode`` asks a list whether it is empty with
+    ``bool`` and walks it with ``for``: this list holds nothing itself and answers both
+    from ``items``. (Only ``iterencode``: a one-shot ``json.dumps`` may take the C encoder,
+    which reads a list's own storage.)"""
+
+    def __init__(self, items: Iterator[Any]) -> None:
+        super().__init__()
+        try:
+            first = next(items)
+        except StopIteration:
+            self._items: Iterator[Any] | None = None
+        else:
+            self._items = itertools.chain([first], items)
+
+    def __bool__(self) -> bool:
+        return self._items is not None
+
+    def __iter__(self) -> Iterator[Any]:
+        return map(strict, self._items or ())
+
+
 def print_summary_json(summary: SweepSummary, store: Store) -> None:
-    """The JSON object of a sweep, with its tasks written as they are read: the same text
-    as ``print_json(summary.to_json(store))``, without holding every task in memory."""
+    """The JSON object of a sweep: the same text as ``print_json(summary.to_json(store))``,
+    written while its tasks are read, so that they are never all in memory at once."""
     write_summary_json(summary, store, sys.stdout)
     sys.stdout.flush()
 
 
+WRITE_CHUNK = 1 << 16
+
+
 def write_summary_json(summary: SweepSummary, store: Store, out: TextIO) -> None:
-    head = dumps(summary.to_json(with_tasks=False), indent=2)
-    out.write(head[:-2] + ',\n  "tasks": [')  # head ends with "\n}"
-    count = 0
-    for task in iter_task_json(store, summary.sweep):
-        text = dumps(task, indent=2).replace("\n", "\n    ")
-        out.write(("\n    " if count == 0 else ",\n    ") + text)
-        count += 1
-    out.write("\n  ]\n}\n" if count else "]\n}\n")
+    """The whole object goes through one encoder; its text is written in chunks."""
+    obj = strict(envelope(summary.to_json(with_tasks=False)))
+    obj["tasks"] = _Items(iter_task_json(store, summary.sweep))
+    encoder = json.JSONEncoder(indent=2, ensure_ascii=False, allow_nan=False)
+    buffer: list[str] = []
+    size = 0
+    for text in encoder.iterencode(obj):
+        buffer.append(text)
+        size += len(text)
+        if size >= WRITE_CHUNK:
+            out.write("".join(buffer))
+            buffer.clear()
+            size = 0
+    out.write("".join(buffer) + "\n")
 
 
 def summary_table(summary: SweepSummary) -> Table:
@@ -241,12 +296,12 @@ def summary_table(summary: SweepSummary) -> Table:
     c = summary.counts
     timeouts = summary.timeouts
     cells = {
-        "completed": c.get("completed", 0),
-        "failed": c.get("failed", 0) - timeouts,
+        "completed": c.get(TaskStatus.COMPLETED, 0),
+        "failed": c.get(TaskStatus.FAILED, 0) - timeouts,
         "timed out": timeouts,
-        "running": c.get("running", 0),
-        "pending": c.get("pending", 0),
-        "cancelled": c.get("cancelled", 0),
+        "running": c.get(TaskStatus.RUNNING, 0),
+        "pending": c.get(TaskStatus.PENDING, 0),
+        "cancelled": c.get(TaskStatus.CANCELLED, 0),
     }
     if not timeouts:
         del cells["timed out"]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from hsm.cli.common import config_option, project_from, sweep_or_latest
+from hsm.cli.common import config_option, project_from
+from hsm.engine.listing import sweep_or_latest
 from hsm.errors import StateError
 
 REPORT_FILE = "report.html"

@@ -13,9 +13,10 @@ import click
 from rich.table import Table
 
 from hsm.cli.common import config_option, project_from
-from hsm.cli.render import dumps, out_console
+from hsm.cli.render import dumps, json_text, out_console
 from hsm.cli.report import write_atomically
-from hsm.engine.results import ResultTable, latest_sweep_id, read_results
+from hsm.engine.listing import sweep_or_latest
+from hsm.engine.results import ResultTable, read_results
 from hsm.errors import ConfigError, StateError
 
 FORMATS = ("table", "csv", "json", "parquet")
@@ -59,15 +60,9 @@ def results(
     if fmt == "parquet" and output is None:
         raise ConfigError("--format parquet: give the file to write with -o FILE")
     project = project_from(config_path, quiet=True)
-    if not project.has_state():
-        if sweep_id:
-            raise StateError(
-                f"unknown sweep ID {sweep_id!r}: no sweep has run in {project.root} yet"
-            )
-        raise StateError(f"no sweep has run in {project.root} yet; start one with: hsm run")
+    chosen = sweep_or_latest(project, sweep_id)
     store = project.open_store()
     try:
-        chosen = sweep_id or latest_sweep_id(store, project.root)
         table = read_results(
             store,
             chosen,
@@ -145,12 +140,8 @@ def _csv_cell(value: Any) -> str:
 
 
 def to_json(table: ResultTable) -> str:
-    return (
-        dumps(
-            {"sweep_id": table.sweep_id, "columns": table.columns, "rows": table.records()},
-            indent=2,
-        )
-        + "\n"
+    return json_text(
+        {"sweep_id": table.sweep_id, "columns": table.columns, "rows": table.records()}
     )
 
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from hsm import clock
-from hsm.engine.health import HealthVerdict, percent_free
+from hsm.engine.health import HealthStatus, HealthVerdict, percent_free
+from hsm.engine.listing import SourceListing, source_listing
 from hsm.engine.monitor import RECENT, assess, probe_all, recent_counts
 from hsm.engine.service import Project
 from hsm.sources.base import HealthSample
@@ -20,9 +21,10 @@ TREND_POINTS = 12
 
 @dataclass(frozen=True)
 class SourceHealth:
-    name: str
-    enabled: bool
-    disabled_reason: str | None
+    """One row of ``hsm distributed health``: the source as listed, its sample just taken,
+    and the verdict on it with the facts recorded of it."""
+
+    source: SourceListing
     sample: HealthSample
     verdict: HealthVerdict
     failure_rate: float
@@ -31,6 +33,14 @@ class SourceHealth:
     consecutive_failures: int
     trend: list[int]  # disk free bytes, oldest first
     running: int  # tasks hsm runs there now
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def unhealthy(self) -> bool:
+        return self.verdict.status is HealthStatus.UNHEALTHY
 
     def to_json(self) -> dict[str, Any]:
         s = self.sample
@@ -45,8 +55,8 @@ class SourceHealth:
             }
         return {
             "name": self.name,
-            "enabled": self.enabled,
-            "disabled_reason": self.disabled_reason,
+            "enabled": self.source.enabled,
+            "disabled_reason": self.source.disabled_reason,
             "reachable": s.reachable,
             "status": self.verdict.status.value,
             "reasons": list(self.verdict.reasons),
@@ -97,20 +107,8 @@ def _row(store: Store, project: Project, name: str, sample: HealthSample) -> Sou
         for h in store.health_samples(name, limit=TREND_POINTS)
         if h.free_bytes is not None
     ]
-    configured = True
-    remote = project.loaded.config.distributed.remotes.get(name)
-    if remote is not None:
-        configured = remote.enabled
-    enabled = configured and row.enabled
-    reason = (
-        row.disabled_reason
-        if not row.enabled
-        else (None if configured else "enabled: false in the config")
-    )
     return SourceHealth(
-        name,
-        enabled,
-        reason,
+        source_listing(project, name, row),
         sample,
         verdict,
         counts.failure_rate,

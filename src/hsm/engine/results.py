@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hsm.errors import ConfigError, StateError
+from hsm.errors import ConfigError
 from hsm.report.files import task_metrics
 from hsm.sources.base import task_folder_name
 from hsm.state import AttemptRow, Store
@@ -216,10 +216,3 @@ def sort_rows(rows: list[ResultRow], key: str, columns: Sequence[str]) -> list[R
             present.append(((1, 0.0, _text(value)), row))
     present.sort(key=lambda item: item[0], reverse=descending)
     return [row for _, row in present] + missing
-
-
-def latest_sweep_id(store: Store, root: Path) -> str:
-    latest = store.latest_sweep()
-    if latest is None:
-        raise StateError(f"no sweep has run in {root} yet; start one with: hsm run")
-    return latest.id
