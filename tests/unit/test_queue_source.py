@@ -310,3 +310,63 @@ def test_a_sweep_asks_for_the_scheduler_s_health_sections_only_every_ten_minutes
         assert all(queue == {"pending": 0, "running": 1} for _, queue in seen), seen
     finally:
         clock.reset()
+
+
+def _retrying(login: Login) -> tuple[QueueSource, list[float]]:
+    src = source(login)
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    src.sleep = sleep
+    return src, waits
+
+
+def test_a_submission_the_scheduler_could_not_take_is_tried_again() -> None:
+    answers = iter(
+        [
+            ok(["sbatch"], code=1, stderr="sbatch: error: Socket timed out on send/recv operation"),
+            ok(["sbatch"], "205\n"),
+        ]
+    )
+
+    def handler(argv: list[str], _: bytes | None) -> CommandResult:
+        if argv[0] == "sbatch":
+            return next(answers)
+        return ok(argv)  # squeue -n: no job of that name (the first try was not taken)
+
+    login = ScriptedLogin(handler)
+    src, waits = _retrying(login)
+    handles = asyncio.run(src.launch(ctx=context(), requests=requests(2)))
+    assert [h.job_id for h in handles] == ["205_1", "205_2"]
+    assert [c[0] for c in login.calls if c[0] != "<write>"] == ["sbatch", "squeue", "sbatch"]
+    assert waits == [1.0]
+
+
+def test_a_submission_taken_despite_no_answer_is_never_submitted_twice() -> None:
+    def handler(argv: list[str], _: bytes | None) -> CommandResult:
+        if argv[0] == "sbatch":
+            raise TimeoutError
+        if "-n" in argv:  # the job, by its name: the scheduler took it
+            return ok(argv, "301_1|PENDING|hsm-s1-11|None\n301_2|PENDING|hsm-s1-11|None\n")
+        return ok(argv)
+
+    login = ScriptedLogin(handler)
+    src, waits = _retrying(login)
+    handles = asyncio.run(src.launch(ctx=context(), requests=requests(2)))
+    assert [h.job_id for h in handles] == ["301_1", "301_2"]
+    assert [c[0] for c in login.calls].count("sbatch") == 1 and waits == []
+
+
+def test_submission_retries_end() -> None:
+    def handler(argv: list[str], _: bytes | None) -> CommandResult:
+        if argv[0] == "sbatch":
+            return ok(argv, code=1, stderr="sbatch: error: Unable to contact slurm controller")
+        return ok(argv)
+
+    login = ScriptedLogin(handler)
+    src, waits = _retrying(login)
+    with pytest.raises(SubmissionError, match="did not take the submission after 3 tries"):
+        asyncio.run(src.launch(ctx=context(), requests=requests(1)))
+    assert [c[0] for c in login.calls].count("sbatch") == 3 and waits == [1.0, 2.0]

@@ -66,6 +66,18 @@ def chunks(items: Sequence[T], size: int) -> list[list[T]]:
 
 
 SECTIONS_EVERY = 600.0  # seconds between two asks for the scheduler's health sections
+SUBMIT_TRIES = 3  # a submission the scheduler could not take now: tried again after 1 s, 2 s
+# What a submit command says when the scheduler could not take a job now (it may take it on a
+# later try); anything else is a rejection.
+_TRANSIENT = re.compile(
+    r"socket timed out|unable to contact|temporarily unavailable|try again|connection refused"
+    r"|cannot connect|server is busy|transport endpoint",
+    re.IGNORECASE,
+)
+
+
+class _Transient(Exception):
+    """A submission the scheduler did not take now, and may take on a later try."""
 
 
 def job_name(sweep_id: str, attempt_id: int) -> str:
@@ -278,13 +290,49 @@ class QueueSource(Source):
         return task_dir[len(root) + 1 :]
 
     async def _submit(self, script: str, array: ArraySpec, after: str | None) -> str:
+        """Submit one array. A submission the scheduler could not take now (no answer in
+        time, the controller busy or unreachable) is tried again, at most ``SUBMIT_TRIES``
+        times with a backoff; before each new try the array is looked for by its name, since
+        an unanswered submission may have been taken after all (it is never submitted twice).
+        A rejection (a bad partition, say) is raised at once."""
+        backoff = Backoff(tries=SUBMIT_TRIES)
+        while True:
+            try:
+                return await self._submit_once(script, array, after)
+            except _Transient as exc:
+                found = (await self._find_arrays([array.name]) or {}).get(array.name)
+                if found is not None:
+                    log.info(
+                        "source %s: %s was taken after all, as %s", self.name, array.name, found
+                    )
+                    return found
+                if backoff.failed():
+                    raise SubmissionError(
+                        f"source {self.name!r}: {self.scheduler.name} did not take the "
+                        f"submission after {SUBMIT_TRIES} tries: {exc}"
+                    ) from None
+                wait = backoff.delay()
+                log.warning(
+                    "source %s: submission not taken (%s); trying again in %.0f s",
+                    self.name,
+                    exc,
+                    wait,
+                )
+                await self.sleep(wait)
+
+    async def _submit_once(self, script: str, array: ArraySpec, after: str | None) -> str:
         argv = self.scheduler.submit_argv(script, array, after)
-        result = await self._run(argv, timeout=120)
+        try:
+            result = await self._run(argv, timeout=120)
+        except (TimeoutError, OSError, HsmError) as exc:  # no answer, or the login went away
+            raise _Transient(f"{argv[0]}: {exc or 'no answer within 120 s'}") from None
         if result.returncode != 0:
+            message = _tail(result)
+            if _TRANSIENT.search(message):
+                raise _Transient(f"{argv[0]}, exit {result.returncode}: {message}")
             raise SubmissionError(
                 f"source {self.name!r}: {self.scheduler.name} rejected the "
-                f"submission ({argv[0]}, exit {result.returncode}): "
-                f"{_tail(result)}"
+                f"submission ({argv[0]}, exit {result.returncode}): {message}"
             )
         try:
             return self.scheduler.parse_submit(result.stdout)
@@ -293,6 +341,18 @@ class QueueSource(Source):
                 f"source {self.name!r}: cannot read a job id in the output "
                 f"of {argv[0]}: {result.stdout.strip()!r}"
             ) from None
+
+    async def _find_arrays(self, names: Sequence[str]) -> dict[str, str] | None:
+        """The array id of each job name the scheduler knows (None: it did not answer)."""
+        try:
+            result = await self._run(self.scheduler.find_argv(names))
+        except (HsmError, OSError, TimeoutError):
+            return None
+        try:
+            listed = self.scheduler.parse_status(result.stdout)
+        except (ValueError, SyntaxError):
+            return None
+        return {e.name: self.scheduler.array_of(e.job_id) for e in listed if e.name in names}
 
     # -- poll ----------------------------------------------------------------------------
     async def poll(self, *, handles: Sequence[JobHandle]) -> dict[JobHandle, PollResult]:
@@ -429,16 +489,9 @@ class QueueSource(Source):
                 self._resolved[(h.task_dir, h.attempt)] = None  # never written: not submitted
         if not wanted:
             return
-        names = sorted({w[0] for w in wanted.values()})
-        try:
-            result = await self._run(self.scheduler.find_argv(names))
-        except (HsmError, OSError, TimeoutError):
+        found = await self._find_arrays(sorted({w[0] for w in wanted.values()}))
+        if found is None:
             return
-        try:
-            listed = self.scheduler.parse_status(result.stdout)
-        except (ValueError, SyntaxError):
-            return
-        found = {e.name: self.scheduler.array_of(e.job_id) for e in listed if e.name in names}
         for h, (name, index, size) in wanted.items():
             array_id = found.get(name)
             job_id = self.scheduler.element_id(array_id, index, size) if array_id else None
