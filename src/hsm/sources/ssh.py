@@ -22,7 +22,7 @@ import contextlib
 import logging
 import posixpath
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 from hsm import clock
 from hsm.backoff import Backoff, Sleep
@@ -173,7 +173,7 @@ class SshSource(Source):
         assert ctx is not None
         where = self._where()
         try:
-            self._home, self._root = await ssh_host.setup(
+            self._home, self._root, snapshot = await ssh_host.setup(
                 self.transport,
                 where,
                 remote_root=self.remote_root,
@@ -182,27 +182,44 @@ class SshSource(Source):
                 source=self.name,
                 wrapper_name=wrapper_name(),
             )
-            if not self._pushed:
-                await ssh_host.push_snapshot(
-                    self.transport,
-                    project_root=ctx.project_root,
-                    code_dir=self.project_dir(ctx),
-                    latest=self.latest_code(ctx),
-                    exclude=self.exclude,
+            # After the push, recording the snapshot and the check go side by side (each is a
+            # round trip of its own).
+            steps: list[Awaitable[object]] = []
+            if not self._pushed and await ssh_host.push_snapshot(
+                self.transport,
+                project_root=ctx.project_root,
+                code_dir=self.project_dir(ctx),
+                latest=self.latest_code(ctx),
+                exclude=self.exclude,
+                snapshot=snapshot,
+            ):
+                steps.append(
+                    ssh_host.mark_pushed(
+                        self.transport,
+                        code_dir=self.project_dir(ctx),
+                        latest=self.latest_code(ctx),
+                    )
                 )
-                self._pushed = True
-            if self.host_tasks and not self._checked:
-                gpus = await ssh_host.check(
-                    self.transport,
-                    where,
-                    name=self.name,
-                    code_dir=self.project_dir(ctx),
-                    python=self.python,
-                    argv=ctx.argv_for({}, None, self.python),
-                    setup=self.setup,
-                    probe_gpus=self.probe_gpus,
+            checking = self.host_tasks and not self._checked
+            if checking:
+                steps.append(
+                    ssh_host.check(
+                        self.transport,
+                        where,
+                        name=self.name,
+                        code_dir=self.project_dir(ctx),
+                        python=self.python,
+                        argv=ctx.argv_for({}, None, self.python),
+                        setup=self.setup,
+                        probe_gpus=self.probe_gpus,
+                    )
                 )
+            results = await all_of(steps)
+            self._pushed = True
+            if checking:
                 if self.probe_gpus:
+                    gpus = results[-1]
+                    assert isinstance(gpus, list)
                     self.gpus = gpus
                 self._checked = True
             if self.host_tasks:
@@ -222,11 +239,12 @@ class SshSource(Source):
         ctx = self._ctx
         assert ctx is not None and self._root is not None
         monitor = HostMonitor(self.transport, self.wrapper_path(ctx), self._changed)
-        await monitor.start()
-        self._monitor = monitor
         puller = HostPuller(self.transport)
-        await puller.start()
-        self._puller = puller
+        started = await asyncio.gather(monitor.start(), puller.start(), return_exceptions=True)
+        self._monitor, self._puller = monitor, puller  # (stopped as helpers if one failed)
+        for outcome in started:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _restart_puller(self) -> HostPuller | None:
         async with self._helper_lock:
@@ -552,3 +570,13 @@ def _pid(job_id: str | None) -> int | None:
 
 def _text(number: int | None) -> str:
     return "" if number is None else str(number)
+
+
+async def all_of(steps: Sequence[Awaitable[object]]) -> list[object]:
+    """Run ``steps`` side by side; their results in order, or the first error in order
+    (after all of them ended)."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return list(results)

@@ -9,6 +9,7 @@ Each step is one round trip (or one rsync), and each failure is a SourceUnavaila
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from hsm.errors import SourceUnavailableError
 from hsm.jobscript import wrapper_text
@@ -74,9 +75,10 @@ async def setup(
     sweep_id: str,
     source: str,
     wrapper_name: str,
-) -> tuple[str, str]:
+) -> tuple[str, str, Snapshot]:
     """Create the folders and install the wrapper (once per version). Returns the remote
-    $HOME and the absolute remote root."""
+    $HOME, the absolute remote root and the state of the sweep's code snapshot (see
+    `Snapshot`), all in one round trip."""
     result = await transport.run_script(
         scripts.SETUP_HOST,
         [remote_root, project_name, sweep_id, source, wrapper_name],
@@ -88,11 +90,21 @@ async def setup(
             f"{where}: remote_root {remote_root!r} is not writable: {result.stderr.strip()}"
         )
     check_remote(result, f"{where}: preparing {remote_root}")
-    home, root = result.stdout.split("\0")[:2]
-    return home, root
+    home, root, snapshot = [*result.stdout.split("\0"), "", ""][:3]
+    done = snapshot == "done"
+    previous = snapshot.removeprefix("new:") if snapshot.startswith("new:") else ""
+    return home, root, Snapshot(done=done, previous=previous or None)
 
 
-SNAPSHOT_STATE = script("snapshot_state.sh")  # is the sweep's code snapshot complete?
+@dataclass(frozen=True)
+class Snapshot:
+    """The sweep's code snapshot on the host: complete (an earlier run of the sweep pushed
+    it), or not yet, with the folder of the project's latest snapshot to link against."""
+
+    done: bool
+    previous: str | None = None
+
+
 SNAPSHOT_DONE = script("snapshot_done.sh")  # mark it complete, point "latest" to it
 
 
@@ -103,25 +115,29 @@ async def push_snapshot(
     code_dir: str,
     latest: str,
     exclude: Sequence[str],
+    snapshot: Snapshot,
 ) -> bool:
     """Give the sweep its own copy of the code in ``code_dir``, once: a sweep that was pushed
-    before (a resume) keeps the code it started with. The copy is made with
-    ``--link-dest`` against the project's latest snapshot (``latest``, a symlink), so files
-    that did not change are hard links and cost no space. Returns whether it pushed."""
-    state = await transport.run_script(SNAPSHOT_STATE, [code_dir, latest], name="hsm-snapshot")
-    if state.returncode == 0:
+    before (a resume: ``snapshot.done``) keeps the code it started with. The copy is made
+    with ``--link-dest`` against the project's latest snapshot (``latest``, a symlink), so
+    files that did not change are hard links and cost no space. Returns whether it pushed;
+    `mark_pushed` then records it complete."""
+    if snapshot.done:
         return False
-    previous = state.stdout.strip()
     await push_code(
         transport,
         project_root=project_root,
         code_dir=code_dir,
         exclude=exclude,
-        link_dest=previous or None,
+        link_dest=snapshot.previous,
     )
+    return True
+
+
+async def mark_pushed(transport: SshTransport, *, code_dir: str, latest: str) -> None:
+    """Record the sweep's snapshot complete; the project's latest snapshot points to it."""
     done = await transport.run_script(SNAPSHOT_DONE, [code_dir, latest], name="hsm-snapshot")
     check_remote(done, f"recording the code snapshot {code_dir}")
-    return True
 
 
 async def push_code(
