@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import time
+from collections import Counter
 from pathlib import Path
 
-from tests.hsmcli import hsm, hsm_background, outputs, wait_for
-from tests.integration.bedproject import bed_project, status_json, sweep_file, sweep_log
+from tests.hsmcli import (
+    hsm,
+    hsm_background,
+    latest_sweep,
+    open_store,
+    outputs,
+    status_json,
+    sweep_log,
+    wait_for,
+)
+from tests.integration.ssh_support import bed_project, script_sweep
 from tests.testbed import Host
 
 # Fails on a host that carries /srv/hsm/FAIL_HERE; otherwise sleeps a little and succeeds.
@@ -28,7 +37,7 @@ def test_failing_host_is_disabled_by_failure_rate(
 ) -> None:
     root = bed_project(tmp_path, testbed_hosts)
     testbed_hosts[0].run(["touch", "/srv/hsm/FAIL_HERE"])
-    sweep = sweep_file(root, FLAKY_HOST, 24)
+    sweep = script_sweep(root, FLAKY_HOST, 24)
     result = hsm("run", sweep, "--distributed", "--json", cwd=root, timeout=180)
     assert result.returncode == 0, result
     data = result.json()
@@ -55,7 +64,7 @@ def test_failing_host_is_disabled_by_failure_rate(
 
 def test_script_failing_everywhere_stops_early(tmp_path: Path, testbed_hosts: list[Host]) -> None:
     root = bed_project(tmp_path, testbed_hosts)
-    sweep = sweep_file(
+    sweep = script_sweep(
         root,
         "import sys\nprint('NameError: name lr is not defined', file=sys.stderr)\nsys.exit(2)\n",
         40,
@@ -77,7 +86,7 @@ def test_unreachable_hosts_are_disabled_and_work_moves(
     tmp_path: Path, testbed_hosts: list[Host]
 ) -> None:
     root = bed_project(tmp_path, testbed_hosts)
-    sweep = sweep_file(root, "import time\ntime.sleep(1.5)\n", 18)
+    sweep = script_sweep(root, "import time\ntime.sleep(1.5)\n", 18)
     h1, h2, _ = testbed_hosts
     with hsm_background("run", sweep, "--distributed", cwd=root) as proc:
         wait_for(
@@ -102,44 +111,30 @@ def test_unreachable_hosts_are_disabled_and_work_moves(
 
 
 def sweep_state(root: Path) -> str | None:
-    path = root / ".hsm" / "hsm.db"
-    if not path.exists():
+    sweep_id = latest_sweep(root)
+    if sweep_id is None:
         return None
-    with sqlite3.connect(path, timeout=10) as db:
-        row = db.execute("SELECT state FROM sweeps ORDER BY created DESC LIMIT 1").fetchone()
-    return row[0] if row else None
+    with open_store(root) as store:
+        return store.sweep(sweep_id).state.value
 
 
 def diagnostics(root: Path) -> str:
     """Where a sweep stands: its tasks by status and cause, its attempts by source and state,
     and the end of the controller's output."""
     lines = []
-    path = root / ".hsm" / "hsm.db"
-    if path.exists():
-        with sqlite3.connect(path, timeout=10) as db:
-            lines.append(f"sweep state: {sweep_state(root)}")
-            lines.append(
-                "tasks: "
-                + repr(
-                    db.execute("SELECT status, cause, count(*) FROM tasks GROUP BY 1, 2").fetchall()
-                )
-            )
-            lines.append(
-                "attempts: "
-                + repr(
-                    db.execute(
-                        "SELECT source, state, cause, count(*) FROM attempts GROUP BY 1, 2, 3"
-                    ).fetchall()
-                )
-            )
-            lines.append(
-                "sources: "
-                + repr(
-                    db.execute(
-                        "SELECT name, enabled, disabled_reason, last_status FROM sources"
-                    ).fetchall()
-                )
-            )
+    sweep_id = latest_sweep(root)
+    if sweep_id is not None:
+        with open_store(root) as store:
+            lines.append(f"sweep state: {store.sweep(sweep_id).state}")
+            tasks = Counter((t.status.value, t.cause) for t in store.tasks(sweep_id))
+            lines.append(f"tasks: {sorted(tasks.items(), key=repr)}")
+            tried = Counter((a.source, a.state.value, a.cause) for a in store.attempts(sweep_id))
+            lines.append(f"attempts: {sorted(tried.items(), key=repr)}")
+            sources = [
+                (r.name, r.enabled, r.disabled_reason, r.last_status)
+                for r in store.enabled_states().values()
+            ]
+            lines.append(f"sources: {sources}")
     out, err = outputs(root)
     lines.append("--- stderr (end)\n" + "\n".join(err.splitlines()[-40:]))
     return "\n".join(lines)
@@ -149,7 +144,7 @@ def test_disk_exhaustion_kills_flags_and_moves_work(
     tmp_path: Path, testbed_hosts: list[Host]
 ) -> None:
     root = bed_project(tmp_path, testbed_hosts)
-    sweep = sweep_file(root, "import time\ntime.sleep(2.0)\n", 14)
+    sweep = script_sweep(root, "import time\ntime.sleep(2.0)\n", 14)
     h2 = testbed_hosts[1]
     with hsm_background("run", sweep, "--distributed", cwd=root) as proc:
         wait_for(
@@ -190,7 +185,7 @@ def test_overloaded_host_is_degraded_and_works_at_half_its_slots(
     root = bed_project(tmp_path, testbed_hosts, slots=4)
     h1 = testbed_hosts[0]
     h1.set_load(50.0)
-    sweep = sweep_file(root, "import time\ntime.sleep(0.5)\n", 24)
+    sweep = script_sweep(root, "import time\ntime.sleep(0.5)\n", 24)
     result = hsm("run", sweep, "--distributed", "--json", cwd=root, timeout=120)
     assert result.returncode == 0, result
     assert re.search(
@@ -214,7 +209,7 @@ def test_a_sweep_that_cannot_start_anywhere_says_why_at_once(
     tmp_path: Path, testbed_hosts: list[Host]
 ) -> None:
     root = bed_project(tmp_path, testbed_hosts[:2], extra={"health": {"disk_critical_free": "1GB"}})
-    sweep = sweep_file(root, "pass\n", 4)
+    sweep = script_sweep(root, "pass\n", 4)
     result = hsm("run", sweep, "--distributed", "--json", cwd=root, timeout=60)
     assert result.returncode == 3, result
     assert re.search(
@@ -248,7 +243,7 @@ def test_no_source_left_exits_3_then_reenable_and_resume(
     tmp_path: Path, testbed_hosts: list[Host]
 ) -> None:
     root = bed_project(tmp_path, testbed_hosts[:2])
-    sweep = sweep_file(root, "import time\ntime.sleep(1.0)\n", 12)
+    sweep = script_sweep(root, "import time\ntime.sleep(1.0)\n", 12)
     h1, h2 = testbed_hosts[:2]
     err = cut_both_after_a_task(root, sweep, [h1, h2])
     assert "no usable source is left" in err
@@ -269,7 +264,7 @@ def test_disable_and_enable_take_effect_in_a_running_sweep(
     tmp_path: Path, testbed_hosts: list[Host]
 ) -> None:
     root = bed_project(tmp_path, testbed_hosts[:2], slots=1)
-    sweep = sweep_file(root, "import time\ntime.sleep(0.5)\n", 16)
+    sweep = script_sweep(root, "import time\ntime.sleep(0.5)\n", 16)
     with hsm_background("run", sweep, "--distributed", cwd=root) as proc:
         wait_for(
             lambda: list((root / "runs").glob("*/hsm.log")) if (root / "runs").exists() else None,
@@ -301,7 +296,7 @@ def test_a_sweep_that_can_start_nothing_gives_up_after_stall_timeout(
             "stall_timeout": 3,
         },
     )
-    sweep = sweep_file(root, "import time\ntime.sleep(0.3)\n", 8)
+    sweep = script_sweep(root, "import time\ntime.sleep(0.3)\n", 8)
     err = cut_both_after_a_task(root, sweep, testbed_hosts[:2])
     assert "waiting: no source takes work now" in err, err
     assert re.search(
