@@ -8,8 +8,11 @@ import re
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
+from hsm.states import AttemptState
 from tests.hsmcli import (
+    attempts,
     hsm,
     hsm_background,
     latest_sweep,
@@ -82,11 +85,41 @@ def test_script_failing_everywhere_stops_early(tmp_path: Path, testbed_hosts: li
     assert time.monotonic() - started < 60
 
 
+# Sleeps, then writes which attempt of which task it is into result.txt in its task folder.
+RECORDS_ITS_ATTEMPT = """
+import os, time
+time.sleep(1.5)
+with open(os.path.join(os.environ["HSM_TASK_DIR"], "result.txt"), "w") as f:
+    f.write(f"{os.environ['HSM_TASK_NUMBER']} {os.environ['HSM_ATTEMPT']}\\n")
+"""
+
+
+def assert_completed_exactly_once(root: Path, data: dict[str, Any]) -> None:
+    """Every task of the sweep has exactly one completed attempt in the state, and the files
+    its task folder holds were written by that attempt."""
+    rows = attempts(root, data["sweep_id"])
+    completed = Counter(a.number for a in rows if a.state is AttemptState.COMPLETED)
+    numbers = [t["number"] for t in data["tasks"]]
+    assert {n: completed[n] for n in numbers} == dict.fromkeys(numbers, 1), rows
+    for task in data["tasks"]:
+        [winner] = [
+            a for a in rows if a.number == task["number"] and a.state is AttemptState.COMPLETED
+        ]
+        folder = Path(task["task_dir"])
+        status = json.loads((folder / "status.json").read_text())
+        assert (status["status"], status["attempt"], status["nonce"]) == (
+            "completed",
+            winner.attempt,
+            winner.nonce,
+        ), (task, winner)
+        assert (folder / "result.txt").read_text() == f"{task['number']} {winner.attempt}\n"
+
+
 def test_unreachable_hosts_are_disabled_and_work_moves(
     tmp_path: Path, testbed_hosts: list[Host]
 ) -> None:
     root = bed_project(tmp_path, testbed_hosts)
-    sweep = script_sweep(root, "import time\ntime.sleep(1.5)\n", 18)
+    sweep = script_sweep(root, RECORDS_ITS_ATTEMPT, 18)
     h1, h2, _ = testbed_hosts
     with hsm_background("run", sweep, "--distributed", cwd=root) as proc:
         wait_for(
@@ -106,8 +139,8 @@ def test_unreachable_hosts_are_disabled_and_work_moves(
     data = status_json(root)
     assert data["counts"]["completed"] == 18
     assert not data["sources"]["h1"]["enabled"] and not data["sources"]["h2"]["enabled"]
-    # Every task completed exactly once: one completed attempt each.
     assert all(t["status"] == "completed" for t in data["tasks"])
+    assert_completed_exactly_once(root, data)
 
 
 def sweep_state(root: Path) -> str | None:
@@ -260,27 +293,54 @@ def test_no_source_left_exits_3_then_reenable_and_resume(
     assert resumed.json()["counts"]["completed"] == 12
 
 
+def listed_enabled(root: Path, name: str) -> bool:
+    """Whether ``hsm distributed list`` shows the source as enabled."""
+    listed = hsm("distributed", "list", "--json", cwd=root)
+    assert listed.returncode == 0, listed
+    [enabled] = [s["enabled"] for s in listed.json()["sources"] if s["name"] == name]
+    assert isinstance(enabled, bool)
+    return enabled
+
+
 def test_disable_and_enable_take_effect_in_a_running_sweep(
     tmp_path: Path, testbed_hosts: list[Host]
 ) -> None:
     root = bed_project(tmp_path, testbed_hosts[:2], slots=1)
-    sweep = script_sweep(root, "import time\ntime.sleep(0.5)\n", 16)
+    sweep = script_sweep(root, "import time\ntime.sleep(0.5)\n", 30)
+
+    def begun_on(name: str) -> int:
+        sweep_id = latest_sweep(root)
+        return sum(a.source == name for a in attempts(root, sweep_id)) if sweep_id else 0
+
+    def logged(text: str) -> bool:
+        return any(text in log.read_text() for log in root.glob("runs/*/hsm.log"))
+
     with hsm_background("run", sweep, "--distributed", cwd=root) as proc:
-        wait_for(
-            lambda: list((root / "runs").glob("*/hsm.log")) if (root / "runs").exists() else None,
-            what="the sweep to start",
-        )
-        assert (
-            hsm("distributed", "disable", "h2", "--reason", "maintenance", cwd=root).returncode == 0
-        )
-        disabled_at = time.time()
+        wait_for(lambda: begun_on("h2") > 0, what="a task on h2", timeout=60)
+        disabled = hsm("distributed", "disable", "h2", "--reason", "maintenance", cwd=root)
+        assert disabled.returncode == 0, disabled
+        assert not listed_enabled(root, "h2")
+        # Once the sweep has seen it, h2 gets no new attempt while h1 goes on working.
+        wait_for(lambda: logged("Source h2 disabled: maintenance"), what="the disable", timeout=30)
+        on_h2, on_h1 = begun_on("h2"), begun_on("h1")
+        wait_for(lambda: begun_on("h1") >= on_h1 + 3, what="h1 working alone", timeout=60)
+        assert begun_on("h2") == on_h2
+        enabled = hsm("distributed", "enable", "h2", cwd=root)
+        assert enabled.returncode == 0, enabled
+        assert listed_enabled(root, "h2")
+        # The running sweep takes h2 back and gives it work again.
+        wait_for(lambda: logged("Source h2 re-enabled"), what="the enable", timeout=30)
+        wait_for(lambda: begun_on("h2") > on_h2, what="a new task on h2", timeout=60)
         assert proc.wait(timeout=120) == 0, outputs(root)
     _, err = outputs(root)
     assert "Source h2 disabled: maintenance" in err
     data = status_json(root)
-    assert data["counts"]["completed"] == 16
-    assert data["sources"]["h1"]["completed"] > data["sources"]["h2"]["completed"]
-    assert disabled_at > 0
+    assert data["counts"]["completed"] == 30
+    assert data["sources"]["h2"]["enabled"] is True
+    last_on_h2 = max(
+        (a for a in attempts(root, data["sweep_id"]) if a.source == "h2"), key=lambda a: a.id
+    )
+    assert last_on_h2.state is AttemptState.COMPLETED
 
 
 def test_a_sweep_that_can_start_nothing_gives_up_after_stall_timeout(
