@@ -160,7 +160,7 @@ def test_chaos(tmp_path: Path, testbed_hosts: list[Host], slurm: SlurmCluster) -
         try:
             wait_for(running_on_h2, timeout=60, what="a task running on h2", interval=0.02)
         except AssertionError:
-            held = {}
+            held: dict[str, int] = {}
             for a in attempts(root, SWEEP_ID):
                 if a.state in (AttemptState.RUNNING, AttemptState.LAUNCHING):
                     held[a.source] = held.get(a.source, 0) + 1

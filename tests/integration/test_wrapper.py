@@ -23,7 +23,6 @@ from hsm.jobscript import (
     STATUS_SPARE,
     TASK_INFO,
     WRAPPER_PATH,
-    Cause,
     GuardSettings,
     TaskSpec,
     WrapperState,
@@ -32,6 +31,7 @@ from hsm.jobscript import (
     read_status,
     write_spec,
 )
+from hsm.states import Cause
 from tests.hsmcli import tmpfs
 
 pytestmark = pytest.mark.timeout(60)
@@ -316,7 +316,9 @@ def test_cancel_kills_the_whole_task_tree(
     trap = "trap '' TERM; " if ignores_term else ""
     task.write(["bash", "-c", trap + "sleep 300 & echo $! > gc.pid; wait"], guard=WATCHING)
     proc, grandchild = start_and_wait_running(runner, task)
-    pgid = task.status().pgid  # type: ignore[union-attr]
+    status = task.status()
+    assert status is not None and status.pgid is not None
+    pgid = status.pgid
     start = time.monotonic()
     proc.send_signal(sig)
     proc.wait(timeout=10)
@@ -337,7 +339,9 @@ def test_cancel_kills_the_whole_task_tree(
 def test_watcher_ends_when_the_wrapper_is_killed(task: Task, runner: Runner) -> None:
     task.write(["bash", "-c", "sleep 300 & echo $! > gc.pid; wait"], guard=WATCHING)
     proc, grandchild = start_and_wait_running(runner, task)
-    pgid = task.status().pgid  # type: ignore[union-attr]
+    status = task.status()
+    assert status is not None and status.pgid is not None
+    pgid = status.pgid
     proc.kill()
     proc.wait()
     # The task itself is detached and goes on; the wrapper's helpers do not.
