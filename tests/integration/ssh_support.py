@@ -177,28 +177,25 @@ def bed_project(
     include_local: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write hsm_config.yaml with one remote per host (named h1, h2, ...) working in the
-    host's work folder, with the failsafe margins; ``extra`` replaces top-level keys."""
+    """A project (see :func:`make_project`) with one remote per host (named h1, h2, ...)
+    working in the host's work folder, the failsafe margins and a health check each second;
+    ``distributed`` and ``extra`` go on top."""
     remotes = {
-        f"h{i + 1}": {"host": h.name, "remote_root": h.work_dir, "max_parallel_jobs": slots}
+        f"h{i + 1}": remote(h, remote_root=h.work_dir, max_parallel_jobs=slots)
         for i, h in enumerate(hosts)
     }
     config: dict[str, Any] = {
-        "ssh_config": str(hosts[0].ssh_config_path),
-        "disk": dict(FAILSAFE_DISK),
-        "health": dict(FAILSAFE_HEALTH),
-        "distributed": {
-            "include_local": include_local,
-            "health_check_interval": 1,
-            "remotes": remotes,
-            **(distributed or {}),
-        },
+        "disk": FAILSAFE_DISK,
+        "health": FAILSAFE_HEALTH,
+        **(extra or {}),
     }
-    if extra:
-        config.update(extra)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "hsm_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return root
+    config["distributed"] = {
+        "include_local": include_local,
+        "health_check_interval": 1,
+        **(distributed or {}),
+        **config.get("distributed", {}),
+    }
+    return make_project(root, hosts, remotes=remotes, config=config)
 
 
 def script_sweep(
