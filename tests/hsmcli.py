@@ -1,8 +1,8 @@
-"""The test helpers: run the real ``hsm`` command in a subprocess, wait on state, write
+"""What every test shares: run the real ``hsm`` command in a subprocess, wait on state, write
 projects and read back what a sweep left (through the Store, never raw SQL).
 
-Shared by tests/cli and tests/integration (the SSH and cluster helpers build on it).
-``hsm`` is started as ``python -m hsm.cli`` with the interpreter running the tests.
+Shared by tests/cli and tests/integration (ssh_support.py and cluster_support.py there build
+on it). ``hsm`` is started as ``python -m hsm.cli`` with the interpreter running the tests.
 """
 
 from __future__ import annotations
