@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -27,9 +26,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hsm.errors import StateError  # noqa: E402
 from hsm.spec.config import DistributedConfig  # noqa: E402
-from tests.hsmcli import HSM, hsm_env, write  # noqa: E402
-from tests.integration.bedproject import bed_project  # noqa: E402
+from hsm.state import AttemptRow  # noqa: E402
+from hsm.states import ACTIVE_ATTEMPT, AttemptState  # noqa: E402
+from tests.hsmcli import HSM, attempts, hsm_env, latest_sweep, write  # noqa: E402
+from tests.integration.ssh_support import bed_project  # noqa: E402
 from tests.testbed import TestBed, pick_free_subnet  # noqa: E402
 
 DURATIONS = {"h1": 0.3, "h2": 0.3, "h3": 0.9}  # h3 is three times slower
@@ -38,18 +40,13 @@ SLOTS = 2
 DEFAULT_INTERVAL = DistributedConfig.model_fields["health_check_interval"].default
 
 
-def attempts(root: Path) -> list[sqlite3.Row]:
+def all_attempts(root: Path) -> list[AttemptRow]:
     """Every attempt so far; none while hsm is still creating the database."""
-    if not (root / ".hsm" / "hsm.db").exists():
-        return []
-    conn = sqlite3.connect(root / ".hsm" / "hsm.db")
-    conn.row_factory = sqlite3.Row
     try:
-        return list(conn.execute("SELECT * FROM attempts ORDER BY id"))
-    except sqlite3.OperationalError:  # the schema is not there yet
+        sweep_id = latest_sweep(root)
+        return attempts(root, sweep_id) if sweep_id else []
+    except StateError:  # the schema is not there yet
         return []
-    finally:
-        conn.close()
 
 
 def makespan(bed: TestBed, work: Path, n: int) -> tuple[float, float]:
@@ -79,8 +76,8 @@ def makespan(bed: TestBed, work: Path, n: int) -> tuple[float, float]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    rows = [r for r in attempts(root) if r["state"] == "completed"]
-    span = max(r["finished"] for r in rows) - min(r["started"] for r in rows)
+    rows = [r for r in all_attempts(root) if r.state is AttemptState.COMPLETED]
+    span = max(r.finished or r.started for r in rows) - min(r.started for r in rows)
     ideal = n / sum(SLOTS / d for d in DURATIONS.values())
     return ideal, span
 
@@ -114,28 +111,32 @@ def failover(bed: TestBed, work: Path, interval: float | None) -> float:
         while time.monotonic() < deadline:
             if (root / ".hsm" / "hsm.db").exists():
                 running = [
-                    r for r in attempts(root) if r["source"] == "h1" and r["state"] == "running"
+                    r
+                    for r in all_attempts(root)
+                    if r.source == "h1" and r.state is AttemptState.RUNNING
                 ]
                 if len(running) == SLOTS:
                     break
             time.sleep(0.05)
         numbers = {
-            r["number"] for r in attempts(root) if r["source"] == "h1" and r["state"] == "running"
+            r.number
+            for r in all_attempts(root)
+            if r.source == "h1" and r.state is AttemptState.RUNNING
         }
         victim.cut_link()
         cut_at = time.time()
         while time.monotonic() < deadline + 60:
             moved = {
-                r["number"]
-                for r in attempts(root)
-                if r["number"] in numbers and r["source"] != "h1" and r["started"] >= cut_at
+                r.number
+                for r in all_attempts(root)
+                if r.number in numbers and r.source != "h1" and r.started >= cut_at
             }
             if moved == numbers:
                 return (
                     max(
-                        r["started"]
-                        for r in attempts(root)
-                        if r["number"] in numbers and r["source"] != "h1"
+                        r.started
+                        for r in all_attempts(root)
+                        if r.number in numbers and r.source != "h1"
                     )
                     - cut_at
                 )
@@ -176,26 +177,28 @@ def failover_frozen(bed: TestBed, work: Path, queue: int) -> float:
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            done = sum(r["state"] == "completed" for r in attempts(root))
-            running = [r for r in attempts(root) if r["source"] == "h1" and r["state"] == "running"]
+            done = sum(r.state is AttemptState.COMPLETED for r in all_attempts(root))
+            running = [
+                r
+                for r in all_attempts(root)
+                if r.source == "h1" and r.state is AttemptState.RUNNING
+            ]
             if done >= 20 and len(running) == SLOTS:
                 break
             time.sleep(0.02)
         victim.freeze()
         frozen_at = time.time()
         numbers = {
-            r["number"]
-            for r in attempts(root)
-            if r["source"] == "h1" and r["state"] in ("running", "launching")
+            r.number for r in all_attempts(root) if r.source == "h1" and r.state in ACTIVE_ATTEMPT
         }
         while time.monotonic() < deadline + 60:
             moved = [
                 r
-                for r in attempts(root)
-                if r["number"] in numbers and r["source"] != "h1" and r["started"] >= frozen_at
+                for r in all_attempts(root)
+                if r.number in numbers and r.source != "h1" and r.started >= frozen_at
             ]
-            if {r["number"] for r in moved} == numbers:
-                return max(r["started"] for r in moved) - frozen_at
+            if {r.number for r in moved} == numbers:
+                return max(r.started for r in moved) - frozen_at
             time.sleep(0.02)
         raise RuntimeError("the tasks of the frozen host were not restarted elsewhere")
     finally:

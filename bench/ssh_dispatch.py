@@ -37,16 +37,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.hsmcli import HSM  # noqa: E402
+from tests.integration.ssh_support import SMALL_HEALTH  # noqa: E402
 from tests.testbed import Host, TestBed, pick_free_subnet  # noqa: E402
 from tests.testbed.latency import LatencyProxies  # noqa: E402
-
-HSM = [sys.executable, "-m", "hsm.cli"]
-SMALL_HEALTH = {
-    "disk_critical_free": "3MB",
-    "disk_critical_percent": 1,
-    "disk_warning_free": "6MB",
-    "disk_warning_percent": 2,
-}
 
 
 def write_project(

@@ -1,7 +1,8 @@
-"""Run the real ``hsm`` command in a subprocess, and small helpers around it.
+"""What every test shares: run the real ``hsm`` command in a subprocess, wait on state, write
+projects and read back what a sweep left (through the Store, never raw SQL).
 
-Shared by tests/cli and tests/integration. ``hsm`` is started as
-``python -m hsm.cli`` with the interpreter running the tests.
+Shared by tests/cli and tests/integration (ssh_support.py and cluster_support.py there build
+on it). ``hsm`` is started as ``python -m hsm.cli`` with the interpreter running the tests.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from hsm.state import AttemptRow, Store, TaskRow
 
 HSM = [sys.executable, "-m", "hsm.cli"]
 T = TypeVar("T")
@@ -37,16 +40,20 @@ class Result:
 
 
 def hsm_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of ``hsm`` in a test: a wide terminal, unbuffered output and no
+    ssh-agent of the caller (a test that wants one passes it in ``extra``)."""
     env = dict(os.environ)
     env["COLUMNS"] = "200"
     env["PYTHONUNBUFFERED"] = "1"
+    for key in ("SSH_AUTH_SOCK", "SSH_AGENT_PID"):
+        env.pop(key, None)
     if extra:
         env.update(extra)
     return env
 
 
 def hsm(
-    *args: str | Path, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 60.0
+    *args: str | Path, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 120.0
 ) -> Result:
     """Run ``hsm ARGS`` to its end."""
     proc = subprocess.run(
@@ -61,37 +68,66 @@ def hsm(
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+class Background:
+    """``hsm ARGS`` started without waiting, its output in files under ``cwd/.out`` (named
+    ``stem``.stdout and ``stem``.stderr, a fresh stem unless given); killed at the end of a
+    ``with`` block if still running. ``new_session`` starts it in a session of its own."""
+
+    def __init__(
+        self,
+        *args: str | Path,
+        cwd: Path,
+        env: Mapping[str, str] | None = None,
+        new_session: bool = True,
+        stem: str | None = None,
+    ) -> None:
+        out_dir = cwd / ".out"
+        out_dir.mkdir(exist_ok=True)
+        stem = f"bg-{time.monotonic_ns()}." if stem is None else stem
+        self.out = out_dir / f"{stem}stdout"
+        self.err = out_dir / f"{stem}stderr"
+        with self.out.open("w") as out, self.err.open("w") as err:
+            self.proc = subprocess.Popen(
+                [*HSM, *map(str, args)],
+                cwd=cwd,
+                env=hsm_env(env),
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                start_new_session=new_session,
+            )
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def wait(self, timeout: float = 120.0) -> Result:
+        code = self.proc.wait(timeout=timeout)
+        return Result(code, self.out.read_text(), self.err.read_text())
+
+    def __enter__(self) -> Background:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
 @contextmanager
 def hsm_background(
     *args: str | Path,
     cwd: Path,
     env: Mapping[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[str]]:
-    """Start ``hsm ARGS`` and yield the process; it is killed at the end if still running.
-
-    Its output goes to files in ``cwd/.out`` (read them with :func:`outputs`).
-    """
-    out_dir = cwd / ".out"
-    out_dir.mkdir(exist_ok=True)
-    with (out_dir / "stdout").open("w") as out, (out_dir / "stderr").open("w") as err:
-        proc = subprocess.Popen(
-            [*HSM, *map(str, args)],
-            cwd=cwd,
-            env=hsm_env(env),
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    """Start ``hsm ARGS`` (in the tests' session) and yield the process; it is killed at the
+    end if still running. Its output goes to ``cwd/.out`` (read it with :func:`outputs`)."""
+    with Background(*args, cwd=cwd, env=env, new_session=False, stem="") as background:
+        yield background.proc
 
 
 def outputs(cwd: Path) -> tuple[str, str]:
+    """The output of the last :func:`hsm_background` in ``cwd``."""
     out_dir = cwd / ".out"
     return (out_dir / "stdout").read_text(), (out_dir / "stderr").read_text()
 
@@ -223,3 +259,60 @@ def make_project(root: Path, *, config: str | None = TEST_CONFIG, sweep: str | N
     if sweep is not None:
         write(root / "sweeps" / "sweep.yaml", sweep)
     return root
+
+
+def merged(base: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``base`` with ``overrides`` on top: a mapping under a key that holds a mapping updates
+    it (one level deep); anything else replaces it."""
+    out = {key: dict(value) if isinstance(value, Mapping) else value for key, value in base.items()}
+    for key, value in (overrides or {}).items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key].update(value)
+        else:
+            out[key] = value
+    return out
+
+
+def sweep_log(root: Path, sweep_id: str) -> str:
+    return (root / "runs" / sweep_id / "hsm.log").read_text()
+
+
+def status_json(root: Path, sweep_id: str | None = None) -> dict[str, Any]:
+    """What ``hsm status --json`` says of the sweep (the latest one by default)."""
+    result = hsm("status", "--json", *([sweep_id] if sweep_id else []), cwd=root)
+    assert result.returncode == 0, result
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+# What a sweep left in the project's state, read through the Store.
+
+
+@contextmanager
+def open_store(root: Path) -> Iterator[Store]:
+    """The project's state database, closed at the end."""
+    store = Store.open(root / ".hsm" / "hsm.db", create=False)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def latest_sweep(root: Path) -> str | None:
+    """The id of the project's newest sweep (None before the first one is written)."""
+    if not (root / ".hsm" / "hsm.db").exists():
+        return None
+    with open_store(root) as store:
+        sweep = store.latest_sweep()
+    return sweep.id if sweep else None
+
+
+def tasks(root: Path, sweep_id: str) -> list[TaskRow]:
+    with open_store(root) as store:
+        return store.tasks(sweep_id)
+
+
+def attempts(root: Path, sweep_id: str) -> list[AttemptRow]:
+    """Every attempt of the sweep, in the order they began."""
+    with open_store(root) as store:
+        return store.attempts(sweep_id)

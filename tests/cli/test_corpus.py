@@ -43,7 +43,7 @@ class Case:
 
 def load(folder: Path) -> Case:
     args = tuple(line for line in (folder / "args").read_text().splitlines() if line)
-    exit_code, needs, fragments = 2, set(), []
+    exit_code, needs, fragments = 2, set[str](), list[str]()
     for line in (folder / "expected").read_text().splitlines():
         if not line:
             continue

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.hsmcli import Result, write
+from tests.hsmcli import Result, merged, write
 from tests.testbed import SlurmCluster
 
 # Small disk-guard thresholds and a health classification that never holds tasks back.
@@ -79,13 +78,8 @@ def cluster_project(
     }
     if ssh_config is not None:
         config["ssh_config"] = str(ssh_config)
-    for key, value in (extra or {}).items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            config[key] = {**config[key], **value}
-        else:
-            config[key] = value
     root.mkdir(parents=True, exist_ok=True)
-    (root / "hsm_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (root / "hsm_config.yaml").write_text(yaml.safe_dump(merged(config, extra), sort_keys=False))
     write(root / "task.sh", TASK)
     return root
 
@@ -151,22 +145,6 @@ def run_intervals(root: Path, sweep_id: str, numbers: Iterable[int]) -> list[tup
         done = [float(x.split()[2]) for x in lines if x.startswith("done")]
         out += list(zip(start, done, strict=False))
     return out
-
-
-def attempts(root: Path, sweep_id: str) -> list[dict[str, Any]]:
-    """Every attempt of the sweep as the state database records it."""
-    with sqlite3.connect(root / ".hsm" / "hsm.db") as db:
-        db.row_factory = sqlite3.Row
-        rows = db.execute(
-            "SELECT * FROM attempts WHERE sweep_id = ? ORDER BY number, attempt", (sweep_id,)
-        ).fetchall()
-    return [dict(r) for r in rows]
-
-
-def sweep_id_in(text: str) -> str:
-    match = re.search(r"sweep (\d{8}-\d{6}-[0-9a-f]{4})", text)
-    assert match, text
-    return match.group(1)
 
 
 def submitted_arrays(root: Path, sweep_id: str) -> list[str]:

@@ -1,5 +1,6 @@
 """Helpers of the SSH integration tests: a project whose hsm_config.yaml points at the test bed,
-``hsm`` run as a subprocess, and readers for the state and the per-task markers.
+and readers for the per-task markers on the hosts (running ``hsm`` and reading the state are
+in tests.hsmcli).
 
 The task script (``TASK``) runs under the hosts' system python. It appends ``start``/``done``
 lines to ``/srv/hsm/marks/task_NNNN`` on its host (outside the sweep folders), so a test can
@@ -8,19 +9,13 @@ count how often each task really ran, on which host, and how it ended.
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hsm.state import AttemptRow, Store, TaskRow
-from tests.hsmcli import HSM, Result
+from tests.hsmcli import merged, write
 from tests.testbed import Host
 
 REMOTE_ROOT = "/srv/hsm/root"
@@ -105,12 +100,7 @@ def make_project(
             "remotes": dict(remotes),
         },
     }
-    for key, value in (config or {}).items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key].update(value)
-        else:
-            data[key] = value
-    (root / "hsm_config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    (root / "hsm_config.yaml").write_text(yaml.safe_dump(merged(data, config), sort_keys=False))
     (root / "task.py").write_text(TASK)
     if sweep is None:
         sweep_data = {
@@ -121,112 +111,6 @@ def make_project(
         sweep = yaml.safe_dump(sweep_data, sort_keys=False, allow_unicode=True)
     (root / "sweep.yaml").write_text(sweep)
     return root
-
-
-def env(extra: Mapping[str, str] | None = None, *, drop: Iterable[str] = ()) -> dict[str, str]:
-    out = dict(os.environ)
-    out["COLUMNS"] = "200"
-    out["PYTHONUNBUFFERED"] = "1"
-    for key in ("SSH_AUTH_SOCK", "SSH_AGENT_PID", *drop):
-        out.pop(key, None)
-    out.update(extra or {})
-    return out
-
-
-def hsm(
-    *args: str | Path, cwd: Path, extra_env: Mapping[str, str] | None = None, timeout: float = 120.0
-) -> Result:
-    proc = subprocess.run(
-        [*HSM, *map(str, args)],
-        cwd=cwd,
-        env=env(extra_env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
-
-
-class Background:
-    """``hsm`` started in its own session, output to files; killed at the end if needed."""
-
-    def __init__(
-        self, *args: str | Path, cwd: Path, extra_env: Mapping[str, str] | None = None
-    ) -> None:
-        self.out = cwd / f".hsm-bg-{time.monotonic_ns()}.out"
-        self.err = self.out.with_suffix(".err")
-        with self.out.open("w") as out, self.err.open("w") as err:
-            self.proc = subprocess.Popen(
-                [*HSM, *map(str, args)],
-                cwd=cwd,
-                env=env(extra_env),
-                stdout=out,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def wait(self, timeout: float = 120.0) -> Result:
-        code = self.proc.wait(timeout=timeout)
-        return Result(code, self.out.read_text(), self.err.read_text())
-
-    def __enter__(self) -> Background:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            self.kill()
-
-
-def wait_for(
-    predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-def open_store(root: Path) -> Store:
-    return Store.open(root / ".hsm" / "hsm.db", create=False)
-
-
-def latest_sweep(root: Path) -> str | None:
-    path = root / ".hsm" / "hsm.db"
-    if not path.exists():
-        return None
-    store = Store.open(path, create=False)
-    try:
-        sweep = store.latest_sweep()
-        return sweep.id if sweep else None
-    finally:
-        store.close()
-
-
-def tasks(root: Path, sweep_id: str) -> list[TaskRow]:
-    store = open_store(root)
-    try:
-        return store.tasks(sweep_id)
-    finally:
-        store.close()
-
-
-def attempts(root: Path, sweep_id: str) -> list[AttemptRow]:
-    store = open_store(root)
-    try:
-        return store.attempts(sweep_id)
-    finally:
-        store.close()
 
 
 def marks(hosts: Sequence[Host]) -> dict[int, list[tuple[str, str, str]]]:
@@ -254,12 +138,6 @@ def remote_path(host: Host, inside: str) -> Path:
     return host.disk_dir / rel
 
 
-def sweep_id_from(text: str) -> str:
-    match = re.search(r"sweep (\d{8}-\d{6}-[0-9a-f]{4})", text)
-    assert match, text
-    return match.group(1)
-
-
 def host_processes(host: Host, pattern: str) -> list[str]:
     """Command lines of the host's processes that contain ``pattern``."""
     found = []
@@ -271,3 +149,67 @@ def host_processes(host: Host, pattern: str) -> list[str]:
         if pattern in args:
             found.append(args.strip())
     return found
+
+
+# The failsafe tests fill disks and cut links: larger margins than SMALL_DISK, and every host
+# checked each second.
+FAILSAFE_DISK = {
+    "project_min_free": "4MB",
+    "task_min_free": "4MB",
+    "check_interval": 1,
+    "warn_below": "12MB",
+    "kill_below": "6MB",
+}
+FAILSAFE_HEALTH = {
+    "disk_critical_free": "8MB",
+    "disk_critical_percent": 1,
+    "disk_warning_free": "16MB",
+    "disk_warning_percent": 2,
+}
+
+
+def bed_project(
+    root: Path,
+    hosts: Sequence[Host],
+    *,
+    slots: int = 2,
+    distributed: dict[str, Any] | None = None,
+    include_local: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """A project (see :func:`make_project`) with one remote per host (named h1, h2, ...)
+    working in the host's work folder, the failsafe margins and a health check each second;
+    ``distributed`` and ``extra`` go on top."""
+    remotes = {
+        f"h{i + 1}": remote(h, remote_root=h.work_dir, max_parallel_jobs=slots)
+        for i, h in enumerate(hosts)
+    }
+    config: dict[str, Any] = {
+        "disk": FAILSAFE_DISK,
+        "health": FAILSAFE_HEALTH,
+        **(extra or {}),
+    }
+    config["distributed"] = {
+        "include_local": include_local,
+        "health_check_interval": 1,
+        **(distributed or {}),
+        **config.get("distributed", {}),
+    }
+    return make_project(root, hosts, remotes=remotes, config=config)
+
+
+def script_sweep(
+    root: Path, script: str, n: int, *, name: str = "sweep.yaml", extra: str = ""
+) -> Path:
+    """``script`` as task.py, and a sweep file running it for i = 1..n."""
+    write(root / "task.py", script)
+    return write(
+        root / name,
+        f"""
+        script: task.py
+        sweep:
+          grid:
+            i: [{", ".join(str(i) for i in range(1, n + 1))}]
+        {extra}
+    """,
+    )

@@ -32,9 +32,9 @@ import pytest
 import yaml
 
 from hsm.states import AttemptState
-from tests.integration.bedproject import SMALL_DISK, SMALL_HEALTH
+from tests.hsmcli import Background, attempts, tasks, wait_for
 from tests.integration.cluster_support import cancel_leftovers
-from tests.integration.ssh_support import Background, attempts, tasks, wait_for
+from tests.integration.ssh_support import FAILSAFE_DISK, FAILSAFE_HEALTH
 from tests.testbed import Host, SlurmCluster, TestBed
 
 pytestmark = [pytest.mark.root, pytest.mark.testbed, pytest.mark.slurm, pytest.mark.timeout(300)]
@@ -110,8 +110,8 @@ def project(root: Path, hosts: list[Host]) -> Path:
     config = {
         "ssh_config": str(hosts[0].ssh_config_path),
         "local": {"max_parallel_jobs": 2},
-        "disk": dict(SMALL_DISK),
-        "health": {**SMALL_HEALTH, "max_load_per_core": 1000},
+        "disk": dict(FAILSAFE_DISK),
+        "health": {**FAILSAFE_HEALTH, "max_load_per_core": 1000},
         "distributed": {
             "include_local": True,
             "health_check_interval": 1,
@@ -160,7 +160,7 @@ def test_chaos(tmp_path: Path, testbed_hosts: list[Host], slurm: SlurmCluster) -
         try:
             wait_for(running_on_h2, timeout=60, what="a task running on h2", interval=0.02)
         except AssertionError:
-            held = {}
+            held: dict[str, int] = {}
             for a in attempts(root, SWEEP_ID):
                 if a.state in (AttemptState.RUNNING, AttemptState.LAUNCHING):
                     held[a.source] = held.get(a.source, 0) + 1
@@ -186,7 +186,7 @@ def test_chaos(tmp_path: Path, testbed_hosts: list[Host], slurm: SlurmCluster) -
     def kill_controller() -> str:
         assert chaos.controller is not None
         chaos.controller.kill()
-        chaos.controller = Background("resume", SWEEP_ID, "--json", cwd=root, extra_env=env)
+        chaos.controller = Background("resume", SWEEP_ID, "--json", cwd=root, env=env)
         return "controller SIGKILLed and resumed"
 
     def kill_while_frozen() -> str:
@@ -217,7 +217,7 @@ def test_chaos(tmp_path: Path, testbed_hosts: list[Host], slurm: SlurmCluster) -
             SWEEP_ID,
             "--json",
             cwd=root,
-            extra_env=env,
+            env=env,
         )
         while True:
             now = time.monotonic()
@@ -256,7 +256,7 @@ def test_chaos(tmp_path: Path, testbed_hosts: list[Host], slurm: SlurmCluster) -
     # hsm status --json, the state database and the files on disk agree.
     data = result.json()
     status = json.loads(
-        Background("status", SWEEP_ID, "--json", cwd=root, extra_env=env).wait(timeout=60).stdout
+        Background("status", SWEEP_ID, "--json", cwd=root, env=env).wait(timeout=60).stdout
     )
     assert status["state"] == "completed"
     assert status["counts"] == {

@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from tests.hsmcli import hsm, hsm_background, outputs, wait_for
-from tests.integration.bedproject import bed_project, status_json, sweep_file, sweep_log
+from hsm.states import AttemptState
+from tests.hsmcli import (
+    attempts,
+    hsm,
+    hsm_background,
+    latest_sweep,
+    open_store,
+    outputs,
+    status_json,
+    sweep_log,
+    wait_for,
+)
+from tests.integration.ssh_support import bed_project, script_sweep
 from tests.testbed import Host
 
 # Fails on a host that carries /srv/hsm/FAIL_HERE; otherwise sleeps a little and succeeds.
@@ -28,7 +40,7 @@ def test_failing_host_is_disabled_by_failure_rate(
 ) -> None:
     root = bed_project(tmp_path, testbed_hosts)
     testbed_hosts[0].run(["touch", "/srv/hsm/FAIL_HERE"])
-    sweep = sweep_file(root, FLAKY_HOST, 24)
+    sweep = script_sweep(root, FLAKY_HOST, 24)
     result = hsm("run", sweep, "--distributed", "--json", cwd=root, timeout=180)
     assert result.returncode == 0, result
     data = result.json()
@@ -55,7 +67,7 @@ def test_failing_host_is_disabled_by_failure_rate(
 
 def test_script_failing_everywhere_stops_early(tmp_path: Path, testbed_hosts: list[Host]) -> None:
     root = bed_project(tmp_path, testbed_hosts)
-    sweep = sweep_file(
+    sweep = script_sweep(
         root,
         "import sys\nprint('NameError: name lr is not defined', file=sys.stderr)\nsys.exit(2)\n",
         40,
@@ -73,11 +85,41 @@ def test_script_failing_everywhere_stops_early(tmp_path: Path, testbed_hosts: li
     assert time.monotonic() - started < 60
 
 
+# Sleeps, then writes which attempt of which task it is into result.txt in its task folder.
+RECORDS_ITS_ATTEMPT = """
+import os, time
+time.sleep(1.5)
+with open(os.path.join(os.environ["HSM_TASK_DIR"], "result.txt"), "w") as f:
+    f.write(f"{os.environ['HSM_TASK_NUMBER']} {os.environ['HSM_ATTEMPT']}\\n")
+"""
+
+
+def assert_completed_exactly_once(root: Path, data: dict[str, Any]) -> None:
+    """Every task of the sweep has exactly one completed attempt in the state, and the files
+    its task folder holds were written by that attempt."""
+    rows = attempts(root, data["sweep_id"])
+    completed = Counter(a.number for a in rows if a.state is AttemptState.COMPLETED)
+    numbers = [t["number"] for t in data["tasks"]]
+    assert {n: completed[n] for n in numbers} == dict.fromkeys(numbers, 1), rows
+    for task in data["tasks"]:
+        [winner] = [
+            a for a in rows if a.number == task["number"] and a.state is AttemptState.COMPLETED
+        ]
+        folder = Path(task["task_dir"])
+        status = json.loads((folder / "status.json").read_text())
+        assert (status["status"], status["attempt"], status["nonce"]) == (
+            "completed",
+            winner.attempt,
+            winner.nonce,
+        ), (task, winner)
+        assert (folder / "result.txt").read_text() == f"{task['number']} {winner.attempt}\n"
+
+
 def test_unreachable_hosts_are_disabled_and_work_moves(
     tmp_path: Path, testbed_hosts: list[Host]
 ) -> None:
     root = bed_project(tmp_path, testbed_hosts)
-    sweep = sweep_file(root, "import time\ntime.sleep(1.5)\n", 18)
+    sweep = script_sweep(root, RECORDS_ITS_ATTEMPT, 18)
     h1, h2, _ = testbed_hosts
     with hsm_background("run", sweep, "--distributed", cwd=root) as proc:
         wait_for(
@@ -97,49 +139,35 @@ def test_unreachable_hosts_are_disabled_and_work_moves(
     data = status_json(root)
     assert data["counts"]["completed"] == 18
     assert not data["sources"]["h1"]["enabled"] and not data["sources"]["h2"]["enabled"]
-    # Every task completed exactly once: one completed attempt each.
     assert all(t["status"] == "completed" for t in data["tasks"])
+    assert_completed_exactly_once(root, data)
 
 
 def sweep_state(root: Path) -> str | None:
-    path = root / ".hsm" / "hsm.db"
-    if not path.exists():
+    sweep_id = latest_sweep(root)
+    if sweep_id is None:
         return None
-    with sqlite3.connect(path, timeout=10) as db:
-        row = db.execute("SELECT state FROM sweeps ORDER BY created DESC LIMIT 1").fetchone()
-    return row[0] if row else None
+    with open_store(root) as store:
+        return store.sweep(sweep_id).state.value
 
 
 def diagnostics(root: Path) -> str:
     """Where a sweep stands: its tasks by status and cause, its attempts by source and state,
     and the end of the controller's output."""
     lines = []
-    path = root / ".hsm" / "hsm.db"
-    if path.exists():
-        with sqlite3.connect(path, timeout=10) as db:
-            lines.append(f"sweep state: {sweep_state(root)}")
-            lines.append(
-                "tasks: "
-                + repr(
-                    db.execute("SELECT status, cause, count(*) FROM tasks GROUP BY 1, 2").fetchall()
-                )
-            )
-            lines.append(
-                "attempts: "
-                + repr(
-                    db.execute(
-                        "SELECT source, state, cause, count(*) FROM attempts GROUP BY 1, 2, 3"
-                    ).fetchall()
-                )
-            )
-            lines.append(
-                "sources: "
-                + repr(
-                    db.execute(
-                        "SELECT name, enabled, disabled_reason, last_status FROM sources"
-                    ).fetchall()
-                )
-            )
+    sweep_id = latest_sweep(root)
+    if sweep_id is not None:
+        with open_store(root) as store:
+            lines.append(f"sweep state: {store.sweep(sweep_id).state}")
+            tasks = Counter((t.status.value, t.cause) for t in store.tasks(sweep_id))
+            lines.append(f"tasks: {sorted(tasks.items(), key=repr)}")
+            tried = Counter((a.source, a.state.value, a.cause) for a in store.attempts(sweep_id))
+            lines.append(f"attempts: {sorted(tried.items(), key=repr)}")
+            sources = [
+                (r.name, r.enabled, r.disabled_reason, r.last_status)
+                for r in store.enabled_states().values()
+            ]
+            lines.append(f"sources: {sources}")
     out, err = outputs(root)
     lines.append("--- stderr (end)\n" + "\n".join(err.splitlines()[-40:]))
     return "\n".join(lines)
@@ -149,7 +177,7 @@ def test_disk_exhaustion_kills_flags_and_moves_work(
     tmp_path: Path, testbed_hosts: list[Host]
 ) -> None:
     root = bed_project(tmp_path, testbed_hosts)
-    sweep = sweep_file(root, "import time\ntime.sleep(2.0)\n", 14)
+    sweep = script_sweep(root, "import time\ntime.sleep(2.0)\n", 14)
     h2 = testbed_hosts[1]
     with hsm_background("run", sweep, "--distributed", cwd=root) as proc:
         wait_for(
@@ -190,7 +218,7 @@ def test_overloaded_host_is_degraded_and_works_at_half_its_slots(
     root = bed_project(tmp_path, testbed_hosts, slots=4)
     h1 = testbed_hosts[0]
     h1.set_load(50.0)
-    sweep = sweep_file(root, "import time\ntime.sleep(0.5)\n", 24)
+    sweep = script_sweep(root, "import time\ntime.sleep(0.5)\n", 24)
     result = hsm("run", sweep, "--distributed", "--json", cwd=root, timeout=120)
     assert result.returncode == 0, result
     assert re.search(
@@ -214,7 +242,7 @@ def test_a_sweep_that_cannot_start_anywhere_says_why_at_once(
     tmp_path: Path, testbed_hosts: list[Host]
 ) -> None:
     root = bed_project(tmp_path, testbed_hosts[:2], extra={"health": {"disk_critical_free": "1GB"}})
-    sweep = sweep_file(root, "pass\n", 4)
+    sweep = script_sweep(root, "pass\n", 4)
     result = hsm("run", sweep, "--distributed", "--json", cwd=root, timeout=60)
     assert result.returncode == 3, result
     assert re.search(
@@ -248,7 +276,7 @@ def test_no_source_left_exits_3_then_reenable_and_resume(
     tmp_path: Path, testbed_hosts: list[Host]
 ) -> None:
     root = bed_project(tmp_path, testbed_hosts[:2])
-    sweep = sweep_file(root, "import time\ntime.sleep(1.0)\n", 12)
+    sweep = script_sweep(root, "import time\ntime.sleep(1.0)\n", 12)
     h1, h2 = testbed_hosts[:2]
     err = cut_both_after_a_task(root, sweep, [h1, h2])
     assert "no usable source is left" in err
@@ -265,27 +293,54 @@ def test_no_source_left_exits_3_then_reenable_and_resume(
     assert resumed.json()["counts"]["completed"] == 12
 
 
+def listed_enabled(root: Path, name: str) -> bool:
+    """Whether ``hsm distributed list`` shows the source as enabled."""
+    listed = hsm("distributed", "list", "--json", cwd=root)
+    assert listed.returncode == 0, listed
+    [enabled] = [s["enabled"] for s in listed.json()["sources"] if s["name"] == name]
+    assert isinstance(enabled, bool)
+    return enabled
+
+
 def test_disable_and_enable_take_effect_in_a_running_sweep(
     tmp_path: Path, testbed_hosts: list[Host]
 ) -> None:
     root = bed_project(tmp_path, testbed_hosts[:2], slots=1)
-    sweep = sweep_file(root, "import time\ntime.sleep(0.5)\n", 16)
+    sweep = script_sweep(root, "import time\ntime.sleep(0.5)\n", 30)
+
+    def begun_on(name: str) -> int:
+        sweep_id = latest_sweep(root)
+        return sum(a.source == name for a in attempts(root, sweep_id)) if sweep_id else 0
+
+    def logged(text: str) -> bool:
+        return any(text in log.read_text() for log in root.glob("runs/*/hsm.log"))
+
     with hsm_background("run", sweep, "--distributed", cwd=root) as proc:
-        wait_for(
-            lambda: list((root / "runs").glob("*/hsm.log")) if (root / "runs").exists() else None,
-            what="the sweep to start",
-        )
-        assert (
-            hsm("distributed", "disable", "h2", "--reason", "maintenance", cwd=root).returncode == 0
-        )
-        disabled_at = time.time()
+        wait_for(lambda: begun_on("h2") > 0, what="a task on h2", timeout=60)
+        disabled = hsm("distributed", "disable", "h2", "--reason", "maintenance", cwd=root)
+        assert disabled.returncode == 0, disabled
+        assert not listed_enabled(root, "h2")
+        # Once the sweep has seen it, h2 gets no new attempt while h1 goes on working.
+        wait_for(lambda: logged("Source h2 disabled: maintenance"), what="the disable", timeout=30)
+        on_h2, on_h1 = begun_on("h2"), begun_on("h1")
+        wait_for(lambda: begun_on("h1") >= on_h1 + 3, what="h1 working alone", timeout=60)
+        assert begun_on("h2") == on_h2
+        enabled = hsm("distributed", "enable", "h2", cwd=root)
+        assert enabled.returncode == 0, enabled
+        assert listed_enabled(root, "h2")
+        # The running sweep takes h2 back and gives it work again.
+        wait_for(lambda: logged("Source h2 re-enabled"), what="the enable", timeout=30)
+        wait_for(lambda: begun_on("h2") > on_h2, what="a new task on h2", timeout=60)
         assert proc.wait(timeout=120) == 0, outputs(root)
     _, err = outputs(root)
     assert "Source h2 disabled: maintenance" in err
     data = status_json(root)
-    assert data["counts"]["completed"] == 16
-    assert data["sources"]["h1"]["completed"] > data["sources"]["h2"]["completed"]
-    assert disabled_at > 0
+    assert data["counts"]["completed"] == 30
+    assert data["sources"]["h2"]["enabled"] is True
+    last_on_h2 = max(
+        (a for a in attempts(root, data["sweep_id"]) if a.source == "h2"), key=lambda a: a.id
+    )
+    assert last_on_h2.state is AttemptState.COMPLETED
 
 
 def test_a_sweep_that_can_start_nothing_gives_up_after_stall_timeout(
@@ -301,7 +356,7 @@ def test_a_sweep_that_can_start_nothing_gives_up_after_stall_timeout(
             "stall_timeout": 3,
         },
     )
-    sweep = sweep_file(root, "import time\ntime.sleep(0.3)\n", 8)
+    sweep = script_sweep(root, "import time\ntime.sleep(0.3)\n", 8)
     err = cut_both_after_a_task(root, sweep, testbed_hosts[:2])
     assert "waiting: no source takes work now" in err, err
     assert re.search(

@@ -15,18 +15,9 @@ from pathlib import Path
 import pytest
 
 from hsm.states import AttemptState
-from tests.hsmcli import hsm
+from tests.hsmcli import Background, attempts, hsm, latest_sweep, wait_for
 from tests.integration.cluster_support import cancel_leftovers, cluster_project, sweep_file
-from tests.integration.ssh_support import (
-    Background,
-    attempts,
-    latest_sweep,
-    make_project,
-    marks,
-    remote,
-    started_on,
-    wait_for,
-)
+from tests.integration.ssh_support import make_project, marks, remote, started_on
 from tests.testbed import Host, SlurmCluster, TestBed
 
 pytestmark = [pytest.mark.root, pytest.mark.testbed, pytest.mark.timeout(180)]

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from tests.hsmcli import HSM, hsm, hsm_env
-from tests.integration.bedproject import SMALL_HEALTH, bed_project
+from tests.integration.ssh_support import FAILSAFE_HEALTH, bed_project
 from tests.testbed import Host
 
 
@@ -23,7 +23,7 @@ def test_health_table_json_and_exit_code(tmp_path: Path, testbed_hosts: list[Hos
         tmp_path,
         testbed_hosts,
         include_local=True,
-        extra={"health": {**SMALL_HEALTH, "max_load_per_core": 10}},
+        extra={"health": {**FAILSAFE_HEALTH, "max_load_per_core": 10}},
     )
     healthy = hsm("distributed", "health", "--all", "--json", cwd=root, timeout=60)
     assert healthy.returncode == 0, healthy

@@ -10,18 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.hsmcli import Background, hsm, latest_sweep, tasks, wait_for
 from tests.integration.cluster_support import cancel_leftovers, cluster_project, sweep_file
-from tests.integration.ssh_support import (
-    Background,
-    host_processes,
-    hsm,
-    latest_sweep,
-    make_project,
-    marks,
-    remote,
-    tasks,
-    wait_for,
-)
+from tests.integration.ssh_support import host_processes, make_project, marks, remote
 from tests.testbed import Host, SlurmCluster, TestBed
 
 pytestmark = [pytest.mark.root, pytest.mark.testbed]

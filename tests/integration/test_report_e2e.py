@@ -19,13 +19,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hsm.state import Store
+from tests.hsmcli import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -355,13 +356,6 @@ def hsm(project: Path, *args: str, check: int | None = 0) -> subprocess.Complete
     return done
 
 
-def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def record_health(store: Store, free: int, total: int = 50 * 10**9) -> None:
     store.record_health(
         source="local",
@@ -403,10 +397,12 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 pytest.fail(f"hsm run ended early ({running.returncode}): {out}{err}")
             return db.exists()
 
-        wait_for("the sweep to start", started)
+        wait_for(started, what="the sweep to start", timeout=30)
         store = Store.open(db)
         wait_for(
-            "a running task", lambda: started() and bool(store.attempts("e2e", active_only=True))
+            lambda: started() and bool(store.attempts("e2e", active_only=True)),
+            what="a running task",
+            timeout=30,
         )
         during = hsm(project, "report", "e2e", "-o", "running.html")
         out, err = running.communicate(timeout=120)

@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import signal
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +20,9 @@ import pytest
 from hsm.sources.queue import QueueSource
 from hsm.sources.registry import build_sources
 from hsm.spec.config import load_config
-from tests.hsmcli import hsm, hsm_background, outputs, wait_for
+from hsm.states import AttemptState
+from tests.hsmcli import attempts, hsm, hsm_background, open_store, outputs, wait_for
 from tests.integration.cluster_support import (
-    attempts,
     cancel_leftovers,
     cluster_project,
     max_overlap,
@@ -140,17 +139,15 @@ def test_killed_controller_resumes_without_running_anything_twice(
         proc.wait()
     # Forget one job id, as if the controller had died between sbatch and recording it: the
     # resumed controller must find the element again instead of submitting it twice.
-    with sqlite3.connect(root / ".hsm" / "hsm.db") as db:
-        db.execute(
-            "UPDATE attempts SET handle_json = NULL, state = 'launching'"
-            " WHERE sweep_id = 'killed' AND number = 2"
-        )
+    with open_store(root) as store:
+        [second] = store.task_attempts("killed", 2)
+        store.attempt_launched(second.id, {}, confirmed=False)
     resumed = hsm("resume", "killed", "--json", cwd=root, env=slurm.env(), timeout=120)
     assert resumed.returncode == 0, resumed
     tasks = tasks_by_number(resumed)
     assert all(t["status"] == "completed" and t["attempts"] == 1 for t in tasks.values())
     assert [starts(root, "killed", n) for n in range(1, 6)] == [1] * 5
-    assert [a["state"] for a in attempts(root, "killed")] == ["completed"] * 5
+    assert [a.state for a in attempts(root, "killed")] == [AttemptState.COMPLETED] * 5
     assert (
         "task 2 (attempt 1) found again as job" in (run_dir(root, "killed") / "hsm.log").read_text()
     )
@@ -302,10 +299,11 @@ def test_timeouts_rerun_with_a_longer_walltime_keep_their_numbers(
         2: ("completed", 1),
     }
     assert tasks[1]["task_dir"].endswith("task_0001")
-    assert [(a["number"], a["state"], a["cause"]) for a in attempts(root, "short")] == [
-        (1, "failed", "timeout"),
-        (1, "completed", "completed"),
-        (2, "completed", "completed"),
+    rows = sorted(attempts(root, "short"), key=lambda a: (a.number, a.attempt))
+    assert [(a.number, a.state, a.cause) for a in rows] == [
+        (1, AttemptState.FAILED, "timeout"),
+        (1, AttemptState.COMPLETED, "completed"),
+        (2, AttemptState.COMPLETED, "completed"),
     ]
     _, again = submitted_arrays(root, "short")
     assert slurm.job_states(again) == ["COMPLETED"]

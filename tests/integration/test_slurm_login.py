@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from tests.hsmcli import hsm, hsm_background, outputs
+from hsm.states import AttemptState
+from tests.hsmcli import attempts, hsm, hsm_background, outputs
 from tests.integration.cluster_support import (
-    attempts,
     cancel_leftovers,
     cluster_project,
     marker_lines,
@@ -200,9 +200,9 @@ def test_walltime_exceeded_is_requeued(
     [task] = json.loads(stdout)["tasks"]
     assert (task["status"], task["attempts"]) == ("completed", 2)
     rows = attempts(root, "walltime")
-    assert [(a["state"], a["cause"]) for a in rows] == [
-        ("failed", "timeout"),
-        ("completed", "completed"),
+    assert [(a.state, a.cause) for a in rows] == [
+        (AttemptState.FAILED, "timeout"),
+        (AttemptState.COMPLETED, "completed"),
     ]
     log = (root / "runs" / "walltime" / "hsm.log").read_text()
     assert "task 1 failed on cluster (timeout); retrying" in log
@@ -210,5 +210,6 @@ def test_walltime_exceeded_is_requeued(
     assert slurm_on_host.job_states(first) == ["TIMEOUT"]
     assert slurm_on_host.job_states(second) == ["COMPLETED"]
     assert starts(root, "walltime", 1) == 2
-    ran = rows[0]["finished"] - rows[0]["started"]
+    assert rows[0].finished is not None
+    ran = rows[0].finished - rows[0].started
     assert 60 <= ran <= 100, ran

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.ssh_support import hsm, make_project, remote
+from tests.hsmcli import hsm
+from tests.integration.ssh_support import make_project, remote
 from tests.integration.test_ssh_errors import assert_bad_input, direct, keygen, run_h1
 from tests.testbed import Host
 
@@ -62,7 +63,7 @@ def test_a_hung_agent_is_skipped_and_the_key_file_used(
         "h1",
         "--json",
         cwd=root,
-        extra_env={"SSH_AUTH_SOCK": str(hung_agent)},
+        env={"SSH_AUTH_SOCK": str(hung_agent)},
     )
     assert result.returncode == 0, result
     assert result.json()["counts"]["completed"] == 2
@@ -78,7 +79,7 @@ def test_when_nothing_works_the_message_names_the_agent(
         tmp_path,
         host,
         **direct(host, ssh_key=str(stranger)),
-        extra_env={"SSH_AUTH_SOCK": str(hung_agent)},
+        env={"SSH_AUTH_SOCK": str(hung_agent)},
     )
     assert_bad_input(
         root,
@@ -114,7 +115,7 @@ def test_identity_agent_none_in_the_ssh_config_is_honoured(
         "h1",
         "--json",
         cwd=root,
-        extra_env={"SSH_AUTH_SOCK": str(hung_agent)},
+        env={"SSH_AUTH_SOCK": str(hung_agent)},
     )
     assert result.returncode == 0, result
     assert "SSH_AUTH_SOCK" not in result.stderr, result  # the agent was never asked

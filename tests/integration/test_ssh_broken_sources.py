@@ -10,16 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.ssh_support import (
-    Background,
-    attempts,
-    hsm,
-    make_project,
-    marks,
-    remote,
-    tasks,
-    wait_for,
-)
+from tests.hsmcli import Background, attempts, hsm, tasks, wait_for
+from tests.integration.ssh_support import make_project, marks, remote
 from tests.testbed import Host
 
 pytestmark = [pytest.mark.root, pytest.mark.testbed, pytest.mark.timeout(240)]

@@ -9,14 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.integration.ssh_support import (
-    Background,
-    hsm,
-    make_project,
-    remote,
-    remote_path,
-    wait_for,
-)
+from tests.hsmcli import Background, hsm, wait_for
+from tests.integration.ssh_support import make_project, remote, remote_path
 from tests.testbed import Host
 
 TASK = r"""

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.ssh_support import REMOTE_ROOT, hsm, make_project
+from tests.hsmcli import hsm
+from tests.integration.ssh_support import REMOTE_ROOT, make_project
 from tests.testbed import Host
 
 pytestmark = [pytest.mark.root, pytest.mark.testbed]

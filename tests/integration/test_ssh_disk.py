@@ -8,15 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.ssh_support import (
-    Background,
-    attempts,
-    make_project,
-    marks,
-    remote,
-    started_on,
-    wait_for,
-)
+from tests.hsmcli import Background, attempts, wait_for
+from tests.integration.ssh_support import make_project, marks, remote, started_on
 from tests.testbed import Host
 
 pytestmark = [pytest.mark.root, pytest.mark.testbed]

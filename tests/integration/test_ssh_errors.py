@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.ssh_support import Result, hsm, make_project, remote
+from tests.hsmcli import Result, hsm
+from tests.integration.ssh_support import make_project, remote
 from tests.testbed import Host
 
 pytestmark = [pytest.mark.root, pytest.mark.testbed]
@@ -29,7 +30,7 @@ def run_h1(
     root = make_project(
         tmp_path / "proj", [bed_host], n=1, remotes={"h1": remote(bed_host, **overrides)}
     )
-    return root, hsm("run", "sweep.yaml", "--source", "h1", cwd=root, extra_env=extra_env)
+    return root, hsm("run", "sweep.yaml", "--source", "h1", cwd=root, env=extra_env)
 
 
 def assert_bad_input(root: Path, result: Result, *needles: str) -> None:
@@ -184,7 +185,7 @@ def test_ssh_agent_holds_the_passphrase_key(
             "h2",
             "--json",
             cwd=root,
-            extra_env={"SSH_AUTH_SOCK": str(socket)},
+            env={"SSH_AUTH_SOCK": str(socket)},
         )
         assert result.returncode == 0, result
         assert result.json()["counts"]["completed"] == 4

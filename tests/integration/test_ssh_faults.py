@@ -11,20 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.hsmcli import Background, attempts, hsm, latest_sweep, tasks, wait_for
 from tests.integration.ssh_support import (
     REMOTE_ROOT,
-    Background,
-    attempts,
     host_processes,
-    hsm,
-    latest_sweep,
     make_project,
     marks,
     remote,
     remote_path,
     started_on,
-    tasks,
-    wait_for,
 )
 from tests.testbed import Host
 

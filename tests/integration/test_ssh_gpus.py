@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.ssh_support import hsm, make_project, remote
+from tests.hsmcli import hsm
+from tests.integration.ssh_support import make_project, remote
 from tests.testbed import Host
 
 pytestmark = [pytest.mark.root, pytest.mark.testbed]

@@ -5,20 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.integration.ssh_support import (
-    REMOTE_ROOT,
-    hsm,
-    make_project,
-    marks,
-    remote,
-    remote_path,
-)
+from tests.hsmcli import hsm, open_store
+from tests.integration.ssh_support import REMOTE_ROOT, make_project, marks, remote, remote_path
 from tests.testbed import Host
 
 pytestmark = [pytest.mark.root, pytest.mark.testbed]
@@ -195,8 +188,6 @@ def test_a_slot_takes_its_next_task_while_the_last_results_are_pulled(
     folders = {t["number"]: Path(t["task_dir"]) for t in data["tasks"]}
     assert (folders[1] / "big.bin").stat().st_size == 20_000_000
     second_started = json.loads((folders[2] / "status.json").read_text())["started"]
-    with sqlite3.connect(root / ".hsm" / "hsm.db") as conn:
-        (first_recorded,) = conn.execute(
-            "SELECT finished FROM attempts WHERE number = 1"
-        ).fetchone()
-    assert second_started < first_recorded
+    with open_store(root) as store:
+        [first] = store.task_attempts(data["sweep_id"], 1)
+    assert first.finished is not None and second_started < first.finished

@@ -12,7 +12,8 @@ import yaml
 
 from hsm.spec.render import task_argv
 from hsm.spec.sweep import load_sweep
-from tests.integration.ssh_support import hsm, make_project, remote
+from tests.hsmcli import hsm
+from tests.integration.ssh_support import make_project, remote
 from tests.testbed import Host
 
 pytestmark = [pytest.mark.root, pytest.mark.testbed]

@@ -23,7 +23,6 @@ from hsm.jobscript import (
     STATUS_SPARE,
     TASK_INFO,
     WRAPPER_PATH,
-    Cause,
     GuardSettings,
     TaskSpec,
     WrapperState,
@@ -32,7 +31,8 @@ from hsm.jobscript import (
     read_status,
     write_spec,
 )
-from tests.hsmcli import tmpfs
+from hsm.states import Cause
+from tests.hsmcli import tmpfs, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -85,14 +85,6 @@ def live(*, session: int | None = None, pgid: int | None = None) -> list[int]:
     return found
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
 def _default_signals() -> None:
     for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
@@ -132,7 +124,9 @@ class Runner:
 
     def assert_nothing_left(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.poll() is not None
-        wait_until(lambda: not live(session=proc.pid), 5, "the wrapper's processes to end")
+        wait_for(
+            lambda: not live(session=proc.pid), timeout=5, what="the wrapper's processes to end"
+        )
 
     def cleanup(self) -> None:
         for proc in self.procs:
@@ -291,8 +285,12 @@ def start_and_wait_running(runner: Runner, task: Task) -> tuple[subprocess.Popen
     """Start a task that writes the pid of a grandchild to gc.pid; return (wrapper, pid)."""
     proc = runner.start(task.dir)
     gc_file = task.project / "gc.pid"
-    wait_until(lambda: gc_file.exists() and gc_file.read_text().endswith("\n"), 10, "the task")
-    wait_until(lambda: (s := task.status()) is not None and s.pgid is not None, 5, "the pgid")
+    wait_for(
+        lambda: gc_file.exists() and gc_file.read_text().endswith("\n"), timeout=10, what="the task"
+    )
+    wait_for(
+        lambda: (s := task.status()) is not None and s.pgid is not None, timeout=5, what="the pgid"
+    )
     status = task.status()
     assert status is not None and status.status is WrapperState.RUNNING
     assert status.pid == proc.pid
@@ -318,7 +316,9 @@ def test_cancel_kills_the_whole_task_tree(
     trap = "trap '' TERM; " if ignores_term else ""
     task.write(["bash", "-c", trap + "sleep 300 & echo $! > gc.pid; wait"], guard=WATCHING)
     proc, grandchild = start_and_wait_running(runner, task)
-    pgid = task.status().pgid  # type: ignore[union-attr]
+    status = task.status()
+    assert status is not None and status.pgid is not None
+    pgid = status.pgid
     start = time.monotonic()
     proc.send_signal(sig)
     proc.wait(timeout=10)
@@ -339,14 +339,20 @@ def test_cancel_kills_the_whole_task_tree(
 def test_watcher_ends_when_the_wrapper_is_killed(task: Task, runner: Runner) -> None:
     task.write(["bash", "-c", "sleep 300 & echo $! > gc.pid; wait"], guard=WATCHING)
     proc, grandchild = start_and_wait_running(runner, task)
-    pgid = task.status().pgid  # type: ignore[union-attr]
+    status = task.status()
+    assert status is not None and status.pgid is not None
+    pgid = status.pgid
     proc.kill()
     proc.wait()
     # The task itself is detached and goes on; the wrapper's helpers do not.
-    wait_until(lambda: set(live(session=proc.pid)) <= set(live(pgid=pgid)), 5, "the watcher to end")
+    wait_for(
+        lambda: set(live(session=proc.pid)) <= set(live(pgid=pgid)),
+        timeout=5,
+        what="the watcher to end",
+    )
     assert grandchild in live(pgid=pgid)
     os.killpg(pgid, signal.SIGKILL)
-    wait_until(lambda: not live(session=proc.pid), 5, "the task to end")
+    wait_for(lambda: not live(session=proc.pid), timeout=5, what="the task to end")
 
 
 def test_leftover_background_processes_are_stopped(task: Task, runner: Runner) -> None:
@@ -354,7 +360,9 @@ def test_leftover_background_processes_are_stopped(task: Task, runner: Runner) -
     status = runner.run(task.dir)
     assert status.cause is Cause.COMPLETED
     grandchild = int((task.project / "gc.pid").read_text())
-    wait_until(lambda: (s := proc_stat(grandchild)) is None or s[0] == "Z", 5, "the leftover")
+    wait_for(
+        lambda: (s := proc_stat(grandchild)) is None or s[0] == "Z", timeout=5, what="the leftover"
+    )
 
 
 # ---------------------------------------------------------------- environment and arguments
@@ -618,7 +626,9 @@ def test_completely_full_disk_kills_the_task_and_records_it(
     filler = 'while [ ! -e "$0" ]; do sleep 0.02; done; dd if=/dev/zero of="$1" bs=64k; sleep 300'
     disk_task.write(["bash", "-c", filler, str(go), str(disk_task.dir / "fill")], guard=guard)
     proc = runner.start(disk_task.dir)
-    wait_until(lambda: (s := disk_task.status()) is not None and s.pgid is not None, 5, "pgid")
+    wait_for(
+        lambda: (s := disk_task.status()) is not None and s.pgid is not None, timeout=5, what="pgid"
+    )
     status_file = disk_task.dir / STATUS_FILE
     if cut_short:  # as if the disk had been full when the first status was written
         status_file.write_bytes(b"")
@@ -713,7 +723,7 @@ def test_a_stop_before_the_task_starts_is_not_lost(task: Task, runner: Runner) -
     )
     runner.procs.append(proc)
     runner.sessions.append(proc.pid)
-    wait_until(marker.exists, 10, "the wrapper's disk check")
+    wait_for(marker.exists, timeout=10, what="the wrapper's disk check")
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=20)
     status = task.status()

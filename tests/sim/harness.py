@@ -70,6 +70,12 @@ class SimStore(Store):
     dead = False
     on_kill = staticmethod(lambda: None)
 
+    @classmethod
+    def open_sim(cls, path: Path) -> SimStore:
+        store = cls.open(path)
+        assert isinstance(store, SimStore)
+        return store
+
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         if self.dead:
@@ -149,7 +155,7 @@ def _run(schedule: Schedule, world: World, root: Path, errors: _Errors) -> Resul
     sweep_dir = root / "sweep"
     sweep_dir.mkdir()
     names = [name for name, _ in schedule.hosts]
-    store = SimStore.open(db)
+    store = SimStore.open_sim(db)
     store.create_sweep(
         sweep_id=SWEEP,
         spec_path=str(root / "sweep.yaml"),
@@ -191,7 +197,7 @@ def _run(schedule: Schedule, world: World, root: Path, errors: _Errors) -> Resul
     for generation in range(1, MAX_CONTROLLERS + 1):
         world.generation = generation
         if generation > 1:
-            store = SimStore.open(db)
+            store = SimStore.open_sim(db)
             _resume(store, names, aborted=last is not None and last.state is SweepState.ABORTED)
         slots = {name: max(1, n - (fewer if generation > 1 else 0)) for name, n in schedule.hosts}
         sources: dict[str, Source] = {

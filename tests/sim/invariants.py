@@ -113,19 +113,19 @@ def check(world: World, store: Store, sweep_dir: Path, outcomes: list[RunOutcome
         by_number[e.number].append(e)
     for number, execs in by_number.items():
         execs.sort(key=lambda e: (e.attempt, e.received))
-        for i, a in enumerate(execs):
-            for b in execs[i + 1 :]:
-                start = max(a.received, b.received)
+        for i, x in enumerate(execs):
+            for y in execs[i + 1 :]:
+                start = max(x.received, y.received)
                 end = min(
-                    a.ended if a.ended is not None else world.now,
-                    b.ended if b.ended is not None else world.now,
+                    x.ended if x.ended is not None else world.now,
+                    y.ended if y.ended is not None else world.now,
                 )
                 if end <= start:
                     continue
-                if not _excused(world, by_task[number], a, end):
+                if not _excused(world, by_task[number], x, end):
                     v.append(
-                        f"task {number}: attempt {a.attempt} on {a.host} and attempt"
-                        f" {b.attempt} on {b.host} ran at the same time"
+                        f"task {number}: attempt {x.attempt} on {x.host} and attempt"
+                        f" {y.attempt} on {y.host} ran at the same time"
                         f" (t={start:.2f}..{end:.2f})"
                     )
 
@@ -135,13 +135,13 @@ def check(world: World, store: Store, sweep_dir: Path, outcomes: list[RunOutcome
     for number, attempts in by_task.items():
         failed_on: set[str] = set()
         for a in sorted(attempts, key=lambda r: r.id):
-            t = a.started - EPOCH
+            began = a.started - EPOCH
             if a.source in failed_on:
                 others = [
                     n
                     for n in names
                     if n not in failed_on
-                    and not world.hosts[n].outage_between(t - USABLE_FOR, t)
+                    and not world.hosts[n].outage_between(began - USABLE_FOR, began)
                     and not _disabled_at(disabled.get(n, []), a.started)
                 ]
                 if others:

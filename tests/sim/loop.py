@@ -55,7 +55,7 @@ class VirtualLoop(asyncio.BaseEventLoop):
     def __init__(self, world: Any) -> None:
         super().__init__()
         self.world = world
-        self._selector = _Selector(self)  # type: ignore[assignment]
+        self._selector = _Selector(self)
         self.dead = False  # the controller was killed: its clock is its own from now on
         self.own_now = 0.0
         self.dead_steps = 0

@@ -79,7 +79,7 @@ class Summary:
 
 def _chunk(args: tuple[int, int, tuple[str, ...]]) -> list[str]:
     start, count, exclude = args
-    out = []
+    out: list[str] = []
     for seed in range(start, start + count):
         result = run_schedule(generate(seed, exclude=exclude))
         if not result.ok:

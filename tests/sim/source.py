@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,7 +61,7 @@ class SimSource(Source):
         self._failed: dict[tuple[str, int], str] = {}
         self._watched: dict[str, tuple[int, float]] = {}  # task_dir -> (attempt, touched)
 
-    @property  # type: ignore[override]
+    @property
     def reachable(self) -> bool:
         return self.host.view(self.world.now)[0]
 
@@ -123,9 +124,7 @@ class SimSource(Source):
                 )
                 host.after(
                     LATENCY,
-                    lambda r=req, d=task_dir, n=nonce, i=info: host.receive(
-                        d, r.number, r.attempt, n, i
-                    ),
+                    functools.partial(host.receive, task_dir, req.number, req.attempt, nonce, info),
                 )
         if partial:  # the host wrote the first spec, then its disk was full
             await asyncio.sleep(LATENCY)

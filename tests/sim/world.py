@@ -9,6 +9,7 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -238,6 +239,7 @@ class World:
         self.bad_tasks: set[int] = set()
         self.hosts: dict[str, Host] = {}
         self.on_time: list[tuple[float, Callable[[], None]]] = []
+        self.generation = 0  # the live controller's (negative: it was killed)
         outages: dict[str, list[Outage]] = {name: [] for name, _ in schedule.hosts}
         for f in schedule.faults:
             if f.kind in ("freeze", "link", "sshd"):
@@ -250,7 +252,7 @@ class World:
                     self.at(o.t0, host.freeze)
                     self.at(o.t1, host.thaw)
                 for t in (o.detect, o.t0 + LOST_AFTER + 0.05, o.t1 + RECONNECT):
-                    self.at(t, lambda h=host.name: self.wake(h))
+                    self.at(t, partial(self.wake, host.name))
 
     def duration(self, number: int, attempt: int, host: str) -> float:
         rng = random.Random(f"{self.schedule.seed}:{number}:{attempt}:{host}")

@@ -75,7 +75,7 @@ def test_collection_gives_up_and_names_the_remote_folder(caplog: pytest.LogCaptu
     clock = Clock()
     backoff = collect_backoff()
     backoff.clock = clock
-    results = []
+    results: list[bool] = []
     polls = 0
     while not results or not results[-1]:
         polls += 1

@@ -16,7 +16,6 @@ from hsm.jobscript import (
     STATUS_SPARE,
     TERMINAL,
     WRAPPER_PATH,
-    Cause,
     GuardSettings,
     TaskSpec,
     WrapperState,
@@ -30,6 +29,7 @@ from hsm.jobscript import (
     wrapper_text,
     write_spec,
 )
+from hsm.states import Cause
 
 FINAL: dict[str, Any] = {
     "version": 1,
@@ -115,7 +115,8 @@ def test_enums_are_lowercase_strings() -> None:
     }
     assert wrapper_causes <= {c.value for c in Cause}
     assert all(c.value == c.value.lower() for c in Cause)
-    assert WrapperState.COMPLETED == "completed"
+    assert isinstance(WrapperState.COMPLETED, str)
+    assert WrapperState.COMPLETED.value == "completed"
 
 
 @pytest.mark.parametrize(
