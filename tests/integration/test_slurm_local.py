@@ -360,7 +360,7 @@ def test_a_checkpointed_task_resumes_in_its_folder_after_its_walltime(
     assert result.returncode == 0, outputs(root)
     [task] = tasks_by_number(result).values()
     assert (task["status"], task["attempts"]) == ("completed", 2)
-    assert [(a["state"], a["cause"]) for a in attempts(root, "ckpt")] == [
+    assert [(a.state, a.cause) for a in attempts(root, "ckpt")] == [
         ("failed", "timeout"),
         ("completed", "completed"),
     ]

@@ -751,7 +751,7 @@ def test_the_checkpoint_signal_reaches_the_task(task: Task, runner: Runner, sig:
     # the task, which checkpoints and ends on its own. (The task runs in the project folder.)
     task.write(py(CHECKPOINTING), guard=WATCHING, signal=sig)
     proc = runner.start(task.dir)
-    wait_until(lambda: (task.project / "ready").exists(), 20, "the task")
+    wait_for(lambda: (task.project / "ready").exists(), timeout=20, what="the task")
     proc.send_signal(getattr(signal, f"SIG{sig}"))
     assert proc.wait(timeout=20) == 0
     assert (task.project / "checkpoint").read_text() == f"SIG{sig}"
@@ -763,7 +763,7 @@ def test_the_checkpoint_signal_reaches_the_task(task: Task, runner: Runner, sig:
 def test_a_signal_the_task_did_not_ask_for_is_not_passed_on(task: Task, runner: Runner) -> None:
     task.write(py(CHECKPOINTING), guard=WATCHING, signal="USR2")
     proc = runner.start(task.dir)
-    wait_until(lambda: (task.project / "ready").exists(), 20, "the task")
+    wait_for(lambda: (task.project / "ready").exists(), timeout=20, what="the task")
     proc.send_signal(signal.SIGUSR1)  # not the task's: ignored, and the wrapper lives on
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=20)
