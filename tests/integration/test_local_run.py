@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -13,14 +14,16 @@ import pytest
 
 from hsm.engine.service import open_project, plan_run, start_run
 from hsm.state import Store
-from hsm.states import SweepState
+from hsm.states import AttemptState, Cause, SweepState, TaskStatus
 from tests.hsmcli import (
     HSM,
     TEST_CONFIG,
+    attempts,
     hsm,
     hsm_background,
     hsm_env,
     make_project,
+    open_store,
     wait_for,
     write,
 )
@@ -240,3 +243,32 @@ def test_an_internal_error_stops_the_sweep_without_calling_it_completed(
     assert data.returncode == 0, data
     assert data.json()["counts"]["completed"] == 4
     assert [t["attempts"] for t in data.json()["tasks"]] == [1, 1, 1, 1]
+
+
+def test_a_task_left_running_with_no_attempt_that_runs_is_run_again(tmp_path: Path) -> None:
+    # A state the engine must never leave, made by hand: a task recorded running whose only
+    # attempt is over (lost). Nothing could end it, so a resume queues it again, and the
+    # sweep ends only when every task has.
+    project = make_project(
+        tmp_path / "p",
+        sweep="command: [bash, task.sh]\nsweep:\n  grid:\n    a: [1, 2, 3]\n",
+    )
+    first = hsm("run", "sweeps/sweep.yaml", "--name", "stuck", cwd=project)
+    assert first.returncode == 0, first
+    with open_store(project) as store:
+        attempt = store.begin_attempt("stuck", 2, source="local", slot=0)
+        store.finish_attempt(
+            attempt,
+            state=AttemptState.LOST,
+            cause=Cause.LOST,
+            exit_code=None,
+            task_status=TaskStatus.RUNNING,
+        )
+        store.set_sweep_state("stuck", SweepState.RUNNING)
+    resumed = hsm("resume", "stuck", "--json", cwd=project)
+    assert resumed.returncode == 0, resumed
+    assert "task 2 was recorded running with no attempt that runs: queued again" in resumed.stderr
+    counts = json.loads(resumed.stdout)["counts"]
+    assert counts == {"completed": 3, "failed": 0, "pending": 0, "running": 0, "cancelled": 0}
+    [*_, last] = [a for a in attempts(project, "stuck") if a.number == 2]
+    assert (last.attempt, last.state) == (3, AttemptState.COMPLETED)

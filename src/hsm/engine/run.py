@@ -218,6 +218,10 @@ class Engine:
         # Placement memory comes from the recorded attempts, so it survives any restart;
         # tasks that already failed or were lost somewhere go first.
         self.avoid = self.store.failed_placements(self.sweep_id)
+        for number in self.store.requeue_untracked(self.sweep_id):
+            log.warning(
+                "task %d was recorded running with no attempt that runs: queued again", number
+            )
         self.home = homes(
             (a.number, a.attempt, a.source, a.cause) for a in self.store.attempts(self.sweep_id)
         )
@@ -231,38 +235,45 @@ class Engine:
     def _reattach(self) -> None:
         """Pick up attempts that were running when a previous controller died."""
         for attempt in self.store.attempts(self.sweep_id, active_only=True):
-            source = self.sources.get(attempt.source)
-            if source is None:
-                log.warning(
-                    "task %d was running on %s, which is not part of this run; it is left alone",
-                    attempt.number,
-                    attempt.source,
-                )
-                continue
-            handle = (
-                JobHandle.from_json(attempt.handle)
-                if attempt.handle
-                else JobHandle(
-                    source=source.name,
-                    number=attempt.number,
-                    attempt=attempt.attempt,
-                    task_dir=source.task_dir(self.ctx, attempt.number),
-                    confirmed=False,
-                    nonce=attempt.nonce,
-                )
-            )
-            slots = self.free_slots[source.name]
-            if attempt.slot in slots:
-                slots.remove(attempt.slot)
-            else:  # fewer slots than before: it holds another one (or none) until it ends
-                attempt = replace(attempt, slot=slots.pop() if slots else None)
-            self.running[source.name][attempt.id] = Running(attempt, handle, reattached=True)
-            log.info(
-                "reattached task %d (attempt %d) on %s",
+            self._track(attempt)
+        self._orphans_from_store()
+
+    def _track(self, attempt: AttemptRow) -> None:
+        """Follow a recorded active attempt from here on (a reattach)."""
+        source = self.sources.get(attempt.source)
+        if source is None:
+            log.warning(
+                "task %d was running on %s, which is not part of this run; it is left alone",
                 attempt.number,
-                attempt.attempt,
-                source.name,
+                attempt.source,
             )
+            return
+        handle = (
+            JobHandle.from_json(attempt.handle)
+            if attempt.handle
+            else JobHandle(
+                source=source.name,
+                number=attempt.number,
+                attempt=attempt.attempt,
+                task_dir=source.task_dir(self.ctx, attempt.number),
+                confirmed=False,
+                nonce=attempt.nonce,
+            )
+        )
+        slots = self.free_slots[source.name]
+        if attempt.slot in slots:
+            slots.remove(attempt.slot)
+        else:  # fewer slots than before: it holds another one (or none) until it ends
+            attempt = replace(attempt, slot=slots.pop() if slots else None)
+        self.running[source.name][attempt.id] = Running(attempt, handle, reattached=True)
+        log.info(
+            "reattached task %d (attempt %d) on %s",
+            attempt.number,
+            attempt.attempt,
+            source.name,
+        )
+
+    def _orphans_from_store(self) -> None:
         # The last lost attempt of each task on each source may still be running there.
         lost = {
             (a.number, a.source): a
@@ -286,11 +297,37 @@ class Engine:
                 await self._stop_running()
                 return
             self._dispatch()
-            if not self.pending and not any(self.running.values()):
+            if not self.pending and not any(self.running.values()) and not self._pick_up():
                 return
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+
+    def _pick_up(self) -> bool:
+        """Before the end: every task the state holds as unfinished is followed here. A task
+        left neither queued nor running (it would never end) is picked up again, with a
+        warning. Returns whether there was one."""
+        tracked = {r.attempt.id for runs in self.running.values() for r in runs.values()}
+        untracked = [
+            a
+            for a in self.store.attempts(self.sweep_id, active_only=True)
+            if a.id not in tracked and a.source in self.sources
+        ]
+        numbers = self.store.requeue_untracked(self.sweep_id) + [
+            n for n in self.store.pending_numbers(self.sweep_id) if n not in self.pending
+        ]
+        for attempt in untracked:
+            log.warning(
+                "task %d (attempt %d) was not followed: reattached", attempt.number, attempt.attempt
+            )
+            self._track(attempt)
+        for number in dict.fromkeys(numbers):
+            if number not in self.pending:
+                log.warning("task %d was neither queued nor running: queued again", number)
+                self.pending.append(number)
+        if untracked or numbers:
+            self.counts = self.store.task_counts(self.sweep_id)
+        return bool(untracked or numbers)
 
     def usable(self, name: str) -> bool:
         """Whether a source may take new tasks now (enabled, healthy)."""

@@ -236,6 +236,26 @@ class AttemptQueries(StoreBase):
                 ),
             )
 
+    def requeue_untracked(self, sweep_id: str) -> list[int]:
+        """Tasks recorded running without an attempt that runs (none launching or running):
+        nothing can end them, so they go back to pending. Returns their numbers."""
+        with self.transaction() as tx:
+            rows = tx.execute(
+                "SELECT number FROM tasks t WHERE sweep_id = ? AND status = ? AND NOT EXISTS"
+                " (SELECT 1 FROM attempts a WHERE a.sweep_id = t.sweep_id"
+                f" AND a.number = t.number AND a.state IN ({marks(ACTIVE)}))",
+                (sweep_id, TaskStatus.RUNNING.value, *ACTIVE),
+            ).fetchall()
+            numbers = [r[0] for r in rows]
+            tx.executemany(
+                "UPDATE tasks SET status = ? WHERE sweep_id = ? AND number = ? AND status = ?",
+                [
+                    (TaskStatus.PENDING.value, sweep_id, n, TaskStatus.RUNNING.value)
+                    for n in numbers
+                ],
+            )
+        return numbers
+
     def tries(self, sweep_id: str, number: int) -> int:
         """How many of the task's attempts used a try (see ``TRIED_ATTEMPT``)."""
         row = self._one(
