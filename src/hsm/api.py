@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hsm.engine.listing import sweep_or_latest
-from hsm.engine.results import ResultRow, ResultTable, read_results
+from hsm.engine.listing import project_results
+from hsm.engine.results import ResultRow, ResultTable
 from hsm.engine.service import Project, open_project, plan_run, start_run
 from hsm.engine.summary import summarize
 from hsm.errors import StateError
@@ -83,19 +83,7 @@ def results_table(
     cwd: str | Path | None = None,
 ) -> ResultTable:
     """The results of a sweep (the latest if no ID) as rows of :class:`ResultRow`."""
-    project = _project(config, cwd)
-    chosen = sweep_or_latest(project, sweep_id)
-    store = project.open_store()
-    try:
-        return read_results(
-            store,
-            chosen,
-            where=where,
-            sort=sort,
-            metrics_file=project.loaded.config.results.metrics_file,
-        )
-    finally:
-        store.close()
+    return project_results(_project(config, cwd), sweep_id, where=where, sort=sort)
 
 
 def results(

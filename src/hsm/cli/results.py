@@ -15,8 +15,8 @@ from rich.table import Table
 from hsm.cli.common import config_option, project_from
 from hsm.cli.render import dumps, json_text, out_console
 from hsm.cli.report import write_atomically
-from hsm.engine.listing import sweep_or_latest
-from hsm.engine.results import ResultTable, read_results
+from hsm.engine.listing import project_results
+from hsm.engine.results import ResultTable
 from hsm.errors import ConfigError, StateError
 
 FORMATS = ("table", "csv", "json", "parquet")
@@ -60,18 +60,7 @@ def results(
     if fmt == "parquet" and output is None:
         raise ConfigError("--format parquet: give the file to write with -o FILE")
     project = project_from(config_path, quiet=True)
-    chosen = sweep_or_latest(project, sweep_id)
-    store = project.open_store()
-    try:
-        table = read_results(
-            store,
-            chosen,
-            where=where,
-            sort=sort,
-            metrics_file=project.loaded.config.results.metrics_file,
-        )
-    finally:
-        store.close()
+    table = project_results(project, sweep_id, where=where, sort=sort)
     if fmt == "parquet":
         assert output is not None
         write_parquet(table, output)

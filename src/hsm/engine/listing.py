@@ -4,11 +4,12 @@ an optional sweep ID is about."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
+from hsm.engine.results import ResultTable, read_results
 from hsm.engine.service import Project
 from hsm.errors import StateError
 from hsm.sources.registry import LOCAL, known_sources
@@ -106,3 +107,18 @@ def sweep_or_latest(project: Project, sweep_id: str | None) -> str:
     if latest is None:
         raise StateError(f"no sweep has run in {project.root} yet; start one with: hsm run")
     return latest.id
+
+
+def project_results(
+    project: Project, sweep_id: str | None, *, where: Sequence[str] = (), sort: str | None = None
+) -> ResultTable:
+    """The results table of a sweep of ``project`` (the latest if no ID)."""
+    chosen = sweep_or_latest(project, sweep_id)
+    with closing(project.open_store()) as store:
+        return read_results(
+            store,
+            chosen,
+            where=where,
+            sort=sort,
+            metrics_file=project.loaded.config.results.metrics_file,
+        )
