@@ -159,8 +159,11 @@ class LocalLogin(Login):
 
 
 class SshLogin(Login):
-    """A login node over SSH. Folders, wrapper, code push and result pull are those of an
-    SSH source (``helper``), so a cluster's remote layout is the same as an SSH host's."""
+    """A login node over SSH, served by the same remote-host object as an SSH source
+    (``helper``, an `SshSource` that runs no tasks itself): one connection, the folders,
+    the wrapper, the code snapshot and the pulls over one long-lived channel, so that a
+    cluster's remote layout and its behaviour are those of an SSH host. Only the host monitor
+    is left out: a login node starts no wrappers, its scheduler does."""
 
     remote = True
 

@@ -224,6 +224,8 @@ class SshSource(Source):
                 self._checked = True
             if self.host_tasks:
                 await self._start_monitor()
+            else:  # a cluster's login: its pulls share one channel too
+                await self._restart_puller()
         except ConnectionLost as exc:
             raise ConnectError(f"{where}: {exc.message}", unreachable=True) from None
         if self._down_since is not None:
@@ -506,7 +508,7 @@ class SshSource(Source):
             fence.clear_staging(local / name)
         exclude = [f"{n}/{x}" for n in names for x in PULL_EXCLUDE]
         puller = self._puller
-        if (puller is None or not puller.alive) and self.reachable and self.host_tasks:
+        if (puller is None or not puller.alive) and self.reachable:
             puller = await self._restart_puller()
         if puller is not None and puller.alive:
             try:
