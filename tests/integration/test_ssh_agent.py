@@ -79,7 +79,7 @@ def test_when_nothing_works_the_message_names_the_agent(
         tmp_path,
         host,
         **direct(host, ssh_key=str(stranger)),
-        env={"SSH_AUTH_SOCK": str(hung_agent)},
+        extra_env={"SSH_AUTH_SOCK": str(hung_agent)},
     )
     assert_bad_input(
         root,
