@@ -49,6 +49,32 @@ REGRESSIONS = (
     ),
     Regression("sshd restarted while tasks run", _two_hosts((Fault("sshd", 1.0, "h1", 1.0),))),
     Regression(
+        "a lost attempt stopped by an earlier Ctrl-C, found again: cancelled for good",
+        Schedule(
+            seed=1207840,
+            tasks=6,
+            hosts=(("h1", 1), ("h2", 1)),
+            faults=(
+                Fault("interrupt", 0.72, ""),
+                Fault("kill", 0, "", 8),
+                Fault("freeze", 1.84, "h2", 3.69),
+            ),
+            durations=(0.5, 3.0),
+            max_retries=2,
+        ),
+    ),
+    Regression(
+        "a launch a frozen host got late, taken as never reported: run twice on one host",
+        Schedule(
+            seed=1221303,
+            tasks=5,
+            hosts=(("h1", 2), ("h2", 1)),
+            faults=(Fault("link", 3.52, "h2", 20.41), Fault("freeze", 5.98, "h1", 11.88)),
+            durations=(0.5, 3.0),
+            max_retries=2,
+        ),
+    ),
+    Regression(
         "a status read half-written as its wrapper ends: lost although it completed",
         Schedule(
             seed=514,

@@ -213,7 +213,9 @@ class SimSource(Source):
             wrapper_alive=alive,
             status_unreadable=text is not None and status is None,
             ack=Ack.CONFIRMED if h.confirmed else Ack.UNCONFIRMED,
-            since_launch=now - self._first_seen.setdefault(key, now),
+            # (counted from the launch, or from the reconnect when the host was away since)
+            since_launch=now
+            - max(self._first_seen.setdefault(key, now), self.host.up_since(now) or 0),
         )
         return PollResult(state, status, facts=facts)
 

@@ -129,6 +129,12 @@ class Host:
                 since = o.t0 if since is None else min(since, o.t0)
         return since is None, since
 
+    def up_since(self, t: float) -> float | None:
+        """When a controller's connection to this host was last made again after an outage
+        it saw (None: it never lost it)."""
+        back = [o.t1 + RECONNECT for o in self.outages if o.detect < o.t1 and o.t1 + RECONNECT <= t]
+        return max(back) if back else None
+
     def take(self, kind: str) -> float | None:
         """Consume a one-shot fault of this kind that is due; its parameter, or None."""
         now = self.world.now

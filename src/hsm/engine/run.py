@@ -620,7 +620,9 @@ class Engine:
                 if attempt is not None:
                     self.pending.remove(number)
                     slots.remove(slot)
-                    self.running[name][attempt.id] = Running(attempt, run.handle)
+                    # (found again, as a reattach is: a stop it shows came from an earlier
+                    # controller, not from this one)
+                    self.running[name][attempt.id] = Running(attempt, run.handle, reattached=True)
                     self._count(TaskStatus.PENDING, TaskStatus.RUNNING)
                     log.warning(
                         "task %d (attempt %d) %s on %s, which is back: reattached",

@@ -111,6 +111,7 @@ class SshSource(Source):
         self._first_seen: dict[Key, float] = {}
         self._dirs: dict[int, str] = {}
         self._unknown: set[int] = set()  # watched, not looked at by the monitor yet
+        self._up_since = 0.0  # when the connection was last made (again)
         self._prefetch = Prefetch(self._pull, self.wake.set)
 
     # -- paths ---------------------------------------------------------------------------
@@ -231,6 +232,7 @@ class SshSource(Source):
         if self._down_since is not None:
             log.warning("source %s is reachable again", self.name)
         self._down_since = None
+        self._up_since = clock.monotonic()
         self.reachable = True
         self.wake.set()
 
@@ -444,7 +446,9 @@ class SshSource(Source):
             status_unreadable=seen is not None and bool(seen.text) and status is None,
             wrapper_alive=seen.alive if seen is not None else None,
             ack=Ack.CONFIRMED if h.confirmed else Ack.UNCONFIRMED,
-            since_launch=now - self._first_seen.setdefault(key, now),
+            # How long the launch has had to report: from the launch, or from the reconnect
+            # when the host was away since (a frozen host may start it only once it thaws).
+            since_launch=now - max(self._first_seen.setdefault(key, now), self._up_since),
             collectable=not (mine and self._prefetch.pending(key)),
         )
         return PollResult(state, status, events=events, facts=facts)
