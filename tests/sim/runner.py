@@ -74,7 +74,11 @@ class Summary:
         )
         if exclude:
             head += f" (fault kinds left out: {', '.join(exclude)})"
-        return "\n".join([head, *self.failures[:5]])
+        shown = self.failures[:5]
+        if len(self.failures) > len(shown):  # every failing seed, to replay the rest
+            seeds = [f.split()[1] for f in self.failures]
+            head += f"\nfailing seeds: {' '.join(seeds)} (the first {len(shown)} below)"
+        return "\n".join([head, *shown])
 
 
 def _chunk(args: tuple[int, int, tuple[str, ...]]) -> list[str]:

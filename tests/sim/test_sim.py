@@ -8,7 +8,7 @@ import pytest
 from tests.sim.faults import Fault, generate
 from tests.sim.harness import run_schedule
 from tests.sim.regressions import REGRESSIONS, Regression
-from tests.sim.runner import KNOWN_FAILING_FAULTS, report, run_many
+from tests.sim.runner import KNOWN_FAILING_FAULTS, Summary, report, run_many
 
 RANDOM_SCHEDULES = 10_000
 
@@ -49,3 +49,12 @@ def test_kill_at_every_commit() -> None:
 def test_replay_is_deterministic() -> None:
     first, second = run_schedule(generate(11)), run_schedule(generate(11))
     assert (first.violations, first.commits) == (second.violations, second.commits)
+
+
+def test_a_long_run_names_every_failing_seed() -> None:
+    failures = [f"seed {n} FAILS:\n  - a broken invariant" for n in range(11, 18)]
+    text = Summary(schedules=100, seconds=1.0, failures=failures).text(())
+    head, seeds, *shown = text.split("\n")
+    assert head.endswith("7 failed")
+    assert seeds == "failing seeds: 11 12 13 14 15 16 17 (the first 5 below)"
+    assert sum(line.endswith("FAILS:") for line in shown) == 5

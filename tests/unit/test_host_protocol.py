@@ -104,19 +104,25 @@ def test_reader_survives_malformed_records(chunks: list[bytes]) -> None:
     assert (5,) in changes
 
 
+def listening_monitor() -> tuple[HostMonitor, list[bytes]]:
+    """A monitor whose host side is a list: what it sends is appended to it."""
+    monitor = HostMonitor(None, "w", lambda ids: None)  # type: ignore[arg-type]
+    sent: list[bytes] = []
+
+    class Stdin:
+        def write(self, data: bytes) -> None:
+            sent.append(data)
+
+    class Proc:
+        stdin = Stdin()
+
+    monitor._proc = Proc()  # type: ignore[assignment]
+    return monitor, sent
+
+
 def test_unacknowledged_launch_is_unconfirmed() -> None:
     async def main() -> list[Any]:
-        monitor = HostMonitor(None, "w", lambda ids: None)  # type: ignore[arg-type]
-        sent: list[bytes] = []
-
-        class Stdin:
-            def write(self, data: bytes) -> None:
-                sent.append(data)
-
-        class Proc:
-            stdin = Stdin()
-
-        monitor._proc = Proc()  # type: ignore[assignment]
+        monitor, sent = listening_monitor()
         task = asyncio.ensure_future(
             monitor.launch([(1, "/a", 1, "", b"spec"), (2, "/b", 1, "ab", b"spec")], timeout=0.2)
         )
@@ -132,17 +138,7 @@ def test_unacknowledged_launch_is_unconfirmed() -> None:
 
 def test_a_late_answer_to_an_earlier_launch_does_not_answer_a_later_one() -> None:
     async def main() -> list[Any]:
-        monitor = HostMonitor(None, "w", lambda ids: None)  # type: ignore[arg-type]
-        sent: list[bytes] = []
-
-        class Stdin:
-            def write(self, data: bytes) -> None:
-                sent.append(data)
-
-        class Proc:
-            stdin = Stdin()
-
-        monitor._proc = Proc()  # type: ignore[assignment]
+        monitor, sent = listening_monitor()
         first = await monitor.launch([(7, "/a", 1, "aa", b"spec")], timeout=0.05)
         assert first == [UNCONFIRMED]
         second = asyncio.ensure_future(monitor.launch([(7, "/a", 2, "bb", b"spec")], timeout=5))
